@@ -1,0 +1,224 @@
+"""One typed config schema for the whole system, loaded from `configs/*.yaml`.
+
+Every section forbids unknown keys, so a typo stops at load with a message that names the file,
+the line, the field and what was expected. CLI overrides use dotted paths: `rgr.top_k=6`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cls_ray.world.core import WorldConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StoreConfig(_Section):
+    """Where the episodic and declarative memories live (pymilvus `MilvusClient`)."""
+
+    uri: str = Field(
+        "",
+        description="Milvus server URI (http://host:19530) or a Milvus Lite .db path; empty: "
+        "Milvus Lite at <state_dir>/milvus.db.",
+    )
+    token: str = Field("", description="Milvus token; ${VAR} reads an environment variable.")
+    collection_prefix: str = Field("cls", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    index_type: Literal["AUTOINDEX", "FLAT", "HNSW", "IVF_FLAT"] = Field(
+        "AUTOINDEX", description="Dense index; AUTOINDEX, FLAT, HNSW and IVF_FLAT are valid on "
+        "Milvus Lite and on a server."
+    )
+    index_params: dict[str, Any] = Field(default_factory=dict)
+    search_mode: Literal["dense", "bm25", "hybrid"] = Field(
+        "dense", description="dense (MiniLM), bm25 (full text) or hybrid (both, fused by RRF)."
+    )
+    rrf_k: int = Field(60, ge=1, description="k of reciprocal-rank fusion in hybrid mode.")
+    max_text_length: int = Field(4096, ge=16)
+
+    @field_validator("token")
+    @classmethod
+    def _expand_env(cls, v: str) -> str:
+        return os.path.expandvars(v) if "${" in v else v
+
+
+class EmbedderConfig(_Section):
+    path: str = Field("", description="Sentence encoder; empty: the packaged all-MiniLM-L6-v2.")
+    batch_size: int = Field(64, ge=1)
+    max_length: int = Field(128, ge=8)
+    device: str = "cpu"
+
+
+class ArchConfig(_Section):
+    """Shape of the small Llama built in code by `cls-ray bootstrap`."""
+
+    hidden_size: int = Field(192, ge=16)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(6, ge=1)
+    intermediate_size: int = Field(512, ge=16)
+    max_position: int = Field(256, ge=32)
+
+
+class BootstrapConfig(_Section):
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    warmup: int = Field(100, ge=0)
+    seed: int = 0
+    threads: int = Field(0, ge=0, description="torch threads; 0: all cores.")
+    eval_questions: int = Field(
+        4, ge=0, description="Held-out questions per family scored with oracle contexts at the end."
+    )
+
+
+class ModelConfig(_Section):
+    path: str = Field(
+        "", description="Hugging Face checkpoint path; empty: the built default under state_dir."
+    )
+    template: Literal["compact", "chat"] = "compact"
+    arch: ArchConfig = Field(default_factory=ArchConfig)
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+
+
+class EngineConfig(_Section):
+    kind: Literal["hf", "vllm"] = "hf"
+    max_new_tokens: int = Field(24, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class RGRConfig(_Section):
+    top_k: int = Field(4, ge=1, le=50)
+    max_steps: int = Field(5, ge=1, le=32)
+    exclude_cited: bool = Field(
+        True, description="Later steps skip documents earlier steps already cited."
+    )
+
+
+class IngestConfig(_Section):
+    batch_size: int = Field(256, ge=1)
+    concurrency: int = Field(1, ge=1)
+
+
+class BenchConfig(_Section):
+    per_family: int = Field(20, ge=1)
+    modes: list[Literal["rgr", "single", "none"]] = Field(
+        default_factory=lambda: ["rgr", "single", "none"]
+    )
+
+
+class RayConfig(_Section):
+    address: str = Field("", description="Ray cluster address; empty: a local cluster.")
+    num_cpus: int | None = Field(None, ge=1)
+
+
+class Config(_Section):
+    state_dir: str = Field(".state", description="Models, Milvus Lite file, sessions, reports.")
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    rgr: RGRConfig = Field(default_factory=RGRConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).expanduser()
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.model.path) if self.model.path else self.state_path / "models" / "base"
+
+    @property
+    def store_uri(self) -> str:
+        return self.store.uri or str(self.state_path / "milvus.db")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names file, line, field and expectation."""
+
+
+def _line_of(text: str, loc: tuple) -> int | None:
+    """Line (1-based) of the YAML node at `loc`, or of its closest existing parent."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == str(key)), None)
+            if nxt is None:
+                key_node = next((k for k, _ in node.value if k.value == str(key)), None)
+                return (key_node.start_mark.line + 1) if key_node else line
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+    cur[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Loads and validates a config file; `overrides` are `dotted.key=yaml_value` strings."""
+    text, name = "", "<defaults>"
+    if path is not None:
+        p = Path(path)
+        name = str(p)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ConfigError(f"{name}: cannot read config: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text) if text else {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{name}{where}: not valid YAML: {getattr(e, 'problem', e)}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: expected a mapping of sections at the top, got {type(data).__name__}")
+    from_cli: set[str] = set()
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw else "")
+        from_cli.add(key.strip())
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            field = ".".join(str(x) for x in err["loc"])
+            where = "(command line)" if field in from_cli else name
+            line = None if field in from_cli or not text else _line_of(text, err["loc"])
+            if line:
+                where += f":{line}"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field (check its spelling and section)"
+            lines.append(f"{where}: {field}: {msg}; got {err.get('input')!r}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None

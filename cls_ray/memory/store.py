@@ -1,0 +1,244 @@
+"""Milvus collections for declarative documents and episodic artifacts.
+
+One `MilvusClient` per process: Milvus Lite (a local .db file) on the embedded default, a server
+URI (and token) in a cluster, the same code for both. Every row keeps its text, so BM25 full-text
+search (Milvus's built-in analyzer feeding a sparse field) works beside the dense MiniLM vectors,
+and `search_mode` picks dense, bm25 or hybrid (reciprocal-rank fusion) per query.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SearchMode = Literal["dense", "bm25", "hybrid"]
+COLLECTIONS = ("documents", "episodic")
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    text: str
+    score: float
+    source: str = ""
+
+
+class MilvusStore:
+    """Declarative (`documents`) and episodic (`episodic`) collections over pymilvus."""
+
+    def __init__(
+        self,
+        uri: str,
+        dim: int,
+        token: str = "",
+        prefix: str = "cls",
+        index_type: str = "AUTOINDEX",
+        index_params: dict | None = None,
+        search_mode: SearchMode = "dense",
+        rrf_k: int = 60,
+        max_text_length: int = 4096,
+    ):
+        from pymilvus import MilvusClient
+
+        self.uri = uri
+        self.dim = dim
+        self.prefix = prefix
+        self.index_type = index_type
+        self.index_params = dict(index_params or {})
+        self.search_mode: SearchMode = search_mode
+        self.rrf_k = rrf_k
+        self.max_text_length = max_text_length
+        if uri.endswith(".db"):
+            from pathlib import Path
+
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+        for kind in COLLECTIONS:
+            self._ensure(self.name(kind))
+
+    @classmethod
+    def from_config(cls, cfg, dim: int) -> MilvusStore:
+        s = cfg.store
+        return cls(
+            cfg.store_uri,
+            dim,
+            token=s.token,
+            prefix=s.collection_prefix,
+            index_type=s.index_type,
+            index_params=s.index_params,
+            search_mode=s.search_mode,
+            rrf_k=s.rrf_k,
+            max_text_length=s.max_text_length,
+        )
+
+    def name(self, kind: str = "documents") -> str:
+        if kind not in COLLECTIONS:
+            raise ValueError(f"unknown collection kind {kind!r}; expected one of {COLLECTIONS}")
+        return f"{self.prefix}_{kind}"
+
+    def _ensure(self, name: str) -> None:
+        from pymilvus import DataType, Function, FunctionType
+
+        if self.client.has_collection(name):
+            self.client.load_collection(name)
+            return
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field(
+            "text", DataType.VARCHAR, max_length=self.max_text_length, enable_analyzer=True
+        )
+        schema.add_field("source", DataType.VARCHAR, max_length=512)
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dim)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(
+            Function(
+                name="text_bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=["text"],
+                output_field_names=["sparse"],
+            )
+        )
+        index = self.client.prepare_index_params()
+        index.add_index(
+            field_name="dense",
+            index_type=self.index_type,
+            metric_type="IP",
+            params=self.index_params,
+        )
+        index.add_index(
+            field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25"
+        )
+        self.client.create_collection(name, schema=schema, index_params=index)
+        self.client.load_collection(name)
+        logger.info("created collection %s (dim %d, %s)", name, self.dim, self.index_type)
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        vectors: np.ndarray,
+        sources: Sequence[str] | None = None,
+        kind: str = "documents",
+    ) -> int:
+        """Inserts or replaces rows by id: ingesting the same documents twice adds nothing."""
+        if not (len(ids) == len(texts) == len(vectors)):
+            raise ValueError("ids, texts and vectors differ in length")
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
+        sources = sources or [""] * len(ids)
+        rows = [
+            {"id": i, "text": t[: self.max_text_length], "source": s[:512], "dense": v.tolist()}
+            for i, t, s, v in zip(ids, texts, sources, vectors, strict=True)
+        ]
+        if rows:
+            self.client.upsert(self.name(kind), rows)
+        return len(rows)
+
+    def count(self, kind: str = "documents") -> int:
+        res = self.client.query(self.name(kind), filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def get(self, ids: Sequence[str], kind: str = "documents") -> dict[str, str]:
+        if not ids:
+            return {}
+        rows = self.client.get(self.name(kind), ids=list(ids), output_fields=["text"])
+        return {r["id"]: r["text"] for r in rows}
+
+    def search(
+        self,
+        vectors: np.ndarray | None,
+        texts: Sequence[str] | None,
+        k: int,
+        exclude: Sequence[set[str]] | None = None,
+        kind: str = "documents",
+        mode: SearchMode | None = None,
+    ) -> list[list[Hit]]:
+        """Top-`k` hits for each query, in one Milvus call for all of them.
+
+        `vectors` (n, d) serve dense and hybrid mode, `texts` bm25 and hybrid mode. `exclude[i]`
+        holds ids query i must not return (documents earlier steps already cited).
+        """
+        mode = mode or self.search_mode
+        n = len(vectors) if vectors is not None else len(texts or [])
+        if n == 0:
+            return []
+        extra = max((len(e) for e in exclude), default=0) if exclude else 0
+        limit = k + extra
+        out_fields = ["text", "source"]
+        name = self.name(kind)
+        if mode == "dense":
+            if vectors is None:
+                raise ValueError("dense search needs query vectors")
+            raw = self.client.search(
+                name,
+                data=[v.tolist() for v in vectors],
+                anns_field="dense",
+                limit=limit,
+                output_fields=out_fields,
+                search_params={"metric_type": "IP", "params": self._search_params()},
+            )
+        elif mode == "bm25":
+            if texts is None:
+                raise ValueError("bm25 search needs query texts")
+            raw = self.client.search(
+                name,
+                data=list(texts),
+                anns_field="sparse",
+                limit=limit,
+                output_fields=out_fields,
+                search_params={"metric_type": "BM25"},
+            )
+        else:
+            from pymilvus import AnnSearchRequest, RRFRanker
+
+            if vectors is None or texts is None:
+                raise ValueError("hybrid search needs query vectors and texts")
+            reqs = [
+                AnnSearchRequest(
+                    [v.tolist() for v in vectors],
+                    "dense",
+                    {"metric_type": "IP", "params": self._search_params()},
+                    limit,
+                ),
+                AnnSearchRequest(list(texts), "sparse", {"metric_type": "BM25"}, limit),
+            ]
+            raw = self.client.hybrid_search(
+                name, reqs, RRFRanker(self.rrf_k), limit=limit, output_fields=out_fields
+            )
+        results: list[list[Hit]] = []
+        for i, hits in enumerate(raw):
+            skip = exclude[i] if exclude else set()
+            row = []
+            for h in hits:
+                ent = h.get("entity", h)
+                hid = h.get("id", ent.get("id"))
+                if hid in skip:
+                    continue
+                row.append(
+                    Hit(str(hid), ent.get("text", ""), float(h["distance"]), ent.get("source", ""))
+                )
+                if len(row) == k:
+                    break
+            results.append(row)
+        return results
+
+    def _search_params(self) -> dict:
+        if self.index_type == "HNSW":
+            return {"ef": max(64, int(self.index_params.get("ef", 64)))}
+        if self.index_type == "IVF_FLAT":
+            return {"nprobe": int(self.index_params.get("nprobe", 16))}
+        return {}
+
+    def drop(self) -> None:
+        for kind in COLLECTIONS:
+            if self.client.has_collection(self.name(kind)):
+                self.client.drop_collection(self.name(kind))
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,95 @@
+"""The step format: how a prompt is laid out, and where steps, answers and citations are parsed.
+
+Two templates share one parser:
+- `compact`: the small model's own format, one line of word tokens
+  `question: ... doc: ... doc: ... step: ... step:` (the model writes the next step, then EOS);
+- `chat`: for instruct models (Qwen, Llama): a system prompt, the numbered documents, the steps
+  so far and "write the next step or the answer", rendered with the tokenizer's chat template.
+Everything that reads a step (the RGR loop, the verifier, the PRM, extraction) goes through
+`parse_answer` and `cite`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Literal
+
+ANSWER_PREFIX = "the answer is"
+StepTemplate = Literal["compact", "chat"]
+
+_ANSWER_RE = re.compile(r"^\s*(?:the answer is|answer\s*:)\s*(?P<a>.+?)\s*\.?\s*$", re.I)
+_CITE_RE = re.compile(r"\[(\d{1,3})\]")
+
+CHAT_SYSTEM = (
+    "You answer multi-hop questions one step at a time from the numbered documents. "
+    "Each reply is exactly one step: either one fact from a document, citing it like [2], "
+    "or, when the facts so far are enough, 'Answer: <answer>'."
+)
+
+
+def answer_step(answer: str) -> str:
+    return f"{ANSWER_PREFIX} {answer} ."
+
+
+def parse_answer(step: str) -> str | None:
+    """The answer a step gives, or None when the step is a reasoning step."""
+    m = _ANSWER_RE.match(_CITE_RE.sub("", step))
+    return m["a"].strip() if m else None
+
+
+def clean_step(text: str) -> str:
+    """First line of a generation, whitespace folded."""
+    line = text.strip().split("\n", 1)[0]
+    return " ".join(line.split())
+
+
+def compact_prompt(question: str, docs: Sequence[str], steps: Sequence[str]) -> str:
+    parts = [f"question: {question}"]
+    parts += [f"doc: {d}" for d in docs]
+    parts += [f"step: {s}" for s in steps]
+    parts.append("step:")
+    return " ".join(parts)
+
+
+def chat_messages(question: str, docs: Sequence[str], steps: Sequence[str]) -> list[dict]:
+    listing = "\n".join(f"[{i + 1}] {d}" for i, d in enumerate(docs)) or "(none)"
+    so_far = "\n".join(f"{i + 1}. {s}" for i, s in enumerate(steps)) or "(none yet)"
+    user = (
+        f"Documents:\n{listing}\n\nQuestion: {question}\n\nSteps so far:\n{so_far}\n\n"
+        "Write the next step or the answer."
+    )
+    return [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": user}]
+
+
+def _tokens(text: str) -> Counter:
+    return Counter(re.findall(r"\w+", text.lower()))
+
+
+def cite(step: str, docs: Sequence[str], min_overlap: float = 0.6) -> list[int]:
+    """Indexes into `docs` of the documents a step cites.
+
+    Explicit markers (`[2]`, 1-based) win. Otherwise a step cites the document(s) it restates:
+    the best token-overlap F1 between step and document, when it reaches `min_overlap`.
+    """
+    marked = [int(m) - 1 for m in _CITE_RE.findall(step)]
+    marked = sorted({i for i in marked if 0 <= i < len(docs)})
+    if marked:
+        return marked
+    st = _tokens(_CITE_RE.sub("", step))
+    if not st or not docs:
+        return []
+    scores = []
+    for d in docs:
+        dt = _tokens(d)
+        common = sum((st & dt).values())
+        if not common:
+            scores.append(0.0)
+            continue
+        p, r = common / sum(st.values()), common / sum(dt.values())
+        scores.append(2 * p * r / (p + r))
+    best = max(scores)
+    if best < min_overlap:
+        return []
+    return [i for i, s in enumerate(scores) if s == best]
