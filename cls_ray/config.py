@@ -40,6 +40,9 @@ class StoreConfig(_Section):
     )
     rrf_k: int = Field(60, ge=1, description="k of reciprocal-rank fusion in hybrid mode.")
     max_text_length: int = Field(4096, ge=16)
+    stop_words: list[str] | None = Field(
+        None, description="BM25 stop words; null: a built-in English list; []: none."
+    )
 
     @field_validator("token")
     @classmethod
@@ -65,7 +68,7 @@ class ArchConfig(_Section):
 
 
 class BootstrapConfig(_Section):
-    steps: int = Field(3000, ge=1)
+    steps: int = Field(800, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
     warmup: int = Field(100, ge=0)
@@ -99,6 +102,11 @@ class RGRConfig(_Section):
     max_steps: int = Field(5, ge=1, le=32)
     exclude_cited: bool = Field(
         True, description="Later steps skip documents earlier steps already cited."
+    )
+    grounded: bool = Field(
+        True,
+        description="Decode each step inside the grammar 'restate a context document, or "
+        "answer from the steps so far' (no garbled copies); false: free generation.",
     )
 
 

@@ -63,6 +63,30 @@ def chat_messages(question: str, docs: Sequence[str], steps: Sequence[str]) -> l
     return [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": user}]
 
 
+def grounded_choices(
+    question: str, docs: Sequence[str], steps: Sequence[str], max_span: int = 4
+) -> list[str]:
+    """The steps the compact grammar allows next: restate one context document, or answer
+    with a span (up to `max_span` words) of what the steps so far established.
+
+    Decoding inside this set removes garbled copies, the small model's commonest error; which
+    document to follow, and when and what to answer, stay the model's decisions.
+    """
+    out = list(dict.fromkeys(docs))
+    words = [w for s in (steps or [question]) for w in s.split()]
+    spans = {
+        " ".join(words[i : i + n])
+        for n in range(1, max_span + 1)
+        for i in range(len(words) - n + 1)
+        if all(_WORDLIKE.search(w) for w in words[i : i + n])
+    }
+    out += [answer_step(sp) for sp in sorted(spans)]
+    return out
+
+
+_WORDLIKE = re.compile(r"\w")
+
+
 def _tokens(text: str) -> Counter:
     return Counter(re.findall(r"\w+", text.lower()))
 
@@ -70,12 +94,14 @@ def _tokens(text: str) -> Counter:
 def cite(step: str, docs: Sequence[str], min_overlap: float = 0.6) -> list[int]:
     """Indexes into `docs` of the documents a step cites.
 
-    Explicit markers (`[2]`, 1-based) win. Otherwise a step cites the document(s) it restates:
-    the best token-overlap F1 between step and document, when it reaches `min_overlap`.
+    Explicit markers (`[2]`, 1-based) win. Otherwise a reasoning step cites the document(s) it
+    restates: the best token-overlap F1 between step and document, when it reaches
+    `min_overlap`. An answer step without markers cites nothing: it concludes from the steps
+    before it, whose citations are its support.
     """
     marked = [int(m) - 1 for m in _CITE_RE.findall(step)]
     marked = sorted({i for i in marked if 0 <= i < len(docs)})
-    if marked:
+    if marked or parse_answer(step) is not None:
         return marked
     st = _tokens(_CITE_RE.sub("", step))
     if not st or not docs:

@@ -1,0 +1,1 @@
+"""Ray actors and Serve deployments: thin shells around `cls_ray` objects."""

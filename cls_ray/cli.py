@@ -1,0 +1,248 @@
+"""`cls-ray`: one command per job a user runs. Every command takes `--config` and `--set`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cls_ray.config import Config, ConfigError, load_config
+
+logger = logging.getLogger("cls_ray")
+
+DEFAULT_CONFIG = "configs/local.yaml"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=os.environ.get("CLS_RAY_CONFIG"),
+        help=f"YAML config (default: $CLS_RAY_CONFIG, else {DEFAULT_CONFIG} if present)",
+    )
+    common.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set rgr.top_k=6 (repeatable)",
+    )
+    common.add_argument("--json", action="store_true", help="print one JSON object last")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = argparse.ArgumentParser(prog="cls-ray", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bootstrap", parents=[common], help="build the small default model")
+    b.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    i = sub.add_parser("ingest", parents=[common], help="ingest .jsonl/.txt/.md documents")
+    i.add_argument("paths", nargs="*", help="files or folders")
+    i.add_argument("--world", action="store_true", help="ingest the built-in world's corpus")
+    i.add_argument("--no-ray", action="store_true", help="embed in this process, without Ray Data")
+    a = sub.add_parser("ask", parents=[common], help="answer a question with RGR")
+    a.add_argument("question", nargs="?", help="the question (default: a held-out world one)")
+    a.add_argument("--mode", choices=["rgr", "single", "none"], default="rgr")
+    bench = sub.add_parser("bench", parents=[common], help="benchmarks")
+    bench.add_argument("which", choices=["rgr"])
+    bench.add_argument("--per-family", type=int, default=None, help="questions per family")
+    d = sub.add_parser("demo", parents=[common], help="the main job on the embedded default")
+    d.add_argument("--per-family", type=int, default=None, help="bench questions per family")
+    return p
+
+
+def resolve_config(args) -> Config:
+    path = args.config
+    if path is None and Path(DEFAULT_CONFIG).exists():
+        path = DEFAULT_CONFIG
+    return load_config(path, args.overrides)
+
+
+def _emit(args, obj: dict) -> None:
+    if args.json:
+        print(json.dumps(obj, default=str))
+
+
+def cmd_bootstrap(args, stack) -> dict:
+    from cls_ray.model.bootstrap import bootstrap
+
+    if stack.model_ready() and not args.force:
+        metrics_file = stack.cfg.model_path / "bootstrap_metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        print(f"model already built at {stack.cfg.model_path} (use --force to rebuild)")
+        return {"path": str(stack.cfg.model_path), "built": False, **metrics}
+    metrics = bootstrap(stack.cfg, stack.world, progress=not args.quiet)
+    print(
+        f"built {stack.cfg.model_path}: {metrics['params']:,} parameters, "
+        f"{metrics['steps']} steps in {metrics['train_seconds']} s, loss "
+        f"{metrics['loss_first']} -> {metrics['loss_last']}, next-step accuracy "
+        f"{metrics['episode_step_accuracy']:.3f}"
+    )
+    return {"path": str(stack.cfg.model_path), "built": True, **metrics}
+
+
+def _init_ray(cfg: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    except AttributeError:
+        pass
+
+
+def cmd_ingest(args, stack) -> dict:
+    from cls_ray.memory.ingest import ingest_paths
+
+    paths: list = list(args.paths)
+    if args.world:
+        paths.append(stack.export_world())
+    if not paths:
+        raise SystemExit("cls-ray ingest: give files or folders, or --world")
+    if not args.no_ray:
+        _init_ray(stack.cfg)
+    report = ingest_paths(paths, stack.cfg, stack.store, progress=not args.quiet, use_ray=not args.no_ray)
+    for e in report.errors:
+        print(f"error: {e}", file=sys.stderr)
+    total = stack.store.count()
+    print(
+        f"ingested {report.written} new documents from {report.files} file(s); "
+        f"{report.skipped_existing} already stored; {len(report.errors)} bad line(s); "
+        f"{total} documents in {stack.store.name()}"
+    )
+    return {**report.to_dict(), "total": total}
+
+
+def print_trajectory(tr) -> None:
+    print(f"question: {tr.question}")
+    for n, s in enumerate(tr.steps, 1):
+        kind = "answer" if s.is_answer else f"step {n}"
+        print(f"  {kind}: {s.text}")
+        if s.query is not None:
+            print(f"      query: {s.query}")
+        texts = {d.id: d.text for d in s.retrieved}
+        for c in s.cited:
+            print(f"      cites {c}: {texts.get(c, '')}")
+    print(f"answer: {tr.answer if tr.answer is not None else '(none within the step limit)'}")
+    print(f"model version: {tr.model_version}; retrieval {tr.retrieval_s:.3f} s, "
+          f"generation {tr.generation_s:.3f} s")
+
+
+def cmd_ask(args, stack) -> dict:
+    from cls_ray.rgr import run_rgr
+
+    question = args.question
+    if not question:
+        qs = stack.world.questions("heldout", families=stack.world.trained_families, per_family=1)
+        question = next(q for q in qs if q.hops == 3).text
+    if not question.strip():
+        raise SystemExit("cls-ray ask: the question is empty")
+    cfg = stack.cfg
+    tr = run_rgr(
+        [question],
+        stack.engine,
+        None if args.mode == "none" else stack.retriever,
+        mode=args.mode,
+        top_k=cfg.rgr.top_k,
+        max_steps=cfg.rgr.max_steps,
+        exclude_cited=cfg.rgr.exclude_cited,
+        temperature=cfg.engine.temperature,
+        grounded=cfg.rgr.grounded,
+    )[0]
+    if not args.json:
+        print_trajectory(tr)
+    return tr.to_dict()
+
+
+def cmd_bench(args, stack) -> dict:
+    from cls_ray.eval.bench_rgr import bench_rgr, format_table
+    from cls_ray.eval.plots import plot_bench_rgr
+
+    cfg = stack.cfg
+    if stack.store.count() == 0:
+        raise SystemExit("cls-ray bench rgr: the store is empty; run `cls-ray ingest --world`")
+    result = bench_rgr(
+        stack.world,
+        stack.engine,
+        stack.retriever,
+        modes=cfg.bench.modes,
+        per_family=args.per_family or cfg.bench.per_family,
+        top_k=cfg.rgr.top_k,
+        max_steps=cfg.rgr.max_steps,
+        exclude_cited=cfg.rgr.exclude_cited,
+        grounded=cfg.rgr.grounded,
+        batch_size=cfg.engine.batch_size,
+        progress=not args.quiet,
+    )
+    result["search_mode"] = cfg.store.search_mode
+    out = cfg.state_path / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_rgr.json").write_text(json.dumps(result, indent=2))
+    png = plot_bench_rgr(result, out / "bench_rgr.png")
+    print(format_table(result))
+    print(f"report: {out / 'bench_rgr.json'}" + (f"; plot: {png}" if png else ""))
+    return result
+
+
+def cmd_demo(args, stack) -> dict:
+    """Build the default if needed, ingest the world, answer one question, run the benchmark."""
+    print("== 1/4 bootstrap: the small default model")
+    args.force = False
+    cmd_bootstrap(args, stack)
+    print("== 2/4 ingest: the built-in world into Milvus")
+    args.paths, args.world, args.no_ray = [], True, False
+    cmd_ingest(args, stack)
+    print("== 3/4 ask: one held-out 3-hop question with RGR")
+    args.question, args.mode = None, "rgr"
+    json_flag, args.json = args.json, False
+    cmd_ask(args, stack)
+    args.json = json_flag
+    print("== 4/4 bench rgr: RGR vs single-shot RAG vs no retrieval, held-out questions")
+    return cmd_bench(args, stack)
+
+
+COMMANDS = {
+    "bootstrap": cmd_bootstrap,
+    "ingest": cmd_ingest,
+    "ask": cmd_ask,
+    "bench": cmd_bench,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "transformers", "ray", "pymilvus", "milvus_lite"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        cfg = resolve_config(args)
+    except ConfigError as e:
+        print(f"cls-ray: {e}", file=sys.stderr)
+        return 2
+    from cls_ray.stack import Stack
+
+    stack = Stack(cfg)
+    try:
+        result = COMMANDS[args.command](args, stack)
+    except FileNotFoundError as e:
+        print(f"cls-ray {args.command}: {e}", file=sys.stderr)
+        return 1
+    _emit(args, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""`HFEngine`: batched generation with Hugging Face transformers (CPU by default)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from cls_ray.engine.base import Generation
+from cls_ray.steps import StepTemplate, chat_messages, clean_step, compact_prompt
+
+
+class HFEngine:
+    """Generates the next step for many prompts in one `generate` call.
+
+    Prompts are left-padded; the compact template starts with BOS. Each generation returns its
+    token ids and their log-probs under the sampling distribution (the behaviour policy).
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        template: StepTemplate = "compact",
+        max_new_tokens: int = 24,
+        batch_size: int = 32,
+        version: str = "base",
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        self.template: StepTemplate = template
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.version = version
+
+    @classmethod
+    def from_config(cls, cfg, version: str = "base", path=None) -> HFEngine:
+        from cls_ray.model.loading import load_model_and_tokenizer
+
+        model, tok = load_model_and_tokenizer(
+            path or cfg.model_path, cfg.engine.device, cfg.engine.dtype
+        )
+        return cls(
+            model,
+            tok,
+            cfg.model.template,
+            cfg.engine.max_new_tokens,
+            cfg.engine.batch_size,
+            version,
+        )
+
+    def render(self, question: str, docs: Sequence[str], steps: Sequence[str]) -> str:
+        if self.template == "chat":
+            return self.tokenizer.apply_chat_template(
+                chat_messages(question, docs, steps), add_generation_prompt=True, tokenize=False
+            )
+        return compact_prompt(question, docs, steps)
+
+    def _encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
+        if self.template == "compact" and tok.bos_token_id is not None:
+            ids = [[tok.bos_token_id] + x for x in ids]
+        n = max(len(x) for x in ids)
+        pad = tok.pad_token_id
+        input_ids = torch.full((len(ids), n), pad, dtype=torch.long)
+        attn = torch.zeros((len(ids), n), dtype=torch.long)
+        for i, x in enumerate(ids):
+            input_ids[i, n - len(x) :] = torch.tensor(x)
+            attn[i, n - len(x) :] = 1
+        dev = self.model.device
+        return {"input_ids": input_ids.to(dev), "attention_mask": attn.to(dev)}
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        temperature: float = 0.0,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        choices: Sequence[Sequence[str]] | None = None,
+    ) -> list[Generation]:
+        """`choices[i]`, when given, is the set of texts prompt i may produce (grounded
+        decoding): tokens outside every remaining continuation are masked at each step."""
+        out: list[Generation] = []
+        for i in range(0, len(prompts), self.batch_size):
+            out += self._generate_batch(
+                prompts[i : i + self.batch_size],
+                temperature,
+                max_new_tokens,
+                seed,
+                None if choices is None else choices[i : i + self.batch_size],
+            )
+        return out
+
+    def _tries(self, choices: Sequence[Sequence[str]]) -> list[dict]:
+        eos = self.tokenizer.eos_token_id
+        tries = []
+        for opts in choices:
+            root: dict = {}
+            ids = self.tokenizer(list(opts), add_special_tokens=False)["input_ids"] if opts else []
+            for seq in ids:
+                node = root
+                for t in [*seq, eos]:
+                    node = node.setdefault(t, {})
+            tries.append(root)
+        return tries
+
+    def _generate_batch(
+        self, prompts, temperature, max_new_tokens, seed, choices=None
+    ) -> list[Generation]:
+        if not prompts:
+            return []
+        if seed is not None:
+            torch.manual_seed(seed)
+        enc = self._encode(prompts)
+        sample = temperature > 0
+        extra = {}
+        if choices is not None:
+            tries = self._tries(choices)
+            n_prompt = enc["input_ids"].shape[1]
+            eos = self.tokenizer.eos_token_id
+
+            def allowed(batch_id: int, input_ids: torch.Tensor) -> list[int]:
+                node = tries[batch_id]
+                for t in input_ids[n_prompt:].tolist():
+                    node = node.get(t)
+                    if node is None:  # finished (EOS) or no choice given: anything
+                        return [eos]
+                return list(node) or [eos]
+
+            extra["prefix_allowed_tokens_fn"] = allowed
+        gen = self.model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            do_sample=sample,
+            temperature=temperature if sample else None,
+            top_k=None,
+            top_p=None,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **extra,
+        )
+        new = gen.sequences[:, enc["input_ids"].shape[1] :]  # (B, T_new)
+        # Log-probs under the distribution the tokens were drawn from (temperature applied).
+        logits = torch.stack(gen.scores, dim=1).float()  # (B, T_new, V)
+        if sample:
+            logits = logits / temperature
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        results = []
+        for row, lp in zip(new.tolist(), logp.tolist(), strict=True):
+            ids, lps = [], []
+            for t, p in zip(row, lp, strict=True):
+                if t == pad and t != eos:
+                    break
+                ids.append(t)
+                lps.append(p)
+                if t == eos:
+                    break
+            text = self.tokenizer.decode([t for t in ids if t != eos], skip_special_tokens=True)
+            results.append(Generation(clean_step(text), ids, lps))
+        return results

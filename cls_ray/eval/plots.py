@@ -1,0 +1,53 @@
+"""Plots of benchmark reports (PNG), for results people would rather see than read."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def plot_bench_rgr(result: dict, path: Path) -> Path | None:
+    """Accuracy and support recall by hops, one line per mode, trained families solid and
+    held-back families dashed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plotting is a nicety; the JSON report is the record
+        logger.warning("matplotlib is not installed: no plot")
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    colors = {"rgr": "tab:blue", "single": "tab:orange", "none": "tab:gray"}
+    for ax, metric in zip(axes, ("accuracy", "support_recall"), strict=True):
+        for (mode, fam), style in (
+            ((m, f), "-" if f == "trained" else "--")
+            for m in colors
+            for f in ("trained", "held_back")
+        ):
+            rows = sorted(
+                (r for r in result["rows"] if r["mode"] == mode and r["family"] == fam),
+                key=lambda r: r["hops"],
+            )
+            if rows:
+                ax.plot(
+                    [r["hops"] for r in rows],
+                    [r[metric] for r in rows],
+                    style,
+                    marker="o",
+                    color=colors[mode],
+                    label=f"{mode} ({fam})",
+                )
+        ax.set_xlabel("hops")
+        ax.set_xticks([1, 2, 3])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("RGR vs single-shot RAG vs no retrieval (held-out questions)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,147 @@
+"""`cls-ray bootstrap`: build the small default model once, on this machine, in minutes.
+
+A Llama built in code is trained on re-drawn world episodes (question + retrieved documents +
+steps so far -> next step) of the trained families only; the held-back families are left for
+consolidation to teach. The result is saved with `save_pretrained` (atomically: a temporary
+folder renamed into place) and every later run loads it with `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from cls_ray.model.loading import build_small_model
+from cls_ray.model.tokenizer import build_world_tokenizer
+from cls_ray.steps import compact_prompt
+from cls_ray.world.core import World
+from cls_ray.world.episodes import Episode, EpisodeSampler
+
+logger = logging.getLogger(__name__)
+
+
+def encode_examples(
+    tokenizer, examples: list[tuple[str, str]], max_len: int
+) -> dict[str, torch.Tensor]:
+    """(prompt, target) pairs -> left-padded input ids, attention mask and labels that score
+    only the target and its EOS."""
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    rows, labels = [], []
+    p_ids = tokenizer([p for p, _ in examples], add_special_tokens=False)["input_ids"]
+    t_ids = tokenizer([t for _, t in examples], add_special_tokens=False)["input_ids"]
+    for p, t in zip(p_ids, t_ids, strict=True):
+        ids = ([bos] if bos is not None else []) + p + t + [eos]
+        lab = [-100] * (len(ids) - len(t) - 1) + t + [eos]
+        rows.append(ids[-max_len:])
+        labels.append(lab[-max_len:])
+    n = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), n), pad, dtype=torch.long)
+    attn = torch.zeros((len(rows), n), dtype=torch.long)
+    lab_t = torch.full((len(rows), n), -100, dtype=torch.long)
+    for i, (r, lab) in enumerate(zip(rows, labels, strict=True)):
+        input_ids[i, n - len(r) :] = torch.tensor(r)
+        attn[i, n - len(r) :] = 1
+        lab_t[i, n - len(lab) :] = torch.tensor(lab)
+    return {"input_ids": input_ids, "attention_mask": attn, "labels": lab_t}
+
+
+def episode_pair(ep: Episode) -> tuple[str, str]:
+    return compact_prompt(ep.question, ep.docs, ep.steps), ep.target
+
+
+@torch.no_grad()
+def greedy_step_accuracy(model, tokenizer, episodes: list[Episode], max_new_tokens: int = 24) -> float:
+    """Share of episodes whose greedy next step equals the target exactly."""
+    from cls_ray.engine.hf import HFEngine
+
+    engine = HFEngine(model, tokenizer, max_new_tokens=max_new_tokens)
+    prompts = [compact_prompt(e.question, e.docs, e.steps) for e in episodes]
+    outs = engine.generate(prompts)
+    return sum(o.text == e.target for o, e in zip(outs, episodes, strict=True)) / max(1, len(episodes))
+
+
+def bootstrap(cfg, world: World, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Trains the default small model on `world` and saves it; returns its training metrics."""
+    from tqdm.auto import tqdm
+
+    bc, arch = cfg.model.bootstrap, cfg.model.arch
+    if bc.threads:
+        torch.set_num_threads(bc.threads)
+    torch.manual_seed(bc.seed)
+    rng = random.Random(bc.seed)
+    out_dir = Path(out_dir) if out_dir else cfg.model_path
+    tokenizer = build_world_tokenizer()
+    model = build_small_model(arch, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    sampler = EpisodeSampler(world, world.trained_families, cfg.rgr.top_k)
+    eval_rng = random.Random(bc.seed + 1)
+    eval_eps = [sampler.sample(eval_rng) for _ in range(256)]
+
+    opt = torch.optim.AdamW(model.parameters(), lr=bc.lr, weight_decay=0.01, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < bc.warmup:
+            return (step + 1) / max(1, bc.warmup)
+        frac = (step - bc.warmup) / max(1, bc.steps - bc.warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    losses: list[float] = []
+    t0 = time.time()
+    bar = tqdm(range(bc.steps), desc="bootstrap", disable=not progress, mininterval=2.0)
+    for step in bar:
+        batch = encode_examples(
+            tokenizer, [episode_pair(sampler.sample(rng)) for _ in range(bc.batch_size)],
+            arch.max_position,
+        )
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+    train_s = time.time() - t0
+    model.eval()
+    acc = greedy_step_accuracy(model, tokenizer, eval_eps)
+    metrics = {
+        "params": n_params,
+        "steps": bc.steps,
+        "batch_size": bc.batch_size,
+        "train_seconds": round(train_s, 1),
+        "loss_first": round(sum(losses[:20]) / max(1, len(losses[:20])), 4),
+        "loss_last": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4),
+        "episode_step_accuracy": round(acc, 4),
+        "trained_families": [".".join(f) for f in world.trained_families],
+        "held_back_families": [".".join(f) for f in world.held_back_families],
+        "world_seed": world.config.seed,
+    }
+    save_atomically(model, tokenizer, out_dir, metrics)
+    logger.info("bootstrap done: %s", metrics)
+    return metrics
+
+
+def save_atomically(model, tokenizer, out_dir: Path, metrics: dict) -> None:
+    """Writes into a sibling temporary folder, then renames: a crash leaves no half model."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{int(time.time() * 1000)}"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "bootstrap_metrics.json").write_text(json.dumps(metrics, indent=2))
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{int(time.time() * 1000)}"
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)

@@ -1,0 +1,48 @@
+"""Building the small Llama in code and loading any causal LM by path."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def build_small_model(arch, tokenizer):
+    """A fresh Llama shaped by `arch` (an `ArchConfig`), sized to `tokenizer`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_heads,
+        num_key_value_heads=arch.num_heads,
+        max_position_embeddings=arch.max_position,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def load_model_and_tokenizer(path: str | Path, device: str = "cpu", dtype: str = "float32"):
+    """`from_pretrained` on a local checkpoint: the built default or any Hugging Face model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"no model at {path}: run `cls-ray bootstrap` or set model.path to a checkpoint"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+    return model.to(device).eval(), tokenizer

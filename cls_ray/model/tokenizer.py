@@ -1,0 +1,42 @@
+"""A word-level tokenizer for the world's compact format.
+
+Every name part, relation noun and marker is one token, so copying a name from a document is
+copying two tokens: the copy-friendly tokenization the small model needs to read instead of
+memorize. It is a `PreTrainedTokenizerFast`, saved and loaded with the usual Hugging Face calls.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedTokenizerFast
+
+from cls_ray.world.core import NAME_PARTS, RELATIONS
+
+SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+MARKERS = ["question:", "doc:", "step:"]
+FUNCTION_WORDS = ["what", "is", "the", "of", "answer", "?", ".", ","]
+
+
+def world_vocabulary() -> list[str]:
+    words = SPECIALS + MARKERS + FUNCTION_WORDS
+    words += [r.noun for r in RELATIONS.values()]
+    words += NAME_PARTS.all_words()
+    seen: set[str] = set()
+    return [w for w in words if not (w in seen or seen.add(w))]
+
+
+def build_world_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(world_vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )

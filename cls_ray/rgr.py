@@ -1,0 +1,214 @@
+"""Reasoning-Guided Retrieval: retrieve after every reasoning step, then write the next one.
+
+Step 0 retrieves with the question. After step s_t the loop builds one query from the question
+and the steps so far (`step_query`), takes the top-k documents, puts them in the model's context
+and generates the next step; it stops at an answer or at the step limit. Every step records its
+query, what it retrieved (ids, scores) and which documents it cites.
+
+The loop is pure: the engine and the retriever are passed in, so the same code runs on the
+HF engine on a laptop, on vLLM, and inside a Serve replica, and it runs the two baselines:
+`single` (retrieve once from the question, keep those documents) and `none` (no retrieval).
+Many questions advance in lock-step so each round is one retrieval call and one generate call.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Protocol
+
+from cls_ray.steps import cite, grounded_choices, parse_answer
+
+RGRMode = Literal["rgr", "single", "none"]
+
+_WORD = re.compile(r"\w+")
+
+
+def _norm(word: str) -> str:
+    return "".join(_WORD.findall(word.lower()))
+
+
+def step_query(question: str, steps: Sequence[str]) -> str:
+    """The text RGR embeds before the next step.
+
+    With no steps it is the question. After a step it is the *reasoning state*: the words the
+    last step newly established (those in neither the question nor earlier steps; the bridge
+    entity), followed by the part of the question the steps have not covered yet. On a
+    multi-hop question this moves the query from what is already resolved to what is still
+    asked ("Falcon Labs what founder ?" after "the employer of Alice Porter is Falcon Labs").
+    """
+    if not steps:
+        return question
+    covered: set[str] = set()
+    for s in steps:
+        covered |= {_norm(w) for w in s.split()}
+    prior = {_norm(w) for w in question.split()}
+    for s in steps[:-1]:
+        prior |= {_norm(w) for w in s.split()}
+    new = [w for w in steps[-1].split() if _norm(w) and _norm(w) not in prior]
+    rest = [w for w in question.split() if _norm(w) not in covered]
+    return " ".join(new + rest) or question
+
+
+@dataclass
+class RetrievedDoc:
+    id: str
+    score: float
+    text: str
+
+
+@dataclass
+class StepRecord:
+    text: str
+    query: str | None
+    retrieved: list[RetrievedDoc]
+    cited: list[str]
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    is_answer: bool = False
+
+
+@dataclass
+class Trajectory:
+    question: str
+    mode: RGRMode
+    steps: list[StepRecord] = field(default_factory=list)
+    answer: str | None = None
+    retrieval_s: float = 0.0
+    generation_s: float = 0.0
+    latency_s: float = 0.0
+    model_version: str = ""
+
+    @property
+    def step_texts(self) -> list[str]:
+        return [s.text for s in self.steps]
+
+    @property
+    def retrieved_ids(self) -> set[str]:
+        return {d.id for s in self.steps for d in s.retrieved}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Retriever(Protocol):
+    def retrieve(
+        self, queries: Sequence[str], k: int, exclude: Sequence[set[str]] | None = None
+    ) -> list[list[RetrievedDoc]]:
+        """Top-k documents for every query, in one batched call."""
+        ...
+
+
+class StoreRetriever:
+    """Embedder + Milvus store: one embedding call and one search call per batch of queries."""
+
+    def __init__(self, embedder, store, kind: str = "documents"):
+        self.embedder = embedder
+        self.store = store
+        self.kind = kind
+
+    def retrieve(
+        self, queries: Sequence[str], k: int, exclude: Sequence[set[str]] | None = None
+    ) -> list[list[RetrievedDoc]]:
+        if not queries:
+            return []
+        vectors = self.embedder.embed(list(queries)) if self.store.search_mode != "bm25" else None
+        hits = self.store.search(vectors, list(queries), k, exclude=exclude, kind=self.kind)
+        return [[RetrievedDoc(h.id, h.score, h.text) for h in row] for row in hits]
+
+
+def run_rgr(
+    questions: Sequence[str],
+    engine,
+    retriever: Retriever | None,
+    mode: RGRMode = "rgr",
+    top_k: int = 4,
+    max_steps: int = 5,
+    exclude_cited: bool = True,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    grounded: bool = False,
+) -> list[Trajectory]:
+    """Runs RGR (or a baseline) for all `questions` together; returns one trajectory each.
+
+    `grounded` decodes each step inside `grounded_choices` (restate a context document or
+    answer from the steps so far), the same for every mode.
+    """
+    if mode not in ("rgr", "single", "none"):
+        raise ValueError(f"unknown mode {mode!r}; expected rgr, single or none")
+    if mode != "none" and retriever is None:
+        raise ValueError(f"mode {mode!r} needs a retriever")
+    version = getattr(engine, "version", "")
+    trajs = [Trajectory(q, mode, model_version=version) for q in questions]
+    context: list[list[RetrievedDoc]] = [[] for _ in questions]
+    start = time.perf_counter()
+    active = list(range(len(questions)))
+    for t in range(max_steps):
+        if not active:
+            break
+        # Retrieve: every step in rgr mode, only before the first step in single mode.
+        if mode == "rgr" or (mode == "single" and t == 0):
+            queries = [step_query(trajs[i].question, trajs[i].step_texts) for i in active]
+            exclude = (
+                [{c for s in trajs[i].steps for c in s.cited} for i in active]
+                if exclude_cited and mode == "rgr"
+                else None
+            )
+            t0 = time.perf_counter()
+            got = retriever.retrieve(queries, top_k, exclude)
+            dt = (time.perf_counter() - t0) / len(active)
+            for i, q, docs in zip(active, queries, got, strict=True):
+                context[i] = docs
+                trajs[i].retrieval_s += dt
+            step_queries = dict(zip(active, queries, strict=True))
+        else:
+            step_queries = {i: None for i in active}
+        prompts = [
+            engine.render(trajs[i].question, [d.text for d in context[i]], trajs[i].step_texts)
+            for i in active
+        ]
+        choices = (
+            [
+                grounded_choices(trajs[i].question, [d.text for d in context[i]], trajs[i].step_texts)
+                for i in active
+            ]
+            if grounded
+            else None
+        )
+        t0 = time.perf_counter()
+        gens = engine.generate(
+            prompts,
+            temperature=temperature,
+            seed=None if seed is None else seed + t,
+            choices=choices,
+        )
+        dt = (time.perf_counter() - t0) / len(active)
+        still = []
+        for i, g in zip(active, gens, strict=True):
+            tr = trajs[i]
+            tr.generation_s += dt
+            docs = context[i]
+            cited = [docs[j].id for j in cite(g.text, [d.text for d in docs])]
+            answer = parse_answer(g.text)
+            tr.steps.append(
+                StepRecord(
+                    text=g.text,
+                    query=step_queries[i],
+                    retrieved=list(docs),
+                    cited=cited,
+                    token_ids=g.token_ids,
+                    logprobs=g.logprobs,
+                    is_answer=answer is not None,
+                )
+            )
+            if answer is not None or not g.text:
+                tr.answer = answer
+                tr.latency_s = time.perf_counter() - start
+            else:
+                still.append(i)
+        active = still
+    for i in active:
+        trajs[i].latency_s = time.perf_counter() - start
+    return trajs
