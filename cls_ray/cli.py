@@ -46,7 +46,7 @@ def make_parser() -> argparse.ArgumentParser:
     a.add_argument("question", nargs="?", help="the question (default: a held-out world one)")
     a.add_argument("--mode", choices=["rgr", "single", "none"], default="rgr")
     bench = sub.add_parser("bench", parents=[common], help="benchmarks")
-    bench.add_argument("which", choices=["rgr"])
+    bench.add_argument("which", choices=["rgr", "retrieval"])
     bench.add_argument("--per-family", type=int, default=None, help="questions per family")
     d = sub.add_parser("demo", parents=[common], help="the main job on the embedded default")
     d.add_argument("--per-family", type=int, default=None, help="bench questions per family")
@@ -78,7 +78,8 @@ def cmd_bootstrap(args, stack) -> dict:
         f"built {stack.cfg.model_path}: {metrics['params']:,} parameters, "
         f"{metrics['steps']} steps in {metrics['train_seconds']} s, loss "
         f"{metrics['loss_first']} -> {metrics['loss_last']}, next-step accuracy "
-        f"{metrics['episode_step_accuracy']:.3f}"
+        f"{metrics['episode_step_accuracy']:.3f} (grounded "
+        f"{metrics['episode_step_accuracy_grounded']:.3f})"
     )
     return {"path": str(stack.cfg.model_path), "built": True, **metrics}
 
@@ -108,7 +109,9 @@ def cmd_ingest(args, stack) -> dict:
         raise SystemExit("cls-ray ingest: give files or folders, or --world")
     if not args.no_ray:
         _init_ray(stack.cfg)
-    report = ingest_paths(paths, stack.cfg, stack.store, progress=not args.quiet, use_ray=not args.no_ray)
+    report = ingest_paths(
+        paths, stack.cfg, stack.store, progress=not args.quiet, use_ray=not args.no_ray
+    )
     for e in report.errors:
         print(f"error: {e}", file=sys.stderr)
     total = stack.store.count()
@@ -131,8 +134,10 @@ def print_trajectory(tr) -> None:
         for c in s.cited:
             print(f"      cites {c}: {texts.get(c, '')}")
     print(f"answer: {tr.answer if tr.answer is not None else '(none within the step limit)'}")
-    print(f"model version: {tr.model_version}; retrieval {tr.retrieval_s:.3f} s, "
-          f"generation {tr.generation_s:.3f} s")
+    print(
+        f"model version: {tr.model_version}; retrieval {tr.retrieval_s:.3f} s, "
+        f"generation {tr.generation_s:.3f} s"
+    )
 
 
 def cmd_ask(args, stack) -> dict:
@@ -167,7 +172,11 @@ def cmd_bench(args, stack) -> dict:
 
     cfg = stack.cfg
     if stack.store.count() == 0:
-        raise SystemExit("cls-ray bench rgr: the store is empty; run `cls-ray ingest --world`")
+        raise SystemExit(
+            f"cls-ray bench {args.which}: the store is empty; run `cls-ray ingest --world`"
+        )
+    if args.which == "retrieval":
+        return cmd_bench_retrieval(args, stack)
     result = bench_rgr(
         stack.world,
         stack.engine,
@@ -188,6 +197,25 @@ def cmd_bench(args, stack) -> dict:
     png = plot_bench_rgr(result, out / "bench_rgr.png")
     print(format_table(result))
     print(f"report: {out / 'bench_rgr.json'}" + (f"; plot: {png}" if png else ""))
+    return result
+
+
+def cmd_bench_retrieval(args, stack) -> dict:
+    from cls_ray.eval.bench_retrieval import bench_retrieval, format_retrieval_table
+
+    cfg = stack.cfg
+    result = bench_retrieval(
+        stack.world,
+        stack.embedder,
+        stack.store,
+        k=cfg.rgr.top_k,
+        per_family=args.per_family or cfg.bench.per_family,
+    )
+    out = cfg.state_path / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_retrieval.json").write_text(json.dumps(result, indent=2))
+    print(format_retrieval_table(result))
+    print(f"report: {out / 'bench_retrieval.json'}")
     return result
 
 

@@ -31,8 +31,9 @@ class StoreConfig(_Section):
     token: str = Field("", description="Milvus token; ${VAR} reads an environment variable.")
     collection_prefix: str = Field("cls", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     index_type: Literal["AUTOINDEX", "FLAT", "HNSW", "IVF_FLAT"] = Field(
-        "AUTOINDEX", description="Dense index; AUTOINDEX, FLAT, HNSW and IVF_FLAT are valid on "
-        "Milvus Lite and on a server."
+        "AUTOINDEX",
+        description="Dense index; AUTOINDEX, FLAT, HNSW and IVF_FLAT are valid on "
+        "Milvus Lite and on a server.",
     )
     index_params: dict[str, Any] = Field(default_factory=dict)
     search_mode: Literal["dense", "bm25", "hybrid"] = Field(
@@ -207,7 +208,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{name}: expected a mapping of sections at the top, got {type(data).__name__}")
+        raise ConfigError(
+            f"{name}: expected a mapping of sections at the top, got {type(data).__name__}"
+        )
     from_cli: set[str] = set()
     for item in overrides or []:
         if "=" not in item:

@@ -159,7 +159,7 @@ def run_rgr(
             t0 = time.perf_counter()
             got = retriever.retrieve(queries, top_k, exclude)
             dt = (time.perf_counter() - t0) / len(active)
-            for i, q, docs in zip(active, queries, got, strict=True):
+            for i, docs in zip(active, got, strict=True):
                 context[i] = docs
                 trajs[i].retrieval_s += dt
             step_queries = dict(zip(active, queries, strict=True))
@@ -171,7 +171,9 @@ def run_rgr(
         ]
         choices = (
             [
-                grounded_choices(trajs[i].question, [d.text for d in context[i]], trajs[i].step_texts)
+                grounded_choices(
+                    trajs[i].question, [d.text for d in context[i]], trajs[i].step_texts
+                )
                 for i in active
             ]
             if grounded

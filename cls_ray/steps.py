@@ -87,6 +87,17 @@ def grounded_choices(
 _WORDLIKE = re.compile(r"\w")
 
 
+def render_prompt(
+    template: StepTemplate, tokenizer, question: str, docs: Sequence[str], steps: Sequence[str]
+) -> str:
+    """The prompt for the next step in `template`; `chat` uses the tokenizer's chat template."""
+    if template == "chat":
+        return tokenizer.apply_chat_template(
+            chat_messages(question, docs, steps), add_generation_prompt=True, tokenize=False
+        )
+    return compact_prompt(question, docs, steps)
+
+
 def _tokens(text: str) -> Counter:
     return Counter(re.findall(r"\w+", text.lower()))
 

@@ -70,3 +70,49 @@ def ray_local():
         ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+TINY_OVERRIDES = [
+    "world.scale=0.02",
+    "model.arch.hidden_size=64",
+    "model.arch.num_layers=2",
+    "model.arch.num_heads=4",
+    "model.arch.intermediate_size=128",
+    "model.arch.max_position=160",
+    "model.bootstrap.steps=150",
+    "model.bootstrap.batch_size=32",
+    "model.bootstrap.warmup=20",
+    "model.bootstrap.lr=0.003",
+    "engine.batch_size=16",
+    "bench.per_family=2",
+    "store.collection_prefix=tiny",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_state(tmp_path_factory):
+    """A tiny embedded default built through the CLI: config file, bootstrap, world ingest."""
+    from cls_ray.cli import main
+
+    state = tmp_path_factory.mktemp("tiny-state")
+    cfg_file = state / "tiny.yaml"
+    lines = [f"state_dir: {state}"]
+    cfg_file.write_text("\n".join(lines) + "\n")
+    args = ["--config", str(cfg_file), "-q"] + [x for o in TINY_OVERRIDES for x in ("--set", o)]
+    assert main(["bootstrap", *args]) == 0
+    assert main(["ingest", "--world", "--no-ray", *args]) == 0
+    return {"dir": state, "args": args}
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_state):
+    from cls_ray.config import load_config
+
+    return load_config(tiny_state["args"][1], TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def tiny_stack(tiny_cfg):
+    from cls_ray.stack import Stack
+
+    return Stack(tiny_cfg)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from cls_ray.engine.base import Generation
-from cls_ray.steps import StepTemplate, chat_messages, clean_step, compact_prompt
+from cls_ray.steps import StepTemplate, clean_step, render_prompt
 
 
 class HFEngine:
@@ -51,11 +51,7 @@ class HFEngine:
         )
 
     def render(self, question: str, docs: Sequence[str], steps: Sequence[str]) -> str:
-        if self.template == "chat":
-            return self.tokenizer.apply_chat_template(
-                chat_messages(question, docs, steps), add_generation_prompt=True, tokenize=False
-            )
-        return compact_prompt(question, docs, steps)
+        return render_prompt(self.template, self.tokenizer, question, docs, steps)
 
     def _encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         tok = self.tokenizer

@@ -56,7 +56,9 @@ def summarize(rows: list[dict]) -> dict:
         "accuracy": round(statistics.fmean(r["correct"] for r in rows), 4),
         "chain_accuracy": round(statistics.fmean(r["chain_correct"] for r in rows), 4),
         "support_recall": round(statistics.fmean(r["support_recall"] for r in rows), 4),
-        "citation_precision": round(sum(r["supported"] for r in rows) / cited, 4) if cited else None,
+        "citation_precision": round(sum(r["supported"] for r in rows) / cited, 4)
+        if cited
+        else None,
         "latency_p50_s": round(_pct(lat, 0.5), 4),
         "latency_p95_s": round(_pct(lat, 0.95), 4),
         "retrieval_share": round(sum(r["retrieval_s"] for r in rows) / total, 4) if total else 0.0,

@@ -130,9 +130,7 @@ class MilvusStore:
             metric_type="IP",
             params=self.index_params,
         )
-        index.add_index(
-            field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25"
-        )
+        index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         self.client.create_collection(name, schema=schema, index_params=index)
         self.client.load_collection(name)
         logger.info("created collection %s (dim %d, %s)", name, self.dim, self.index_type)

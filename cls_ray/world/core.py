@@ -288,9 +288,7 @@ class World:
         rng = random.Random(f"{self.config.seed}-{split}-{seed}")
         out: list[Question] = []
         for fam in families if families is not None else FAMILIES:
-            starts = [
-                e for e in self.core[RELATIONS[fam[0]].domain] if self.split_of[e] == split
-            ]
+            starts = [e for e in self.core[RELATIONS[fam[0]].domain] if self.split_of[e] == split]
             rng.shuffle(starts)
             for start in starts[:per_family]:
                 chain = self.follow(start, fam)

@@ -69,8 +69,9 @@ class EpisodeSampler:
         out: list[str] = []
         others = [r for r in RELATIONS_OF[stype] if r != rel]
         while len(out) < n:
-            kind = rng.choices(["same_subject", "lookalike", "lookalike_other", "as_object"],
-                               weights=[3, 3, 1, 2])[0]
+            kind = rng.choices(
+                ["same_subject", "lookalike", "lookalike_other", "as_object"], weights=[3, 3, 1, 2]
+            )[0]
             if kind == "same_subject" and others:
                 r = rng.choice(others)
                 doc = fact_text(subject, r, self._name(self._type_of(r), rng, avoid=subject))

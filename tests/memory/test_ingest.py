@@ -20,7 +20,9 @@ def corpus(tmp_path):
         "",
     ]
     (d / "facts.jsonl").write_text("\n".join(lines) + "\n")
-    (d / "notes.md").write_text("# Notes\n\nFalcon Labs builds\nrockets.\n\n\nIt is based in Boston.\n")
+    (d / "notes.md").write_text(
+        "# Notes\n\nFalcon Labs builds\nrockets.\n\n\nIt is based in Boston.\n"
+    )
     (d / "skip.csv").write_text("ignored")
     return d
 
@@ -38,7 +40,11 @@ def test_parse_reports_file_and_line_and_goes_on(corpus):
     assert ":4: field 'text' missing" in errors[1]
     assert ":5: expected a JSON object" in errors[2]
     md = list(parse_file(corpus / "notes.md", errors))
-    assert [d["text"] for d in md] == ["# Notes", "Falcon Labs builds rockets.", "It is based in Boston."]
+    assert [d["text"] for d in md] == [
+        "# Notes",
+        "Falcon Labs builds rockets.",
+        "It is based in Boston.",
+    ]
     assert md[1]["source"] == "notes.md:3"
 
 

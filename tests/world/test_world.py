@@ -2,7 +2,13 @@ import random
 
 import pytest
 
-from cls_ray.world import WorldConfig, build_world, parse_fact, trajectory_correct, verify_trajectory
+from cls_ray.world import (
+    WorldConfig,
+    build_world,
+    parse_fact,
+    trajectory_correct,
+    verify_trajectory,
+)
 from cls_ray.world.core import FAMILIES, NAME_PARTS, fact_text
 from cls_ray.world.episodes import EpisodeSampler
 
@@ -35,8 +41,10 @@ def test_distractors_share_names_and_relations(world):
         for fact in q.chain:
             first, last = fact.subject.split(" ")
             lookalikes = [
-                s for (rel, s) in by_rel_subject
-                if rel == fact.relation and s != fact.subject
+                s
+                for (rel, s) in by_rel_subject
+                if rel == fact.relation
+                and s != fact.subject
                 and (s.startswith(first + " ") or s.endswith(" " + last))
             ]
             assert lookalikes, f"no look-alike for {fact}"
