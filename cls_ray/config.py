@@ -69,7 +69,7 @@ class ArchConfig(_Section):
 
 
 class BootstrapConfig(_Section):
-    steps: int = Field(800, ge=1)
+    steps: int = Field(1000, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
     warmup: int = Field(100, ge=0)
@@ -99,7 +99,7 @@ class EngineConfig(_Section):
 
 
 class RGRConfig(_Section):
-    top_k: int = Field(4, ge=1, le=50)
+    top_k: int = Field(5, ge=1, le=50)
     max_steps: int = Field(5, ge=1, le=32)
     exclude_cited: bool = Field(
         True, description="Later steps skip documents earlier steps already cited."

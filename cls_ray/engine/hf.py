@@ -10,6 +10,19 @@ from cls_ray.engine.base import Generation
 from cls_ray.steps import StepTemplate, clean_step, render_prompt
 
 
+def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (B, T) ids and their attention mask: generation continues every row at the
+    same last position."""
+    n = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        if x:
+            ids[i, n - len(x) :] = torch.tensor(x)
+            mask[i, n - len(x) :] = 1
+    return ids, mask
+
+
 class HFEngine:
     """Generates the next step for many prompts in one `generate` call.
 
@@ -58,13 +71,7 @@ class HFEngine:
         ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
         if self.template == "compact" and tok.bos_token_id is not None:
             ids = [[tok.bos_token_id] + x for x in ids]
-        n = max(len(x) for x in ids)
-        pad = tok.pad_token_id
-        input_ids = torch.full((len(ids), n), pad, dtype=torch.long)
-        attn = torch.zeros((len(ids), n), dtype=torch.long)
-        for i, x in enumerate(ids):
-            input_ids[i, n - len(x) :] = torch.tensor(x)
-            attn[i, n - len(x) :] = 1
+        input_ids, attn = left_pad(ids, tok.pad_token_id)
         dev = self.model.device
         return {"input_ids": input_ids.to(dev), "attention_mask": attn.to(dev)}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from cls_ray.engine.hf import HFEngine
+from cls_ray.engine.hf import HFEngine, left_pad
 from cls_ray.model.loading import build_small_model
 from cls_ray.model.tokenizer import build_world_tokenizer
 from cls_ray.steps import compact_prompt, grounded_choices
@@ -42,14 +42,8 @@ def encode_examples(
         lab = [-100] * (len(ids) - len(t) - 1) + t + [eos]
         rows.append(ids[-max_len:])
         labels.append(lab[-max_len:])
-    n = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), n), pad, dtype=torch.long)
-    attn = torch.zeros((len(rows), n), dtype=torch.long)
-    lab_t = torch.full((len(rows), n), -100, dtype=torch.long)
-    for i, (r, lab) in enumerate(zip(rows, labels, strict=True)):
-        input_ids[i, n - len(r) :] = torch.tensor(r)
-        attn[i, n - len(r) :] = 1
-        lab_t[i, n - len(lab) :] = torch.tensor(lab)
+    input_ids, attn = left_pad(rows, pad)
+    lab_t, _ = left_pad(labels, -100)
     return {"input_ids": input_ids, "attention_mask": attn, "labels": lab_t}
 
 

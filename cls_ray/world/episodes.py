@@ -28,11 +28,15 @@ class Episode:
 class EpisodeSampler:
     """Draws episodes from the train-side names of `world`, for the given families."""
 
-    def __init__(self, world: World, families: list[tuple[str, ...]], k_docs: int = 4):
+    def __init__(
+        self, world: World, families: list[tuple[str, ...]], k_docs: int = 5, k_spread: int = 2
+    ):
+        """Contexts hold `k_docs - k_spread` to `k_docs + 1` documents, so the model reads
+        any number of them rather than one fixed layout."""
         if not families:
             raise ValueError("no families to train on")
         self.families = families
-        self.k = k_docs
+        self.k_range = (max(1, k_docs - k_spread), k_docs + 1)
         self.names = world.train_names()
         self.by_part: dict[EntityType, dict[str, list[str]]] = {}
         for t, names in self.names.items():
@@ -98,13 +102,14 @@ class EpisodeSampler:
             cur, ctype = obj, self._type_of(rel)
         steps = [fact_text(*f) for f in chain]
         t = rng.randrange(len(family) + 1)  # which step to predict; the last is the answer
+        k = rng.randint(*self.k_range)
         if t < len(family):
             subj, rel, _ = chain[t]
             gold = steps[t]
-            docs = [gold] + self._distractors(subj, RELATIONS[rel].domain, rel, rng, self.k - 1)
+            docs = [gold] + self._distractors(subj, RELATIONS[rel].domain, rel, rng, k - 1)
             target = gold
         else:
-            docs = self._distractors(cur, ctype, None, rng, self.k)
+            docs = self._distractors(cur, ctype, None, rng, k)
             target = answer_step(cur)
         rng.shuffle(docs)
         return Episode(question_text(family, start), docs, steps[:t], target, family)
