@@ -56,6 +56,9 @@ class EmbedderConfig(_Section):
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(128, ge=8)
     device: str = "cpu"
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="bfloat16 runs the encoder under autocast (faster on bf16 CPUs)."
+    )
 
 
 class ArchConfig(_Section):

@@ -68,15 +68,23 @@ def test_any_hf_checkpoint_with_a_chat_template_runs_rgr(tmp_path, tiny_stack, e
     )
     tok.eos_token = tok.sep_token
     model = LlamaForCausalLM(
-        LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                    num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=1024,
-                    pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id)
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=1024,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.sep_token_id,
+        )
     )
     path = tmp_path / "other-model"
     model.save_pretrained(path)
     tok.save_pretrained(path)
-    cfg = load_config(None, [f"model.path={path}", "model.template=chat",
-                             "engine.max_new_tokens=6"])
+    cfg = load_config(
+        None, [f"model.path={path}", "model.template=chat", "engine.max_new_tokens=6"]
+    )
     engine = build_engine(cfg)
     q = tiny_stack.world.questions("heldout", per_family=1)[0].text
     prompt = engine.render(q, ["a document ."], [])

@@ -56,10 +56,12 @@ class EpisodeSampler:
                 return n
 
     def _lookalike(self, name: str, t: EntityType, rng: random.Random) -> str:
-        """A name sharing one part with `name`; each part is equally likely to be the shared
-        one, so rare parts (an organisation's root) are shared as often as common ones."""
+        """A name sharing one part with `name`. People share a first or a last name equally
+        often; organisations and cities mostly share their root ("Quest Works", "Quest Group"),
+        as the world's look-alikes do, so telling them apart by the second part is learned."""
         parts = name.split(" ")
-        rng.shuffle(parts)
+        if t == "person" or rng.random() < 0.25:
+            rng.shuffle(parts)
         for p in parts:
             cands = [n for n in self.by_part[t].get(p, []) if n != name]
             if cands:
