@@ -76,7 +76,7 @@ class EpisodeSampler:
         others = [r for r in RELATIONS_OF[stype] if r != rel]
         while len(out) < n:
             kind = rng.choices(
-                ["same_subject", "lookalike", "lookalike_other", "as_object"], weights=[3, 3, 1, 2]
+                ["same_subject", "lookalike", "lookalike_other", "as_object"], weights=[3, 4, 1, 2]
             )[0]
             if kind == "same_subject" and others:
                 r = rng.choice(others)
