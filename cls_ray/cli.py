@@ -233,6 +233,7 @@ def cmd_demo(args, stack) -> dict:
     cmd_ask(args, stack)
     args.json = json_flag
     print("== 4/4 bench rgr: RGR vs single-shot RAG vs no retrieval, held-out questions")
+    args.which = "rgr"
     return cmd_bench(args, stack)
 
 
@@ -253,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "urllib3", "filelock", "transformers", "ray", "pymilvus", "milvus_lite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Milvus Lite's in-process gRPC server logs every call it does not implement (pymilvus
+    # probes AllocTimestamp and falls back); that is not an error of ours.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
