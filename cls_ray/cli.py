@@ -252,7 +252,16 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("httpx", "urllib3", "filelock", "transformers", "ray", "pymilvus", "milvus_lite"):
+    for noisy in (
+        "httpx",
+        "urllib3",
+        "filelock",
+        "transformers",
+        "ray",
+        "pymilvus",
+        "milvus_lite",
+        "faiss",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Milvus Lite's in-process gRPC server logs every call it does not implement (pymilvus
     # probes AllocTimestamp and falls back); that is not an error of ours.
