@@ -191,13 +191,18 @@ def cmd_bench(args, stack) -> dict:
         progress=not args.quiet,
     )
     result["search_mode"] = cfg.store.search_mode
-    out = cfg.state_path / "reports"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_rgr.json").write_text(json.dumps(result, indent=2))
-    png = plot_bench_rgr(result, out / "bench_rgr.png")
+    report = _write_report(cfg, "bench_rgr", result)
+    png = plot_bench_rgr(result, report.with_suffix(".png"))
     print(format_table(result))
-    print(f"report: {out / 'bench_rgr.json'}" + (f"; plot: {png}" if png else ""))
+    print(f"report: {report}" + (f"; plot: {png}" if png else ""))
     return result
+
+
+def _write_report(cfg: Config, name: str, result: dict) -> Path:
+    out = cfg.state_path / "reports" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return out
 
 
 def cmd_bench_retrieval(args, stack) -> dict:
@@ -211,11 +216,9 @@ def cmd_bench_retrieval(args, stack) -> dict:
         k=cfg.rgr.top_k,
         per_family=args.per_family or cfg.bench.per_family,
     )
-    out = cfg.state_path / "reports"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_retrieval.json").write_text(json.dumps(result, indent=2))
+    report = _write_report(cfg, "bench_retrieval", result)
     print(format_retrieval_table(result))
-    print(f"report: {out / 'bench_retrieval.json'}")
+    print(f"report: {report}")
     return result
 
 
