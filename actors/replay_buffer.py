@@ -1,0 +1,75 @@
+"""The replay-buffer actor: one process owns the buffer's files; producers and consumers call it.
+
+Ray restarts it after a crash (`max_restarts`) and it recovers from its WAL and segments; calls
+in flight are retried (`max_task_retries`), which is safe because `add` is idempotent by id.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from cls_ray.replay.buffer import ReplayBuffer
+
+
+class ReplayBufferActor:
+    def __init__(self, root: str, seal_every: int = 256, lease_seconds: float = 300.0):
+        self.buffer = ReplayBuffer(root, seal_every=seal_every, lease_seconds=lease_seconds)
+
+    def add(self, session: dict) -> str:
+        return self.buffer.add(session)
+
+    def add_many(self, sessions: list[dict]) -> list[str]:
+        return [self.buffer.add(s) for s in sessions]
+
+    def add_feedback(self, session_id: str, feedback: dict) -> None:
+        self.buffer.add_feedback(session_id, feedback)
+
+    def get(self, session_id: str) -> dict | None:
+        s = self.buffer.get(session_id)
+        return None if s is None else s.model_dump()
+
+    def ids(self) -> list[str]:
+        return self.buffer.ids()
+
+    def take(self, n: int) -> list[dict]:
+        return [s.model_dump() for s in self.buffer.take(n)]
+
+    def ack(self, ids: list[str]) -> int:
+        return self.buffer.ack(ids)
+
+    def seal(self) -> str | None:
+        p = self.buffer.seal()
+        return None if p is None else str(p)
+
+    def segment_paths(self) -> list[str]:
+        return self.buffer.segment_paths()
+
+    def stats(self) -> dict:
+        return self.buffer.stats()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def start_replay_buffer(
+    root: str,
+    name: str = "cls-replay-buffer",
+    namespace: str = "cls-ray",
+    seal_every: int = 256,
+    num_cpus: float = 0.1,
+):
+    """Starts (or finds) the named buffer actor; it restarts forever after crashes."""
+    return (
+        ray.remote(ReplayBufferActor)
+        .options(
+            name=name,
+            namespace=namespace,
+            get_if_exists=True,
+            max_restarts=-1,
+            max_task_retries=-1,
+            num_cpus=num_cpus,
+        )
+        .remote(root, seal_every)
+    )

@@ -1,0 +1,225 @@
+"""The replay buffer (hippocampus): finished sessions, kept durably.
+
+Layout under its folder:
+- `wal.jsonl`: one line per added session, appended and fsynced before `add` returns, so an
+  acknowledged session survives a crash of the process or of the machine's power;
+- `segments/seg-NNNNNNNN.parquet`: sealed segments (written to a temporary name, fsynced, then
+  renamed; the WAL is truncated only after that), readable by `ray.data.read_parquet`;
+- `acks.jsonl`: ids consumers acknowledged, appended and fsynced; never handed out again.
+
+Adding is idempotent by session id, so a producer may retry an add whose answer it did not see.
+Consumers `take` a batch (leased, not yet consumed) and `ack` it; a lease that is not acked in
+time, or that a restart forgot, is handed out again. Feedback is appended to the WAL as its own
+record and joins its session on read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from cls_ray.session import Feedback, Session
+
+logger = logging.getLogger(__name__)
+
+
+def _fsync_append(path: Path, lines: list[str]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class ReplayBuffer:
+    def __init__(self, root: str | Path, seal_every: int = 256, lease_seconds: float = 300.0):
+        self.root = Path(root)
+        self.seg_dir = self.root / "segments"
+        self.seg_dir.mkdir(parents=True, exist_ok=True)
+        self.wal = self.root / "wal.jsonl"
+        self.acks_file = self.root / "acks.jsonl"
+        self.seal_every = seal_every
+        self.lease_seconds = lease_seconds
+        self.sessions: dict[str, Session] = {}  # every session, sealed or not, in arrival order
+        self.in_wal: list[str] = []  # ids not yet sealed
+        self.acked: set[str] = set()
+        self.leases: dict[str, float] = {}  # id -> lease expiry
+        self.segments = 0
+        self._recover()
+
+    # -- recovery --------------------------------------------------------------------------
+    def _recover(self) -> None:
+        for tmp in self.seg_dir.glob("*.tmp"):
+            tmp.unlink()  # a seal that crashed before its rename: the WAL still has its rows
+        for seg in sorted(self.seg_dir.glob("seg-*.parquet")):
+            self.segments = max(self.segments, int(seg.stem.split("-")[1]) + 1)
+            for s in self.read_segment(seg):
+                self.sessions.setdefault(s.id, s)
+        pending_feedback: list[tuple[str, Feedback]] = []
+        self._truncate_torn_tail()
+        if self.wal.exists():
+            for n, line in enumerate(self.wal.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    # Only the last line can be torn (a write the producer never saw acked).
+                    logger.warning("replay WAL %s:%d: torn record skipped", self.wal, n)
+                    continue
+                if rec["op"] == "add":
+                    s = Session.model_validate(rec["session"])
+                    if s.id not in self.sessions:
+                        self.sessions[s.id] = s
+                        self.in_wal.append(s.id)
+                elif rec["op"] == "feedback":
+                    pending_feedback.append((rec["id"], Feedback.model_validate(rec["feedback"])))
+        for sid, fb in pending_feedback:
+            if sid in self.sessions and fb not in self.sessions[sid].feedback:
+                self.sessions[sid].feedback.append(fb)
+        if self.acks_file.exists():
+            for line in self.acks_file.read_text(encoding="utf-8").splitlines():
+                try:
+                    self.acked.update(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        logger.info(
+            "replay buffer at %s: %d sessions (%d unsealed), %d acked, %d segments",
+            self.root,
+            len(self.sessions),
+            len(self.in_wal),
+            len(self.acked),
+            self.segments,
+        )
+
+    def _truncate_torn_tail(self) -> None:
+        """A crash mid-append leaves a last line without its newline: cut it off, or the next
+        append would be glued to it and lost with it."""
+        if not self.wal.exists():
+            return
+        data = self.wal.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            logger.warning(
+                "replay WAL %s: dropping a torn last record (%d bytes)", self.wal, len(data) - keep
+            )
+            with self.wal.open("r+b") as f:
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+
+    # -- producers -------------------------------------------------------------------------
+    def add(self, session: Session | dict) -> str:
+        """Stores a session durably and returns its id; adding the same id again is a no-op."""
+        s = session if isinstance(session, Session) else Session.model_validate(session)
+        if s.id in self.sessions:
+            return s.id
+        _fsync_append(self.wal, [json.dumps({"op": "add", "session": s.model_dump()})])
+        self.sessions[s.id] = s
+        self.in_wal.append(s.id)
+        if len(self.in_wal) >= self.seal_every:
+            self.seal()
+        return s.id
+
+    def add_feedback(self, session_id: str, feedback: Feedback | dict) -> None:
+        if session_id not in self.sessions:
+            raise KeyError(session_id)
+        fb = feedback if isinstance(feedback, Feedback) else Feedback.model_validate(feedback)
+        _fsync_append(
+            self.wal,
+            [json.dumps({"op": "feedback", "id": session_id, "feedback": fb.model_dump()})],
+        )
+        self.sessions[session_id].feedback.append(fb)
+
+    # -- segments --------------------------------------------------------------------------
+    def seal(self) -> Path | None:
+        """Writes the unsealed sessions as one Parquet segment, then truncates the WAL."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.in_wal:
+            return None
+        rows = [self.sessions[i] for i in self.in_wal]
+        table = pa.table(
+            {
+                "id": [s.id for s in rows],
+                "question": [s.question for s in rows],
+                "model_version": [s.model_version for s in rows],
+                "r_tau": [s.r_tau for s in rows],
+                "created_at": [s.created_at for s in rows],
+                "record": [s.model_dump_json() for s in rows],
+            }
+        )
+        final = self.seg_dir / f"seg-{self.segments:08d}.parquet"
+        tmp = final.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp.rename(final)
+        self.segments += 1
+        # Feedback records stay in the WAL: feedback may arrive after its session was sealed,
+        # and the segment holds only what the session had at sealing (recovery dedupes).
+        carry = [
+            line
+            for line in self.wal.read_text(encoding="utf-8").splitlines()
+            if line.startswith('{"op": "feedback"')
+        ]
+        tmp_wal = self.wal.with_suffix(".tmp")
+        tmp_wal.write_text("".join(line + "\n" for line in carry), encoding="utf-8")
+        with tmp_wal.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp_wal.replace(self.wal)
+        self.in_wal = []
+        return final
+
+    @staticmethod
+    def read_segment(path: str | Path) -> list[Session]:
+        import pyarrow.parquet as pq
+
+        return [Session.model_validate_json(r) for r in pq.read_table(path)["record"].to_pylist()]
+
+    def segment_paths(self) -> list[str]:
+        return [str(p) for p in sorted(self.seg_dir.glob("seg-*.parquet"))]
+
+    # -- consumers -------------------------------------------------------------------------
+    def take(self, n: int) -> list[Session]:
+        """Up to `n` sessions that no consumer acknowledged and no live lease holds."""
+        now = time.time()
+        out = []
+        for sid, s in self.sessions.items():
+            if len(out) >= n:
+                break
+            if sid in self.acked or self.leases.get(sid, 0) > now:
+                continue
+            self.leases[sid] = now + self.lease_seconds
+            out.append(s)
+        return out
+
+    def ack(self, ids: list[str]) -> int:
+        new = [i for i in ids if i in self.sessions and i not in self.acked]
+        if new:
+            _fsync_append(self.acks_file, [json.dumps(new)])
+            self.acked.update(new)
+            for i in new:
+                self.leases.pop(i, None)
+        return len(new)
+
+    # -- reads -----------------------------------------------------------------------------
+    def get(self, session_id: str) -> Session | None:
+        return self.sessions.get(session_id)
+
+    def ids(self) -> list[str]:
+        return list(self.sessions)
+
+    def stats(self) -> dict:
+        versions: dict[str, int] = {}
+        for s in self.sessions.values():
+            versions[s.model_version] = versions.get(s.model_version, 0) + 1
+        return {
+            "sessions": len(self.sessions),
+            "unsealed": len(self.in_wal),
+            "segments": self.segments,
+            "acked": len(self.acked),
+            "pending": len(self.sessions) - len(self.acked),
+            "by_version": versions,
+        }

@@ -1,0 +1,130 @@
+import json
+
+import pytest
+
+from cls_ray.replay import ReplayBuffer
+from cls_ray.session import Session, SessionStep
+
+
+def make_session(i: int, version: str = "v1") -> Session:
+    return Session(
+        id=f"s{i:04d}",
+        question=f"what is the mentor of Person {i} ?",
+        steps=[
+            SessionStep(
+                text=f"the mentor of Person {i} is Other {i} .",
+                query="q",
+                token_ids=[5, 6, 7],
+                logprobs=[-0.1, -0.2, -0.3],
+            ),
+            SessionStep(text=f"the answer is Other {i} .", is_answer=True),
+        ],
+        answer=f"Other {i}",
+        model_version=version,
+    )
+
+
+def test_added_sessions_survive_reopening(tmp_path):
+    buf = ReplayBuffer(tmp_path, seal_every=1000)
+    for i in range(5):
+        buf.add(make_session(i))
+    again = ReplayBuffer(tmp_path)
+    assert again.ids() == [f"s{i:04d}" for i in range(5)]
+    s = again.get("s0003")
+    assert s.steps[0].token_ids == [5, 6, 7] and s.steps[0].logprobs == [-0.1, -0.2, -0.3]
+    assert s.model_version == "v1"
+
+
+def test_add_is_idempotent_by_id(tmp_path):
+    buf = ReplayBuffer(tmp_path)
+    buf.add(make_session(1))
+    buf.add(make_session(1).model_dump())
+    assert len(buf.ids()) == 1
+    assert len(ReplayBuffer(tmp_path).ids()) == 1
+
+
+def test_a_torn_last_record_is_skipped(tmp_path):
+    buf = ReplayBuffer(tmp_path)
+    buf.add(make_session(1))
+    with (tmp_path / "wal.jsonl").open("a") as f:
+        f.write('{"op": "add", "session": {"id": "half')  # the crash hit mid-write
+    again = ReplayBuffer(tmp_path)
+    assert again.ids() == ["s0001"]
+    again.add(make_session(2))
+    assert ReplayBuffer(tmp_path).ids() == ["s0001", "s0002"]
+
+
+def test_sealed_segments_are_parquet_and_recovered(tmp_path):
+    import pyarrow.parquet as pq
+
+    buf = ReplayBuffer(tmp_path, seal_every=4)
+    for i in range(10):
+        buf.add(make_session(i, version="v2" if i % 2 else "v1"))
+    assert buf.stats()["segments"] == 2 and buf.stats()["unsealed"] == 2
+    seg = buf.segment_paths()[0]
+    table = pq.read_table(seg)
+    assert table.column("id").to_pylist() == [f"s{i:04d}" for i in range(4)]
+    assert json.loads(table.column("record")[0].as_py())["steps"][0]["logprobs"] == [
+        -0.1,
+        -0.2,
+        -0.3,
+    ]
+    again = ReplayBuffer(tmp_path, seal_every=4)
+    assert again.ids() == [f"s{i:04d}" for i in range(10)]
+    assert again.stats()["by_version"] == {"v1": 5, "v2": 5}
+    # A seal that crashed before its rename leaves only a temporary file: ignored and removed.
+    (tmp_path / "segments" / "seg-00000009.tmp").write_bytes(b"garbage")
+    assert len(ReplayBuffer(tmp_path).ids()) == 10
+
+
+def test_take_and_ack_hand_out_each_session_until_acknowledged(tmp_path):
+    buf = ReplayBuffer(tmp_path, lease_seconds=0.2)
+    for i in range(6):
+        buf.add(make_session(i))
+    first = [s.id for s in buf.take(4)]
+    second = [s.id for s in buf.take(4)]
+    assert first == ["s0000", "s0001", "s0002", "s0003"] and second == ["s0004", "s0005"]
+    assert buf.ack(first) == 4 and buf.ack(first) == 0
+    import time
+
+    time.sleep(0.25)  # the lease on `second` runs out unacknowledged: handed out again
+    assert [s.id for s in buf.take(10)] == second
+    again = ReplayBuffer(tmp_path)  # acks are durable; leases are not
+    assert [s.id for s in again.take(10)] == second
+
+
+def test_feedback_joins_its_session_across_seal_and_restart(tmp_path):
+    buf = ReplayBuffer(tmp_path, seal_every=3)
+    buf.add(make_session(0))
+    buf.add_feedback("s0000", {"rating": 1.0})
+    buf.add(make_session(1))
+    buf.add(make_session(2))  # seals 0..2
+    buf.add_feedback("s0000", {"rating": -1.0, "corrected_steps": ["x ."]})  # after the seal
+    buf.add(make_session(3))
+    buf.add(make_session(4))
+    buf.add(make_session(5))  # seals again
+    again = ReplayBuffer(tmp_path)
+    ratings = [f.rating for f in again.get("s0000").feedback]
+    assert ratings == [1.0, -1.0]
+    with pytest.raises(KeyError):
+        again.add_feedback("nope", {"rating": 0.0})
+
+
+def test_bad_session_is_rejected_before_anything_is_written(tmp_path):
+    from pydantic import ValidationError
+
+    buf = ReplayBuffer(tmp_path)
+    with pytest.raises(ValidationError):
+        buf.add({"question": "", "model_version": "v1"})
+    with pytest.raises(ValidationError):
+        buf.add({"question": "q", "model_version": "v1", "surprise": 1})
+    assert not (tmp_path / "wal.jsonl").exists() or (tmp_path / "wal.jsonl").read_text() == ""
+
+
+@pytest.mark.ray
+def test_ray_data_reads_the_segments(tmp_path, ray_local):
+    buf = ReplayBuffer(tmp_path, seal_every=5)
+    for i in range(10):
+        buf.add(make_session(i))
+    ds = ray_local.data.read_parquet(buf.segment_paths())
+    assert sorted(r["id"] for r in ds.take_all()) == [f"s{i:04d}" for i in range(10)]
