@@ -126,6 +126,31 @@ class BenchConfig(_Section):
     )
 
 
+class AutoscalingConfig(_Section):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(8, gt=0)
+
+
+class ServeConfig(_Section):
+    """The Serve application: HTTP on `host:port`, replicas and batching from here."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    app_name: str = "cls-ray"
+    generator_autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    generator_num_cpus: float = Field(0.5, gt=0)
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    retriever_max_batch_size: int = Field(32, ge=1)
+    admin_key_env: str = Field(
+        "CLS_RAY_ADMIN_KEY",
+        description="Environment variable holding the admin API key; unset: admin disabled.",
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_question_chars: int = Field(2000, ge=10)
+
+
 class RayConfig(_Section):
     address: str = Field("", description="Ray cluster address; empty: a local cluster.")
     num_cpus: int | None = Field(None, ge=1)
@@ -142,6 +167,7 @@ class Config(_Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @property
     def state_path(self) -> Path:
@@ -150,6 +176,10 @@ class Config(_Section):
     @property
     def model_path(self) -> Path:
         return Path(self.model.path) if self.model.path else self.state_path / "models" / "base"
+
+    @property
+    def replay_path(self) -> Path:
+        return self.state_path / "replay"
 
     @property
     def store_uri(self) -> str:

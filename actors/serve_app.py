@@ -1,0 +1,506 @@
+"""The Serve application: an HTTP ingress that runs RGR, generator replicas that batch the next
+step of concurrent sessions, and a retriever that batches their queries.
+
+The deployments are ordinary classes around `cls_ray` objects; `build_app(cfg)` applies
+`serve.deployment` options from the config. The engine is injected (`engine_factory`), so tests
+can pass any engine with the `Engine` interface.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from ray import serve
+
+from cls_ray.config import Config
+from cls_ray.engine.base import Generation
+from cls_ray.rgr import RetrievedDoc, run_rgr
+from cls_ray.session import Feedback, Session
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------
+# Generator: holds engines by version, batches concurrent next-step calls.
+# ------------------------------------------------------------------------------------------
+class Generator:
+    def __init__(self, cfg: dict, engine_factory: Callable | None = None):
+        from cls_ray.engine import build_engine
+
+        self.cfg = Config.model_validate(cfg)
+        self.engine_factory = engine_factory or (
+            lambda c, version, path: (
+                build_engine(c, version=version) if path is None else _engine_at(c, version, path)
+            )
+        )
+        self.engines = {"base": self.engine_factory(self.cfg, "base", None)}
+        self.current = "base"
+
+    def reconfigure(self, user_config: dict) -> None:
+        """`{"version": name, "path": checkpoint or adapter folder}`: load it, make it current.
+
+        The previous engine stays loaded: sessions that started on it finish on it."""
+        version = user_config.get("version", "base")
+        if version not in self.engines:
+            self.engines[version] = self.engine_factory(self.cfg, version, user_config.get("path"))
+        self.current = version
+        keep = {"base", version, *list(self.engines)[-2:]}
+        for v in [v for v in self.engines if v not in keep]:
+            del self.engines[v]
+
+    def current_version(self) -> str:
+        return self.current
+
+    def render(self, question: str, docs: list[str], steps: list[str]) -> str:
+        return self.engines[self.current].render(question, docs, steps)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def generate(self, requests: list[dict]) -> list[dict]:
+        """One request per session step; all steps that arrive together run in one engine call
+        per (version, temperature)."""
+        out: list[dict | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(
+                (r.get("version") or self.current, r.get("temperature", 0.0)), []
+            ).append(i)
+        for (version, temp), idx in groups.items():
+            engine = self.engines.get(version) or self.engines[self.current]
+            gens = await asyncio.to_thread(
+                engine.generate,
+                [requests[i]["prompt"] for i in idx],
+                temperature=temp,
+                choices=(
+                    [requests[i]["choices"] for i in idx]
+                    if all(requests[i].get("choices") for i in idx)
+                    else None
+                ),
+            )
+            for i, g in zip(idx, gens, strict=True):
+                out[i] = {
+                    "text": g.text,
+                    "token_ids": g.token_ids,
+                    "logprobs": g.logprobs,
+                    "version": engine.version,
+                }
+        return out  # type: ignore[return-value]
+
+
+def _engine_at(cfg: Config, version: str, path: str):
+    """An HF engine for a version: a full checkpoint folder, or a PEFT adapter on the base."""
+    from pathlib import Path
+
+    from cls_ray.engine.hf import HFEngine
+    from cls_ray.model.loading import load_model_and_tokenizer
+
+    p = Path(path)
+    if (p / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base, tok = load_model_and_tokenizer(cfg.model_path, cfg.engine.device, cfg.engine.dtype)
+        model = PeftModel.from_pretrained(base, str(p)).merge_and_unload().eval()
+    else:
+        model, tok = load_model_and_tokenizer(p, cfg.engine.device, cfg.engine.dtype)
+    return HFEngine(
+        model, tok, cfg.model.template, cfg.engine.max_new_tokens, cfg.engine.batch_size, version
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Retriever: owns the embedder and the Milvus client; batches concurrent queries.
+# ------------------------------------------------------------------------------------------
+class Retriever:
+    def __init__(self, cfg: dict):
+        from cls_ray.stack import Stack
+
+        self.stack = Stack(Config.model_validate(cfg))
+        self.stack.store.warm_up()
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def retrieve(self, requests: list[dict]) -> list[list[dict]]:
+        k = max(r["k"] for r in requests)
+        got = await asyncio.to_thread(
+            self.stack.retriever.retrieve,
+            [r["query"] for r in requests],
+            k,
+            [set(r.get("exclude") or []) for r in requests],
+        )
+        return [
+            [{"id": d.id, "score": d.score, "text": d.text} for d in docs[: r["k"]]]
+            for r, docs in zip(requests, got, strict=True)
+        ]
+
+    async def add_documents(self, docs: list[dict]) -> int:
+        def _add() -> int:
+            from cls_ray.memory.ingest import doc_id_for
+
+            texts = [d["text"] for d in docs]
+            ids = [d.get("id") or doc_id_for(d["text"]) for d in docs]
+            vecs = self.stack.embedder.embed(texts)
+            n = self.stack.store.upsert(ids, texts, vecs, [d.get("source") or "api" for d in docs])
+            self.stack.store.flush()
+            return n
+
+        return await asyncio.to_thread(_add)
+
+    async def count(self) -> int:
+        return await asyncio.to_thread(self.stack.store.count)
+
+
+# ------------------------------------------------------------------------------------------
+# Adapters that let the pure RGR loop (run in a worker thread) call the deployments.
+# ------------------------------------------------------------------------------------------
+class RemoteEngine:
+    """`Engine` over the generator deployment, pinned to the version the session started on."""
+
+    def __init__(self, handle, version: str, template_engine_render: Callable):
+        self.handle = handle
+        self.version = version
+        self.template = "compact"
+        self._render = template_engine_render
+
+    def render(self, question, docs, steps) -> str:
+        return self._render(question, list(docs), list(steps))
+
+    def generate(self, prompts, temperature=0.0, max_new_tokens=None, seed=None, choices=None):
+        resps = [
+            self.handle.generate.remote(
+                {
+                    "prompt": p,
+                    "temperature": temperature,
+                    "version": self.version,
+                    "choices": None if choices is None else list(choices[i]),
+                }
+            )
+            for i, p in enumerate(prompts)
+        ]
+        out = []
+        for r in resps:
+            g = r.result()
+            out.append(Generation(g["text"], g["token_ids"], g["logprobs"]))
+            self.version = g["version"]
+        return out
+
+
+class RemoteRetriever:
+    def __init__(self, handle):
+        self.handle = handle
+
+    def retrieve(self, queries, k, exclude=None):
+        resps = [
+            self.handle.retrieve.remote(
+                {"query": q, "k": k, "exclude": sorted(exclude[i]) if exclude else []}
+            )
+            for i, q in enumerate(queries)
+        ]
+        return [[RetrievedDoc(d["id"], d["score"], d["text"]) for d in r.result()] for r in resps]
+
+
+# ------------------------------------------------------------------------------------------
+# HTTP API
+# ------------------------------------------------------------------------------------------
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RGRRequest(_Body):
+    question: str = Field(min_length=1)
+    mode: str = Field("rgr", pattern="^(rgr|single|none)$")
+    top_k: int | None = Field(None, ge=1, le=50)
+    max_steps: int | None = Field(None, ge=1, le=32)
+    temperature: float = Field(0.0, ge=0, le=5)
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("question is empty")
+        return v
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str = Field(pattern="^(system|user|assistant|tool|developer)$")
+    content: str | list | None = None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI clients send many optional fields
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    temperature: float | None = Field(None, ge=0, le=5)
+    max_tokens: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=1)
+
+
+class DocumentIn(_Body):
+    id: str | None = Field(None, min_length=1, max_length=64)
+    text: str = Field(min_length=1, max_length=4096)
+    source: str | None = Field(None, max_length=512)
+
+
+class DocumentsRequest(_Body):
+    documents: list[DocumentIn] = Field(min_length=1, max_length=1000)
+
+
+class FeedbackRequest(_Body):
+    rating: float | None = Field(None, ge=-1, le=1)
+    corrected_steps: list[str] | None = Field(None, max_length=32)
+    comment: str | None = Field(None, max_length=4000)
+
+
+class PromoteRequest(_Body):
+    version: str = Field(min_length=1, max_length=128)
+    path: str | None = None
+
+
+api = FastAPI(title="cls-ray", version="0.1.0")
+
+
+_LIMITS = {"max_body_bytes": 1_000_000}
+
+
+@api.middleware("http")
+async def _limit_body(request: Request, call_next):
+    """Oversized bodies are refused before anything parses them."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > _LIMITS["max_body_bytes"]):
+        return JSONResponse(
+            status_code=413,
+            content={"detail": f"body larger than {_LIMITS['max_body_bytes']} bytes"},
+        )
+    return await call_next(request)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError):
+    """400 for a body that is not JSON; 422 naming each bad field otherwise."""
+    errors = exc.errors()
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", "JSON decode error")
+            return JSONResponse(status_code=400, content={"detail": f"malformed JSON: {reason}"})
+    message = "; ".join(
+        f"{'.'.join(str(x) for x in e['loc'] if x != 'body') or 'body'}: {e['msg']}" for e in errors
+    )
+    return JSONResponse(
+        status_code=422,
+        content={"detail": message, "errors": jsonable_encoder(errors, exclude={"input"})},
+    )
+
+
+def _question_of(req: ChatRequest) -> str:
+    for m in reversed(req.messages):
+        if m.role == "user":
+            content = m.content
+            if isinstance(content, list):
+                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if isinstance(content, str) and content.strip():
+                return content.strip()
+    raise HTTPException(422, "messages: no user message with text content")
+
+
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, cfg: dict, generator, retriever):
+        import ray
+
+        from actors.replay_buffer import start_replay_buffer
+
+        self.cfg = Config.model_validate(cfg)
+        _LIMITS["max_body_bytes"] = self.cfg.serve.max_body_bytes
+        self.generator = generator
+        self.retriever = retriever
+        self.buffer = start_replay_buffer(str(self.cfg.replay_path))
+        self._ray = ray
+
+    # -- helpers ---------------------------------------------------------------------------
+    async def _run(self, question: str, mode: str, top_k, max_steps, temperature) -> dict:
+        if len(question) > self.cfg.serve.max_question_chars:
+            raise HTTPException(
+                422, f"question: longer than {self.cfg.serve.max_question_chars} characters"
+            )
+        version = await self.generator.current_version.remote()
+        gen = self.generator
+
+        def render(q, docs, steps):
+            return gen.render.remote(q, docs, steps).result()
+
+        engine = RemoteEngine(self.generator, version, render)
+        retriever = RemoteRetriever(self.retriever)
+        c = self.cfg
+        started = time.time()
+        tr = (
+            await asyncio.to_thread(
+                run_rgr,
+                [question],
+                engine,
+                None if mode == "none" else retriever,
+                mode=mode,
+                top_k=top_k or c.rgr.top_k,
+                max_steps=max_steps or c.rgr.max_steps,
+                exclude_cited=c.rgr.exclude_cited,
+                temperature=temperature,
+                grounded=c.rgr.grounded,
+            )
+        )[0]
+        tr.model_version = version
+        session = Session.from_trajectory(tr, started_at=started)
+        # Acknowledged only once durable: the buffer fsyncs before it answers.
+        await self.buffer.add.remote(session.model_dump())
+        return {
+            "session_id": session.id,
+            "question": question,
+            "answer": tr.answer,
+            "model_version": version,
+            "steps": [
+                {
+                    "text": s.text,
+                    "query": s.query,
+                    "retrieved": [{"id": d.id, "score": d.score} for d in s.retrieved],
+                    "citations": [
+                        {"id": d.id, "text": d.text} for d in s.retrieved if d.id in s.cited
+                    ],
+                    "is_answer": s.is_answer,
+                }
+                for s in tr.steps
+            ],
+        }
+
+    def _admin(self, key: str | None) -> None:
+        expected = os.environ.get(self.cfg.serve.admin_key_env)
+        if not expected:
+            raise HTTPException(403, "admin endpoints are disabled: no admin key is configured")
+        if key != expected:
+            raise HTTPException(401, "missing or wrong admin key (header X-API-Key)")
+
+    # -- routes ----------------------------------------------------------------------------
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "model_version": await self.generator.current_version.remote()}
+
+    @api.get("/v1/models")
+    async def models(self) -> dict:
+        version = await self.generator.current_version.remote()
+        return {
+            "object": "list",
+            "data": [{"id": version, "object": "model", "owned_by": "cls-ray", "current": True}],
+        }
+
+    @api.post("/v1/rgr")
+    async def rgr(self, body: RGRRequest) -> dict:
+        return await self._run(
+            body.question, body.mode, body.top_k, body.max_steps, body.temperature
+        )
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, body: ChatRequest):
+        current = await self.generator.current_version.remote()
+        if body.model not in (None, "", current, "cls-ray"):
+            raise HTTPException(404, f"model: unknown model version {body.model!r}")
+        question = _question_of(body)
+        res = await self._run(question, "rgr", None, None, body.temperature or 0.0)
+        content = (
+            res["answer"] if res["answer"] is not None else "(no answer within the step limit)"
+        )
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        extra = {k: res[k] for k in ("session_id", "model_version", "steps")}
+        if not body.stream:
+            return {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": res["model_version"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "cls_ray": extra,
+            }
+
+        def chunk(delta: dict, finish: str | None = None, more: dict | None = None) -> str:
+            obj = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": res["model_version"],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            if more:
+                obj["cls_ray"] = more
+            return f"data: {json.dumps(obj)}\n\n"
+
+        async def events():
+            yield chunk({"role": "assistant", "content": ""})
+            yield chunk({"content": content})
+            yield chunk({}, "stop", extra)
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @api.post("/v1/documents")
+    async def documents(self, body: DocumentsRequest) -> dict:
+        n = await self.retriever.add_documents.remote([d.model_dump() for d in body.documents])
+        return {"written": n}
+
+    @api.post("/v1/sessions/{session_id}/feedback")
+    async def feedback(self, session_id: str, body: FeedbackRequest) -> dict:
+        if body.rating is None and not body.corrected_steps and not body.comment:
+            raise HTTPException(422, "feedback: give a rating, corrected_steps or a comment")
+        try:
+            await self.buffer.add_feedback.remote(
+                session_id, Feedback(**body.model_dump()).model_dump()
+            )
+        except self._ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, KeyError):
+                raise HTTPException(404, f"session {session_id!r} not found") from None
+            raise
+        return {"session_id": session_id, "stored": True}
+
+    @api.get("/admin/buffer")
+    async def buffer_stats(self, x_api_key: str | None = Header(None)) -> dict:
+        self._admin(x_api_key)
+        return await self.buffer.stats.remote()
+
+
+def build_app(cfg: Config, engine_factory: Callable | None = None):
+    """The application graph with deployment options from `cfg`."""
+    s = cfg.serve
+    data = cfg.model_dump()
+    gen = serve.deployment(
+        Generator,
+        name="generator",
+        autoscaling_config={
+            "min_replicas": s.generator_autoscaling.min_replicas,
+            "max_replicas": s.generator_autoscaling.max_replicas,
+            "target_ongoing_requests": s.generator_autoscaling.target_ongoing_requests,
+        },
+        ray_actor_options={"num_cpus": s.generator_num_cpus},
+        user_config={"version": "base"},
+    ).bind(data, engine_factory)
+    # Milvus Lite allows one process per file: one retriever replica owns it. Against a Milvus
+    # server every replica connects on its own, so more replicas are fine there.
+    ret = serve.deployment(
+        Retriever,
+        name="retriever",
+        num_replicas=1 if cfg.store_uri.endswith(".db") else 2,
+        ray_actor_options={"num_cpus": 0.25},
+    ).bind(data)
+    return serve.deployment(Ingress, name="ingress", ray_actor_options={"num_cpus": 0.25}).bind(
+        data, gen, ret
+    )
