@@ -51,7 +51,8 @@ class Generator:
         The previous engine stays loaded: sessions that started on it finish on it."""
         version = user_config.get("version", "base")
         if version not in self.engines:
-            self.engines[version] = self.engine_factory(self.cfg, version, user_config.get("path"))
+            path = user_config.get("path")
+            self.engines[version] = self.engine_factory(self.cfg, version, path)
         self.current = version
         keep = {"base", version, *list(self.engines)[-2:]}
         for v in [v for v in self.engines if v not in keep]:
@@ -391,11 +392,33 @@ class Ingress:
 
     @api.get("/v1/models")
     async def models(self) -> dict:
+        """The version replicas serve now, and every registered version."""
+        from cls_ray.registry import ModelRegistry
+
         version = await self.generator.current_version.remote()
-        return {
-            "object": "list",
-            "data": [{"id": version, "object": "model", "owned_by": "cls-ray", "current": True}],
-        }
+        path = self.cfg.state_path / "registry.json"
+        listed = ModelRegistry(path).list() if path.exists() else []
+        data = [
+            {
+                "id": v["name"],
+                "object": "model",
+                "owned_by": "cls-ray",
+                "status": v["status"],
+                "current": v["name"] == version,
+            }
+            for v in listed
+        ]
+        if not any(d["current"] for d in data):
+            data.append(
+                {
+                    "id": version,
+                    "object": "model",
+                    "owned_by": "cls-ray",
+                    "status": "promoted",
+                    "current": True,
+                }
+            )
+        return {"object": "list", "data": data}
 
     @api.post("/v1/rgr")
     async def rgr(self, body: RGRRequest) -> dict:
@@ -478,8 +501,9 @@ class Ingress:
         return await self.buffer.stats.remote()
 
 
-def build_app(cfg: Config, engine_factory: Callable | None = None):
-    """The application graph with deployment options from `cfg`."""
+def build_app(cfg: Config, engine_factory: Callable | None = None, user_config: dict | None = None):
+    """The application graph with deployment options from `cfg`; `user_config` names the
+    model version the generator replicas serve."""
     s = cfg.serve
     data = cfg.model_dump()
     gen = serve.deployment(
@@ -491,7 +515,7 @@ def build_app(cfg: Config, engine_factory: Callable | None = None):
             "target_ongoing_requests": s.generator_autoscaling.target_ongoing_requests,
         },
         ray_actor_options={"num_cpus": s.generator_num_cpus},
-        user_config={"version": "base"},
+        user_config=user_config or {"version": "base", "path": None},
     ).bind(data, engine_factory)
     # Milvus Lite allows one process per file: one retriever replica owns it. Against a Milvus
     # server every replica connects on its own, so more replicas are fine there.

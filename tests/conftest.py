@@ -66,7 +66,14 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        for attempt in range(2):  # a loaded machine can miss Ray's start-up deadline once
+            try:
+                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+                break
+            except RuntimeError:
+                ray.shutdown()
+                if attempt:
+                    raise
         ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

@@ -13,7 +13,7 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local):
     import requests
     from ray import serve
 
-    from actors.serve_app import build_app
+    from actors.deploy import deploy
     from cls_ray.config import load_config
     from tests.conftest import TINY_OVERRIDES, free_port
 
@@ -27,11 +27,10 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local):
             f"state_dir={state}",
             f"serve.port={port}",
             "serve.generator_autoscaling.max_replicas=1",
+            "serve.app_name=cls-ray-test",
         ],
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(cfg), name="cls-ray-test", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
+    url = deploy(cfg)
     docs = [{"id": d.id, "text": d.text} for d in tiny_stack.world.documents]
     r = requests.post(f"{url}/v1/documents", json={"documents": docs}, timeout=120)
     assert r.status_code == 200, r.text
@@ -147,3 +146,70 @@ def test_bad_requests_get_4xx_naming_the_problem_and_the_service_survives(served
         timeout=120,
     )
     assert ok.status_code == 200
+
+
+def _make_adapter(cfg, out):
+    """A LoRA adapter on the served base with non-zero weights, so its answers differ."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from cls_ray.model.loading import load_model_and_tokenizer
+
+    torch.manual_seed(0)
+    model, _ = load_model_and_tokenizer(cfg.model_path)
+    lora = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    )
+    lora.save_pretrained(out)
+    return out
+
+
+def test_hot_swap_under_load_fails_nothing_and_pins_versions(served, tmp_path):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from actors.deploy import promote, registry_for, rollback
+
+    cfg = served["cfg"]
+    v = registry_for(cfg).register(str(_make_adapter(cfg, tmp_path / "adapter")), "lora")
+    qs = [q.text for q in served["world"].questions("heldout", per_family=1)]
+    swap = {}
+    results = []
+    lock = threading.Lock()
+
+    def one(i):
+        t0 = time.time()
+        r = requests.post(
+            f"{served['url']}/v1/rgr", json={"question": qs[i % len(qs)]}, timeout=120
+        )
+        with lock:
+            results.append((t0, r.status_code, r.json().get("model_version")))
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(one, i) for i in range(8)]
+        time.sleep(0.5)
+        swap["start"] = time.time()
+        promote(cfg, v.name)
+        swap["end"] = time.time()
+        futures += [pool.submit(one, i) for i in range(8, 24)]
+        for f in futures:
+            f.result()
+    assert [s for _, s, _ in results if s != 200] == []
+    for t0, _, version in results:
+        if t0 < swap["start"]:
+            assert version in ("base", v.name)
+        elif t0 > swap["end"]:
+            assert version == v.name
+    after = [
+        requests.post(f"{served['url']}/v1/rgr", json={"question": q}, timeout=120).json()
+        for q in qs[:3]
+    ]
+    assert {a["model_version"] for a in after} == {v.name}
+    models = requests.get(f"{served['url']}/v1/models", timeout=30).json()["data"]
+    assert [m["id"] for m in models if m["current"]] == [v.name]
+    assert rollback(cfg).name == "base"
+    back = requests.post(f"{served['url']}/v1/rgr", json={"question": qs[0]}, timeout=120).json()
+    assert back["model_version"] == "base"
