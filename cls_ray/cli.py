@@ -45,6 +45,13 @@ def make_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ask", parents=[common], help="answer a question with RGR")
     a.add_argument("question", nargs="?", help="the question (default: a held-out world one)")
     a.add_argument("--mode", choices=["rgr", "single", "none"], default="rgr")
+    a.add_argument("--local", action="store_true", help="run here even if the stack is up")
+    sub.add_parser("up", parents=[common], help="start Ray (or join RAY_ADDRESS) and deploy")
+    sub.add_parser("down", parents=[common], help="delete the Serve app; stop a Ray we started")
+    sub.add_parser("status", parents=[common], help="health, versions and buffer of the stack")
+    pr = sub.add_parser("promote", parents=[common], help="make a registered version current")
+    pr.add_argument("version")
+    sub.add_parser("rollback", parents=[common], help="return to the previously promoted version")
     bench = sub.add_parser("bench", parents=[common], help="benchmarks")
     bench.add_argument("which", choices=["rgr", "retrieval"])
     bench.add_argument("--per-family", type=int, default=None, help="questions per family")
@@ -140,10 +147,52 @@ def print_trajectory(tr) -> None:
     )
 
 
+def _url(cfg: Config) -> str:
+    return f"http://{cfg.serve.host}:{cfg.serve.port}"
+
+
+def _stack_up(cfg: Config) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(_url(cfg) + "/healthz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _http_json(method: str, url: str, body: dict | None = None, timeout: float = 300) -> dict:
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise SystemExit(f"{method} {url}: HTTP {e.code}: {e.read().decode()[:500]}") from None
+
+
 def cmd_ask(args, stack) -> dict:
     from cls_ray.rgr import run_rgr
 
     question = args.question
+    if not getattr(args, "local", True) and question and _stack_up(stack.cfg):
+        res = _http_json(
+            "POST", _url(stack.cfg) + "/v1/rgr", {"question": question, "mode": args.mode}
+        )
+        if not args.json:
+            print(f"question: {question}")
+            for n, st in enumerate(res["steps"], 1):
+                print(f"  {'answer' if st['is_answer'] else f'step {n}'}: {st['text']}")
+                for c in st["citations"]:
+                    print(f"      cites {c['id']}: {c['text']}")
+            print(f"answer: {res['answer']}")
+            print(f"model version: {res['model_version']}; session {res['session_id']} (served)")
+        return res
     if not question:
         qs = stack.world.questions("heldout", families=stack.world.trained_families, per_family=1)
         question = next(q for q in qs if q.hops == 3).text
@@ -231,7 +280,7 @@ def cmd_demo(args, stack) -> dict:
     args.paths, args.world, args.no_ray = [], True, False
     cmd_ingest(args, stack)
     print("== 3/4 ask: one held-out 3-hop question with RGR")
-    args.question, args.mode = None, "rgr"
+    args.question, args.mode, args.local = None, "rgr", True
     json_flag, args.json = args.json, False
     cmd_ask(args, stack)
     args.json = json_flag
@@ -240,7 +289,137 @@ def cmd_demo(args, stack) -> dict:
     return cmd_bench(args, stack)
 
 
+def _connect_ray(cfg: Config, start: bool) -> bool:
+    """Joins `ray.address` / RAY_ADDRESS / a running local head; with `start`, starts a head.
+    Returns True when this call started it."""
+    import subprocess
+
+    import ray
+
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=address, log_to_driver=False, namespace="cls-ray")
+        return False
+    except (ConnectionError, RuntimeError):
+        if not start or address != "auto":
+            raise SystemExit(f"no Ray cluster at {address}; run `cls-ray up` first") from None
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+    ]
+    if cfg.ray.num_cpus:
+        cmd.append(f"--num-cpus={cfg.ray.num_cpus}")
+    subprocess.run(cmd, check=True, capture_output=True)
+    ray.init(address="auto", log_to_driver=False, namespace="cls-ray")
+    return True
+
+
+def cmd_up(args, stack) -> dict:
+    from actors.deploy import deploy
+
+    started = _connect_ray(stack.cfg, start=True)
+    url = deploy(stack.cfg)
+    marker = stack.cfg.state_path / "ray-started-by-cls-ray"
+    if started:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("1")
+    print(f"cls-ray is serving at {url} (OpenAPI: {url}/docs)")
+    return {"url": url, "started_ray": started}
+
+
+def cmd_down(args, stack) -> dict:
+    import subprocess
+
+    from ray import serve
+
+    _connect_ray(stack.cfg, start=False)
+    try:
+        serve.delete(stack.cfg.serve.app_name)
+    except Exception as e:  # noqa: BLE001 - nothing deployed is fine when going down
+        logger.info("no app to delete: %s", e)
+    marker = stack.cfg.state_path / "ray-started-by-cls-ray"
+    stopped = marker.exists()
+    if stopped:
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop"], capture_output=True)
+        marker.unlink()
+    print("cls-ray is down" + (" (and the Ray cluster it started is stopped)" if stopped else ""))
+    return {"stopped_ray": stopped}
+
+
+def cmd_status(args, stack) -> dict:
+    from actors.deploy import registry_for
+
+    cfg = stack.cfg
+    out: dict = {"url": _url(cfg), "up": _stack_up(cfg)}
+    out["versions"] = registry_for(cfg).list() if cfg.model_path.exists() else []
+    if out["up"]:
+        out["health"] = _http_json("GET", _url(cfg) + "/healthz")
+        import ray
+
+        _connect_ray(cfg, start=False)
+        try:
+            buf = ray.get_actor("cls-replay-buffer", namespace="cls-ray")
+            out["buffer"] = ray.get(buf.stats.remote(), timeout=30)
+        except ValueError:
+            out["buffer"] = None
+        from ray import serve
+
+        apps = serve.status().applications
+        app = apps.get(cfg.serve.app_name)
+        out["replicas"] = (
+            {name: dict(d.replica_states) for name, d in app.deployments.items()} if app else {}
+        )
+    if not args.json:
+        print(f"{out['url']}: {'up' if out['up'] else 'down'}")
+        for v in out["versions"]:
+            mark = "*" if v["current"] else " "
+            print(f" {mark} {v['name']:6} {v['status']:12} {v['kind']:5} {v['artifact_uri']}")
+        if out.get("buffer"):
+            print(f"buffer: {out['buffer']}")
+        if out.get("replicas"):
+            print(f"replicas: {out['replicas']}")
+    return out
+
+
+def cmd_promote(args, stack) -> dict:
+    from actors.deploy import promote, registry_for
+
+    if _stack_up(stack.cfg):
+        _connect_ray(stack.cfg, start=False)
+        v = promote(stack.cfg, args.version)
+    else:
+        v = registry_for(stack.cfg).promote(args.version)
+    print(f"current version: {v.name}")
+    return v.model_dump()
+
+
+def cmd_rollback(args, stack) -> dict:
+    from actors.deploy import registry_for, rollback
+
+    if _stack_up(stack.cfg):
+        _connect_ray(stack.cfg, start=False)
+        v = rollback(stack.cfg)
+    else:
+        v = registry_for(stack.cfg).rollback()
+    print(f"current version: {v.name}")
+    return v.model_dump()
+
+
 COMMANDS = {
+    "up": cmd_up,
+    "down": cmd_down,
+    "status": cmd_status,
+    "promote": cmd_promote,
+    "rollback": cmd_rollback,
     "bootstrap": cmd_bootstrap,
     "ingest": cmd_ingest,
     "ask": cmd_ask,
@@ -281,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(cfg)
     try:
         result = COMMANDS[args.command](args, stack)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"cls-ray {args.command}: {e}", file=sys.stderr)
         return 1
     _emit(args, result)

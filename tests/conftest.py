@@ -30,11 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory):
-    """A real Milvus Lite gRPC server on loopback: the server-URI path of the store."""
-    port = free_port()
-    data = tmp_path_factory.mktemp("milvus-server")
+def start_milvus_server(data: Path, port: int) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("milvus-lite")
     proc = subprocess.Popen(
         [str(exe), "server", "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port)],
@@ -52,6 +48,14 @@ def milvus_server(tmp_path_factory):
     else:
         proc.kill()
         pytest.fail("milvus-lite server did not open its port in 60 s")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus Lite gRPC server on loopback: the server-URI path of the store."""
+    port = free_port()
+    proc = start_milvus_server(tmp_path_factory.mktemp("milvus-server"), port)
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     try:

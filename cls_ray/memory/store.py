@@ -54,7 +54,6 @@ class MilvusStore:
         max_text_length: int = 4096,
         stop_words: Sequence[str] | None = None,
     ):
-        from pymilvus import MilvusClient
 
         self.uri = uri
         self.dim = dim
@@ -69,9 +68,40 @@ class MilvusStore:
             from pathlib import Path
 
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+        self._token = token
+        self.client = self._connect()
         for kind in COLLECTIONS:
             self._ensure(self.name(kind))
+
+    def _connect(self):
+        from pymilvus import MilvusClient
+
+        if self._token:
+            return MilvusClient(uri=self.uri, token=self._token)
+        return MilvusClient(uri=self.uri)
+
+    def _call(self, method: str, *args, **kwargs):
+        """A client call that recovers once from a dropped connection (a server restart, or an
+        idle channel closed by the server's keep-alive policy) and from collections a restarted
+        server holds released."""
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - pymilvus wraps gRPC errors in several types
+            text = str(e)
+            lost = any(m in text for m in ("UNAVAILABLE", "Fail connecting", "pings"))
+            released = "call load()" in text
+            if not (lost or released):
+                raise
+            logger.warning("Milvus call failed (%s): recovering", text.splitlines()[0][:200])
+            if lost:
+                try:
+                    self.client.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                self.client = self._connect()
+            for kind in COLLECTIONS:
+                self._ensure(self.name(kind))
+            return getattr(self.client, method)(*args, **kwargs)
 
     @classmethod
     def from_config(cls, cfg, dim: int) -> MilvusStore:
@@ -154,17 +184,17 @@ class MilvusStore:
             for i, t, s, v in zip(ids, texts, sources, vectors, strict=True)
         ]
         if rows:
-            self.client.upsert(self.name(kind), rows)
+            self._call("upsert", self.name(kind), rows)
         return len(rows)
 
     def count(self, kind: str = "documents") -> int:
-        res = self.client.query(self.name(kind), filter="", output_fields=["count(*)"])
+        res = self._call("query", self.name(kind), filter="", output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
     def get(self, ids: Sequence[str], kind: str = "documents") -> dict[str, str]:
         if not ids:
             return {}
-        rows = self.client.get(self.name(kind), ids=list(ids), output_fields=["text"])
+        rows = self._call("get", self.name(kind), ids=list(ids), output_fields=["text"])
         return {r["id"]: r["text"] for r in rows}
 
     def search(
@@ -192,7 +222,8 @@ class MilvusStore:
         if mode == "dense":
             if vectors is None:
                 raise ValueError("dense search needs query vectors")
-            raw = self.client.search(
+            raw = self._call(
+                "search",
                 name,
                 data=[v.tolist() for v in vectors],
                 anns_field="dense",
@@ -203,7 +234,8 @@ class MilvusStore:
         elif mode == "bm25":
             if texts is None:
                 raise ValueError("bm25 search needs query texts")
-            raw = self.client.search(
+            raw = self._call(
+                "search",
                 name,
                 data=list(texts),
                 anns_field="sparse",
@@ -225,8 +257,13 @@ class MilvusStore:
                 ),
                 AnnSearchRequest(list(texts), "sparse", {"metric_type": "BM25"}, limit),
             ]
-            raw = self.client.hybrid_search(
-                name, reqs, RRFRanker(self.rrf_k), limit=limit, output_fields=out_fields
+            raw = self._call(
+                "hybrid_search",
+                name,
+                reqs,
+                RRFRanker(self.rrf_k),
+                limit=limit,
+                output_fields=out_fields,
             )
         results: list[list[Hit]] = []
         for i, hits in enumerate(raw):
@@ -246,7 +283,7 @@ class MilvusStore:
         return results
 
     def flush(self, kind: str = "documents") -> None:
-        self.client.flush(self.name(kind))
+        self._call("flush", self.name(kind))
 
     def warm_up(self) -> None:
         """One search per non-empty collection, so the first timed query pays no index load."""

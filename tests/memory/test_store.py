@@ -84,3 +84,24 @@ def test_server_uri_from_config(milvus_server, embedder):
     assert store.search(embedder.embed(q), q, k=1, mode="hybrid")[0][0].id == "a6"
     store.drop()
     store.close()
+
+
+def test_store_reconnects_after_the_server_restarts(tmp_path, embedder):
+    from tests.conftest import free_port, start_milvus_server
+
+    port, data = free_port(), tmp_path / "srv"
+    proc = start_milvus_server(data, port)
+    store = MilvusStore(f"http://127.0.0.1:{port}", embedder.dim, prefix="restart")
+    _fill(store, embedder)
+    store.flush()
+    proc.terminate()
+    proc.wait(30)
+    proc = start_milvus_server(data, port)  # same data, same port: a server restart
+    try:
+        q = ["what is the mayor of Boston Falls ?"]
+        assert store.search(embedder.embed(q), q, k=1)[0][0].id == "a6"
+        assert store.count() == len(DOCS)
+    finally:
+        store.close()
+        proc.terminate()
+        proc.wait(30)
