@@ -44,6 +44,8 @@ class Generator:
         )
         self.engines = {"base": self.engine_factory(self.cfg, "base", None)}
         self.current = "base"
+        self.generate.set_max_batch_size(self.cfg.serve.max_batch_size)
+        self.generate.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_timeout_s)
 
     def reconfigure(self, user_config: dict) -> None:
         """`{"version": name, "path": checkpoint or adapter folder}`: load it, make it current.
@@ -125,6 +127,7 @@ class Retriever:
 
         self.stack = Stack(Config.model_validate(cfg))
         self.stack.store.warm_up()
+        self.retrieve.set_max_batch_size(self.stack.cfg.serve.retriever_max_batch_size)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def retrieve(self, requests: list[dict]) -> list[list[dict]]:
