@@ -351,11 +351,8 @@ class Ingress:
                 engine,
                 None if mode == "none" else retriever,
                 mode=mode,
-                top_k=top_k or c.rgr.top_k,
-                max_steps=max_steps or c.rgr.max_steps,
-                exclude_cited=c.rgr.exclude_cited,
                 temperature=temperature,
-                grounded=c.rgr.grounded,
+                **c.rgr_options(top_k=top_k, max_steps=max_steps),
             )
         )[0]
         tr.model_version = version

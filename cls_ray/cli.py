@@ -204,11 +204,8 @@ def cmd_ask(args, stack) -> dict:
         stack.engine,
         None if args.mode == "none" else stack.retriever,
         mode=args.mode,
-        top_k=cfg.rgr.top_k,
-        max_steps=cfg.rgr.max_steps,
-        exclude_cited=cfg.rgr.exclude_cited,
         temperature=cfg.engine.temperature,
-        grounded=cfg.rgr.grounded,
+        **cfg.rgr_options(),
     )[0]
     if not args.json:
         print_trajectory(tr)
@@ -232,12 +229,9 @@ def cmd_bench(args, stack) -> dict:
         stack.retriever,
         modes=cfg.bench.modes,
         per_family=args.per_family or cfg.bench.per_family,
-        top_k=cfg.rgr.top_k,
-        max_steps=cfg.rgr.max_steps,
-        exclude_cited=cfg.rgr.exclude_cited,
-        grounded=cfg.rgr.grounded,
         batch_size=cfg.engine.batch_size,
         progress=not args.quiet,
+        **cfg.rgr_options(),
     )
     result["search_mode"] = cfg.store.search_mode
     report = _write_report(cfg, "bench_rgr", result)

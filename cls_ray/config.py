@@ -177,6 +177,17 @@ class Config(_Section):
     def model_path(self) -> Path:
         return Path(self.model.path) if self.model.path else self.state_path / "models" / "base"
 
+    def rgr_options(self, **overrides) -> dict:
+        """Keyword arguments of `run_rgr` / `bench_rgr` from `rgr`; non-None overrides win."""
+        opts = {
+            "top_k": self.rgr.top_k,
+            "max_steps": self.rgr.max_steps,
+            "exclude_cited": self.rgr.exclude_cited,
+            "grounded": self.rgr.grounded,
+        }
+        opts.update({k: v for k, v in overrides.items() if v is not None})
+        return opts
+
     @property
     def replay_path(self) -> Path:
         return self.state_path / "replay"
