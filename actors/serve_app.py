@@ -73,20 +73,19 @@ class Generator:
         out: list[dict | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault(
-                (r.get("version") or self.current, r.get("temperature", 0.0)), []
-            ).append(i)
-        for (version, temp), idx in groups.items():
+            key = (
+                r.get("version") or self.current,
+                r.get("temperature", 0.0),
+                bool(r.get("choices")),
+            )
+            groups.setdefault(key, []).append(i)
+        for (version, temp, grounded), idx in groups.items():
             engine = self.engines.get(version) or self.engines[self.current]
             gens = await asyncio.to_thread(
                 engine.generate,
                 [requests[i]["prompt"] for i in idx],
                 temperature=temp,
-                choices=(
-                    [requests[i]["choices"] for i in idx]
-                    if all(requests[i].get("choices") for i in idx)
-                    else None
-                ),
+                choices=[requests[i]["choices"] for i in idx] if grounded else None,
             )
             for i, g in zip(idx, gens, strict=True):
                 out[i] = {
@@ -166,11 +165,11 @@ class Retriever:
 class RemoteEngine:
     """`Engine` over the generator deployment, pinned to the version the session started on."""
 
-    def __init__(self, handle, version: str, template_engine_render: Callable):
+    def __init__(self, handle, version: str, render: Callable, template: str = "compact"):
         self.handle = handle
         self.version = version
-        self.template = "compact"
-        self._render = template_engine_render
+        self.template = template
+        self._render = render
 
     def render(self, question, docs, steps) -> str:
         return self._render(question, list(docs), list(steps))
@@ -340,7 +339,7 @@ class Ingress:
         def render(q, docs, steps):
             return gen.render.remote(q, docs, steps).result()
 
-        engine = RemoteEngine(self.generator, version, render)
+        engine = RemoteEngine(self.generator, version, render, self.cfg.model.template)
         retriever = RemoteRetriever(self.retriever)
         c = self.cfg
         started = time.time()
