@@ -35,11 +35,14 @@ logger = logging.getLogger(__name__)
 class Generator:
     def __init__(self, cfg: dict, engine_factory: Callable | None = None):
         from cls_ray.engine import build_engine
+        from cls_ray.engine.hf import HFEngine
 
         self.cfg = Config.model_validate(cfg)
         self.engine_factory = engine_factory or (
             lambda c, version, path: (
-                build_engine(c, version=version) if path is None else _engine_at(c, version, path)
+                build_engine(c, version=version)
+                if path is None
+                else HFEngine.from_config(c, version, path)
             )
         )
         self.engines = {"base": self.engine_factory(self.cfg, "base", None)}
@@ -95,26 +98,6 @@ class Generator:
                     "version": engine.version,
                 }
         return out  # type: ignore[return-value]
-
-
-def _engine_at(cfg: Config, version: str, path: str):
-    """An HF engine for a version: a full checkpoint folder, or a PEFT adapter on the base."""
-    from pathlib import Path
-
-    from cls_ray.engine.hf import HFEngine
-    from cls_ray.model.loading import load_model_and_tokenizer
-
-    p = Path(path)
-    if (p / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        base, tok = load_model_and_tokenizer(cfg.model_path, cfg.engine.device, cfg.engine.dtype)
-        model = PeftModel.from_pretrained(base, str(p)).merge_and_unload().eval()
-    else:
-        model, tok = load_model_and_tokenizer(p, cfg.engine.device, cfg.engine.dtype)
-    return HFEngine(
-        model, tok, cfg.model.template, cfg.engine.max_new_tokens, cfg.engine.batch_size, version
-    )
 
 
 # ------------------------------------------------------------------------------------------

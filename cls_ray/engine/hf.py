@@ -49,11 +49,23 @@ class HFEngine:
 
     @classmethod
     def from_config(cls, cfg, version: str = "base", path=None) -> HFEngine:
+        """The base model, a full checkpoint at `path`, or a PEFT adapter at `path` merged
+        into the base."""
+        from pathlib import Path
+
         from cls_ray.model.loading import load_model_and_tokenizer
 
-        model, tok = load_model_and_tokenizer(
-            path or cfg.model_path, cfg.engine.device, cfg.engine.dtype
-        )
+        if path is not None and (Path(path) / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            base, tok = load_model_and_tokenizer(
+                cfg.model_path, cfg.engine.device, cfg.engine.dtype
+            )
+            model = PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
+        else:
+            model, tok = load_model_and_tokenizer(
+                path or cfg.model_path, cfg.engine.device, cfg.engine.dtype
+            )
         return cls(
             model,
             tok,
