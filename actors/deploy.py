@@ -1,58 +1,160 @@
 """Deploying the Serve application and moving it between model versions.
 
-A version reaches the generator replicas through Serve's `user_config`: redeploying the same
-application with another `user_config` calls `reconfigure()` on every running replica without
-restarting it, and replicas that autoscaling adds later start with it.
+The app is deployed from a config (the path `serve deploy config.yaml` and Serve's REST API
+take): an import path, the cls-ray config as its args, and the generator's `user_config` naming
+the model version. Serve derives each deployment's code version from that config without its
+`user_config`, so deploying the same application with another version changes nothing but the
+generator's `user_config`: every running generator replica gets `reconfigure()` in place (no
+restart, no reload of the retriever's Milvus file) and replicas that autoscaling adds later
+start on it. (Serve's imperative `serve.run` gives every deployment a fresh random version on
+each call, which would restart all replicas, the retriever too, on every promote.)
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
 
 from cls_ray.config import Config
 from cls_ray.registry import ModelRegistry, ModelVersion
 
 logger = logging.getLogger(__name__)
 
+APP_IMPORT_PATH = "actors.serve_app:app_from_args"
+
+
+class DeployError(RuntimeError):
+    pass
+
 
 def registry_for(cfg: Config) -> ModelRegistry:
     return ModelRegistry(cfg.state_path / "registry.json", base_uri=str(cfg.model_path))
 
 
-def version_config(v: ModelVersion) -> dict:
-    return {"version": v.name, "path": None if v.kind == "base" else v.artifact_uri}
+def version_config(cfg: Config, v: ModelVersion, max_batch_size: int | None = None) -> dict:
+    """The generator's `user_config`: the version to serve, and the batch size."""
+    return {
+        "version": v.name,
+        "path": None if v.kind == "base" else v.artifact_uri,
+        "max_batch_size": max_batch_size or cfg.serve.max_batch_size,
+    }
+
+
+def app_spec(
+    cfg: Config,
+    v: ModelVersion,
+    max_batch_size: int | None = None,
+    retriever_max_batch_size: int | None = None,
+) -> dict:
+    """The application's entry of a Serve deploy config. Batch sizes live in `user_config`, so
+    changing them (as `bench serve` does) reconfigures replicas in place, like a version."""
+    return {
+        "name": cfg.serve.app_name,
+        "route_prefix": "/",
+        "import_path": APP_IMPORT_PATH,
+        "args": {"config": cfg.model_dump(mode="json")},
+        "deployments": [
+            {"name": "generator", "user_config": version_config(cfg, v, max_batch_size)},
+            {
+                "name": "retriever",
+                "user_config": {
+                    "max_batch_size": retriever_max_batch_size
+                    or cfg.serve.retriever_max_batch_size
+                },
+            },
+        ],
+    }
+
+
+def start_state_actors(cfg: Config) -> None:
+    """The replay buffer and the registry actors, on this node (it holds the state directory)."""
+    from actors.registry import start_registry
+    from actors.replay_buffer import buffer_actor_name, start_replay_buffer
+
+    start_replay_buffer(str(cfg.replay_path), buffer_actor_name(cfg.serve.app_name))
+    start_registry(str(cfg.state_path / "registry.json"), str(cfg.model_path), cfg.serve.app_name)
+
+
+def _client(cfg: Config):
+    # The same calls `serve deploy` / `serve run config.yaml` and the dashboard's REST handler
+    # make: start (or find) the controller, then apply a declarative config.
+    from ray.serve._private.api import serve_start
+
+    return serve_start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+
+
+def _inside_serve() -> bool:
+    from ray import serve
+
+    try:
+        serve.get_replica_context()
+    except Exception:  # noqa: BLE001 - raises outside a replica
+        return False
+    return True
+
+
+def _app_status(client, name: str) -> tuple[str, dict[str, str], str, dict | None]:
+    """The app's status, its deployments' statuses, its message and the generator's target
+    `user_config`."""
+    details = client.get_serve_details()
+    app = (details.get("applications") or {}).get(name)
+    if app is None:
+        return "NOT_STARTED", {}, "", None
+    deployments = app.get("deployments") or {}
+    deps = {d: info["status"] for d, info in deployments.items()}
+    gen = (deployments.get("generator") or {}).get("deployment_config") or {}
+    return app["status"], deps, app.get("message") or "", gen.get("user_config")
 
 
 def deploy(
-    cfg: Config, version: ModelVersion | None = None, engine_factory: Callable | None = None
-):
-    """Starts Serve on `serve.host:port` (if needed) and deploys the app on `version`
-    (default: the registry's current one). Returns the HTTP URL."""
-    from ray import serve
-
-    from actors.serve_app import build_app
+    cfg: Config,
+    version: ModelVersion | None = None,
+    timeout_s: float = 300.0,
+    max_batch_size: int | None = None,
+    retriever_max_batch_size: int | None = None,
+) -> str:
+    """Deploys the app on `version` (default: the registry's current one) next to any other
+    declaratively deployed apps, and waits until every replica serves it. Returns the URL."""
+    from ray.serve.schema import ServeDeploySchema
 
     v = version or registry_for(cfg).current()
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(
-        build_app(cfg, engine_factory, version_config(v)),
-        name=cfg.serve.app_name,
-        route_prefix="/",
-    )
-    logger.info("deployed %s on version %s", cfg.serve.app_name, v.name)
+    client = _client(cfg)
+    if not _inside_serve():
+        start_state_actors(cfg)
+    name = cfg.serve.app_name
+    apps = []
+    for other, info in (client.get_serve_details().get("applications") or {}).items():
+        if other != name and info.get("source") == "declarative" and info.get("deployed_app_config"):
+            apps.append(info["deployed_app_config"])
+    spec = app_spec(cfg, v, max_batch_size, retriever_max_batch_size)
+    apps.append(spec)
+    client.deploy_apps(ServeDeploySchema(applications=apps))
+    # apply_config returns before the controller acts on it: wait until the generator's target
+    # is this version and every deployment is HEALTHY (all replicas reconfigured).
+    want = spec["deployments"][0]["user_config"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, deps, message, target = _app_status(client, name)
+        if status == "DEPLOY_FAILED" or "UNHEALTHY" in deps.values():
+            raise DeployError(f"deploying {name} on {v.name} failed: {message}")
+        if status == "RUNNING" and target == want and set(deps.values()) == {"HEALTHY"}:
+            break
+        if time.monotonic() > deadline:
+            raise DeployError(f"{name} not running after {timeout_s:.0f} s: {status} {deps}")
+        time.sleep(0.2)
+    logger.info("deployed %s on version %s", name, v.name)
     return f"http://{cfg.serve.host}:{cfg.serve.port}"
 
 
-def promote(cfg: Config, name: str, engine_factory: Callable | None = None) -> ModelVersion:
-    reg = registry_for(cfg)
-    v = reg.promote(name)
-    deploy(cfg, v, engine_factory)
+def promote(cfg: Config, name: str) -> ModelVersion:
+    """Marks `name` promoted in the registry and pushes it to every generator replica."""
+    v = registry_for(cfg).promote(name)
+    deploy(cfg, v)
     return v
 
 
-def rollback(cfg: Config, engine_factory: Callable | None = None) -> ModelVersion:
-    reg = registry_for(cfg)
-    v = reg.rollback()
-    deploy(cfg, v, engine_factory)
+def rollback(cfg: Config) -> ModelVersion:
+    """Rolls back to the previously promoted version and pushes it to every replica."""
+    v = registry_for(cfg).rollback()
+    deploy(cfg, v)
     return v

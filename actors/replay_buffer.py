@@ -53,23 +53,39 @@ class ReplayBufferActor:
         return os.getpid()
 
 
+def buffer_actor_name(app_name: str) -> str:
+    return f"{app_name}-replay-buffer"
+
+
 def start_replay_buffer(
     root: str,
-    name: str = "cls-replay-buffer",
+    name: str = "cls-ray-replay-buffer",
     namespace: str = "cls-ray",
     seal_every: int = 256,
     num_cpus: float = 0.1,
+    pin_here: bool = True,
 ):
-    """Starts (or finds) the named buffer actor; it restarts forever after crashes."""
+    """Starts (or finds) the named buffer actor. It is detached (it outlives the process that
+    started it), restarts forever after crashes, and by default runs on this node, where its
+    write-ahead log is."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    options: dict = {}
+    if pin_here:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False
+        )
     return (
         ray.remote(ReplayBufferActor)
         .options(
             name=name,
             namespace=namespace,
             get_if_exists=True,
+            lifetime="detached",
             max_restarts=-1,
             max_task_retries=-1,
             num_cpus=num_cpus,
+            **options,
         )
         .remote(root, seal_every)
     )

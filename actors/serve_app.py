@@ -7,12 +7,15 @@ can pass any engine with the `Engine` interface.
 """
 
 import asyncio
+import functools
+import hmac
 import json
 import logging
 import os
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
@@ -25,6 +28,7 @@ from cls_ray.config import Config
 from cls_ray.engine.base import Generation
 from cls_ray.rgr import RetrievedDoc, run_rgr
 from cls_ray.session import Feedback, Session
+from cls_ray.steps import render_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +55,12 @@ class Generator:
         self.generate.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_timeout_s)
 
     def reconfigure(self, user_config: dict) -> None:
-        """`{"version": name, "path": checkpoint or adapter folder}`: load it, make it current.
+        """`{"version": name, "path": checkpoint or adapter folder, "max_batch_size": n}`: load
+        the version and make it current; set the batch size.
 
         The previous engine stays loaded: sessions that started on it finish on it."""
+        if user_config.get("max_batch_size"):
+            self.generate.set_max_batch_size(int(user_config["max_batch_size"]))
         version = user_config.get("version", "base")
         if version not in self.engines:
             path = user_config.get("path")
@@ -65,9 +72,6 @@ class Generator:
 
     def current_version(self) -> str:
         return self.current
-
-    def render(self, question: str, docs: list[str], steps: list[str]) -> str:
-        return self.engines[self.current].render(question, docs, steps)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def generate(self, requests: list[dict]) -> list[dict]:
@@ -111,6 +115,11 @@ class Retriever:
         self.stack.store.warm_up()
         self.retrieve.set_max_batch_size(self.stack.cfg.serve.retriever_max_batch_size)
 
+    def reconfigure(self, user_config: dict) -> None:
+        """`{"max_batch_size": n}`: queries per embedding call and Milvus search."""
+        if user_config.get("max_batch_size"):
+            self.retrieve.set_max_batch_size(int(user_config["max_batch_size"]))
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def retrieve(self, requests: list[dict]) -> list[list[dict]]:
         k = max(r["k"] for r in requests)
@@ -148,14 +157,16 @@ class Retriever:
 class RemoteEngine:
     """`Engine` over the generator deployment, pinned to the version the session started on."""
 
-    def __init__(self, handle, version: str, render: Callable, template: str = "compact"):
+    def __init__(self, handle, version: str, template: str = "compact", tokenizer=None):
         self.handle = handle
         self.version = version
         self.template = template
-        self._render = render
+        self.tokenizer = tokenizer
 
     def render(self, question, docs, steps) -> str:
-        return self._render(question, list(docs), list(steps))
+        # Rendering is string formatting (or the tokenizer's chat template): done here, it
+        # saves the generator a round trip per step.
+        return render_prompt(self.template, self.tokenizer, question, docs, steps)
 
     def generate(self, prompts, temperature=0.0, max_new_tokens=None, seed=None, choices=None):
         resps = [
@@ -247,7 +258,7 @@ class FeedbackRequest(_Body):
 
 class PromoteRequest(_Body):
     version: str = Field(min_length=1, max_length=128)
-    path: str | None = None
+    reason: str = Field("", max_length=1000)
 
 
 api = FastAPI(title="cls-ray", version="0.1.0")
@@ -256,16 +267,60 @@ api = FastAPI(title="cls-ray", version="0.1.0")
 _LIMITS = {"max_body_bytes": 1_000_000}
 
 
-@api.middleware("http")
-async def _limit_body(request: Request, call_next):
-    """Oversized bodies are refused before anything parses them."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > _LIMITS["max_body_bytes"]):
-        return JSONResponse(
-            status_code=413,
-            content={"detail": f"body larger than {_LIMITS['max_body_bytes']} bytes"},
+class BodyLimit:
+    """Refuses bodies over `max_body_bytes` with 413 before anything parses them: at once when
+    `Content-Length` says so, and while reading when a chunked body grows past the limit."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = _LIMITS["max_body_bytes"]
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await self._refuse(send, limit)
+        seen = 0
+        refused = False
+
+        async def limited_receive():
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    # Answer now; the app sees the client go away and its reply is dropped.
+                    refused = True
+                    await self._refuse(send, limit)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            if not refused:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+    @staticmethod
+    async def _refuse(send, limit: int) -> None:
+        body = json.dumps({"detail": f"body larger than {limit} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
         )
-    return await call_next(request)
+        await send({"type": "http.response.body", "body": body})
+
+
+api.add_middleware(BodyLimit)
 
 
 @api.exception_handler(RequestValidationError)
@@ -285,6 +340,16 @@ async def _invalid(request: Request, exc: RequestValidationError):
     )
 
 
+def check_admin_key(env_name: str, key: str | None) -> None:
+    """Admin routes need the key held in the environment variable `env_name`; with no key
+    configured they are disabled (403), never open."""
+    expected = os.environ.get(env_name)
+    if not expected:
+        raise HTTPException(403, f"admin endpoints are disabled: {env_name} is not set")
+    if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
+        raise HTTPException(401, "missing or wrong admin key (header X-API-Key)")
+
+
 def _question_of(req: ChatRequest) -> str:
     for m in reversed(req.messages):
         if m.role == "user":
@@ -301,13 +366,28 @@ class Ingress:
     def __init__(self, cfg: dict, generator, retriever):
         import ray
 
-        from actors.replay_buffer import start_replay_buffer
+        from actors.registry import start_registry
+        from actors.replay_buffer import buffer_actor_name, start_replay_buffer
 
         self.cfg = Config.model_validate(cfg)
-        _LIMITS["max_body_bytes"] = self.cfg.serve.max_body_bytes
+        s = self.cfg.serve
+        _LIMITS["max_body_bytes"] = s.max_body_bytes
         self.generator = generator
         self.retriever = retriever
-        self.buffer = start_replay_buffer(str(self.cfg.replay_path))
+        # Started by `deploy` on the node that holds the state directory; found here by name.
+        self.buffer = start_replay_buffer(
+            str(self.cfg.replay_path), buffer_actor_name(s.app_name), pin_here=False
+        )
+        self.registry = start_registry(
+            str(self.cfg.state_path / "registry.json"), str(self.cfg.model_path), s.app_name
+        )
+        self.tokenizer = None
+        if self.cfg.model.template == "chat":
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.cfg.model_path))
+        # RGR is a blocking loop of handle calls; each running session holds one thread.
+        self.pool = ThreadPoolExecutor(s.max_concurrent_sessions, thread_name_prefix="rgr")
         self._ray = ray
 
     # -- helpers ---------------------------------------------------------------------------
@@ -317,26 +397,20 @@ class Ingress:
                 422, f"question: longer than {self.cfg.serve.max_question_chars} characters"
             )
         version = await self.generator.current_version.remote()
-        gen = self.generator
-
-        def render(q, docs, steps):
-            return gen.render.remote(q, docs, steps).result()
-
-        engine = RemoteEngine(self.generator, version, render, self.cfg.model.template)
+        engine = RemoteEngine(self.generator, version, self.cfg.model.template, self.tokenizer)
         retriever = RemoteRetriever(self.retriever)
         c = self.cfg
         started = time.time()
-        tr = (
-            await asyncio.to_thread(
-                run_rgr,
-                [question],
-                engine,
-                None if mode == "none" else retriever,
-                mode=mode,
-                temperature=temperature,
-                **c.rgr_options(top_k=top_k, max_steps=max_steps),
-            )
-        )[0]
+        run = functools.partial(
+            run_rgr,
+            [question],
+            engine,
+            None if mode == "none" else retriever,
+            mode=mode,
+            temperature=temperature,
+            **c.rgr_options(top_k=top_k, max_steps=max_steps),
+        )
+        tr = (await asyncio.get_running_loop().run_in_executor(self.pool, run))[0]
         tr.model_version = version
         session = Session.from_trajectory(tr, started_at=started)
         # Acknowledged only once durable: the buffer fsyncs before it answers.
@@ -361,11 +435,7 @@ class Ingress:
         }
 
     def _admin(self, key: str | None) -> None:
-        expected = os.environ.get(self.cfg.serve.admin_key_env)
-        if not expected:
-            raise HTTPException(403, "admin endpoints are disabled: no admin key is configured")
-        if key != expected:
-            raise HTTPException(401, "missing or wrong admin key (header X-API-Key)")
+        check_admin_key(self.cfg.serve.admin_key_env, key)
 
     # -- routes ----------------------------------------------------------------------------
     @api.get("/healthz")
@@ -375,31 +445,21 @@ class Ingress:
     @api.get("/v1/models")
     async def models(self) -> dict:
         """The version replicas serve now, and every registered version."""
-        from cls_ray.registry import ModelRegistry
-
         version = await self.generator.current_version.remote()
-        path = self.cfg.state_path / "registry.json"
-        listed = ModelRegistry(path).list() if path.exists() else []
+        listed = await self.registry.list.remote()
         data = [
             {
                 "id": v["name"],
                 "object": "model",
                 "owned_by": "cls-ray",
+                "created": int(v["created_at"]),
                 "status": v["status"],
+                "kind": v["kind"],
+                "parent": v["parent"],
                 "current": v["name"] == version,
             }
             for v in listed
         ]
-        if not any(d["current"] for d in data):
-            data.append(
-                {
-                    "id": version,
-                    "object": "model",
-                    "owned_by": "cls-ray",
-                    "status": "promoted",
-                    "current": True,
-                }
-            )
         return {"object": "list", "data": data}
 
     @api.post("/v1/rgr")
@@ -482,12 +542,45 @@ class Ingress:
         self._admin(x_api_key)
         return await self.buffer.stats.remote()
 
+    async def _switch(self, change) -> dict:
+        """Applies a registry change, then pushes the resulting version to every replica."""
+        from actors.deploy import deploy
+        from cls_ray.registry import ModelVersion
+
+        try:
+            v = ModelVersion.model_validate(await change())
+        except self._ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, KeyError):
+                raise HTTPException(404, f"version: {e.cause.args[0]}") from None
+            if isinstance(e.cause, ValueError):
+                raise HTTPException(409, str(e.cause)) from None
+            raise
+        t0 = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(self.pool, deploy, self.cfg, v)
+        return {"version": v.name, "status": v.status, "swap_seconds": time.perf_counter() - t0}
+
+    @api.post("/admin/promote")
+    async def promote(self, body: PromoteRequest, x_api_key: str | None = Header(None)) -> dict:
+        """Promotes a registered version and waits until every generator replica serves it."""
+        self._admin(x_api_key)
+        return await self._switch(lambda: self.registry.promote.remote(body.version, body.reason))
+
+    @api.post("/admin/rollback")
+    async def rollback(self, x_api_key: str | None = Header(None)) -> dict:
+        """Rolls back to the version promoted before the current one."""
+        self._admin(x_api_key)
+        return await self._switch(lambda: self.registry.rollback.remote())
+
+
+def generator_user_config(cfg: Config, version: str = "base", path: str | None = None) -> dict:
+    return {"version": version, "path": path, "max_batch_size": cfg.serve.max_batch_size}
+
 
 def build_app(cfg: Config, engine_factory: Callable | None = None, user_config: dict | None = None):
     """The application graph with deployment options from `cfg`; `user_config` names the
     model version the generator replicas serve."""
     s = cfg.serve
-    data = cfg.model_dump()
+    data = cfg.model_dump(mode="json")
     gen = serve.deployment(
         Generator,
         name="generator",
@@ -496,8 +589,9 @@ def build_app(cfg: Config, engine_factory: Callable | None = None, user_config: 
             "max_replicas": s.generator_autoscaling.max_replicas,
             "target_ongoing_requests": s.generator_autoscaling.target_ongoing_requests,
         },
+        max_ongoing_requests=s.generator_max_ongoing_requests,
         ray_actor_options={"num_cpus": s.generator_num_cpus},
-        user_config=user_config or {"version": "base", "path": None},
+        user_config=user_config or generator_user_config(cfg),
     ).bind(data, engine_factory)
     # Milvus Lite allows one process per file: one retriever replica owns it. Against a Milvus
     # server every replica connects on its own, so more replicas are fine there.
@@ -505,8 +599,25 @@ def build_app(cfg: Config, engine_factory: Callable | None = None, user_config: 
         Retriever,
         name="retriever",
         num_replicas=1 if cfg.store_uri.endswith(".db") else 2,
+        max_ongoing_requests=s.retriever_max_ongoing_requests,
         ray_actor_options={"num_cpus": 0.25},
+        user_config={"max_batch_size": s.retriever_max_batch_size},
     ).bind(data)
-    return serve.deployment(Ingress, name="ingress", ray_actor_options={"num_cpus": 0.25}).bind(
-        data, gen, ret
-    )
+    return serve.deployment(
+        Ingress,
+        name="ingress",
+        max_ongoing_requests=s.max_concurrent_sessions,
+        ray_actor_options={"num_cpus": 0.25},
+    ).bind(data, gen, ret)
+
+
+def app_from_args(args: dict):
+    """Serve's application builder (`import_path: actors.serve_app:app_from_args`): `config` is
+    the cls-ray config; `engine_factory`, optional, an importable `module:callable`."""
+    factory = None
+    if args.get("engine_factory"):
+        import importlib
+
+        module, _, attr = args["engine_factory"].partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+    return build_app(Config.model_validate(args["config"]), factory)

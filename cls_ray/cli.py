@@ -326,6 +326,21 @@ def cmd_up(args, stack) -> dict:
     return {"url": url, "started_ray": started}
 
 
+def _stop_state_actors(cfg: Config) -> None:
+    """The buffer and registry actors are detached; their state is on disk, so stopping them
+    loses nothing."""
+    import ray
+
+    from actors.registry import registry_actor_name
+    from actors.replay_buffer import buffer_actor_name
+
+    for name in (buffer_actor_name(cfg.serve.app_name), registry_actor_name(cfg.serve.app_name)):
+        try:
+            ray.kill(ray.get_actor(name, namespace="cls-ray"), no_restart=True)
+        except ValueError:
+            pass
+
+
 def cmd_down(args, stack) -> dict:
     import subprocess
 
@@ -336,6 +351,7 @@ def cmd_down(args, stack) -> dict:
         serve.delete(stack.cfg.serve.app_name)
     except Exception as e:  # noqa: BLE001 - nothing deployed is fine when going down
         logger.info("no app to delete: %s", e)
+    _stop_state_actors(stack.cfg)
     marker = stack.cfg.state_path / "ray-started-by-cls-ray"
     stopped = marker.exists()
     if stopped:
@@ -361,7 +377,9 @@ def cmd_status(args, stack) -> dict:
 
         _connect_ray(cfg, start=False)
         try:
-            buf = ray.get_actor("cls-replay-buffer", namespace="cls-ray")
+            from actors.replay_buffer import buffer_actor_name
+
+            buf = ray.get_actor(buffer_actor_name(cfg.serve.app_name), namespace="cls-ray")
             out["buffer"] = ray.get(buf.stats.remote(), timeout=30)
         except ValueError:
             out["buffer"] = None

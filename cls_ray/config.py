@@ -140,9 +140,16 @@ class ServeConfig(_Section):
     app_name: str = "cls-ray"
     generator_autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     generator_num_cpus: float = Field(0.5, gt=0)
-    max_batch_size: int = Field(16, ge=1)
+    max_batch_size: int = Field(16, ge=1, description="Next-step requests per engine call.")
     batch_wait_timeout_s: float = Field(0.01, ge=0)
-    retriever_max_batch_size: int = Field(32, ge=1)
+    retriever_max_batch_size: int = Field(32, ge=1, description="Queries per embed + search.")
+    max_concurrent_sessions: int = Field(
+        64, ge=1, description="Sessions one ingress replica runs at once; more wait in queue."
+    )
+    generator_max_ongoing_requests: int = Field(
+        64, ge=1, description="Must exceed max_batch_size for batches to fill."
+    )
+    retriever_max_ongoing_requests: int = Field(64, ge=1)
     admin_key_env: str = Field(
         "CLS_RAY_ADMIN_KEY",
         description="Environment variable holding the admin API key; unset: admin disabled.",

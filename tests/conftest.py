@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# Set before any Ray worker starts, so Serve replicas inherit it: the test app's admin key.
+ADMIN_KEY_ENV = "CLS_RAY_TEST_ADMIN_KEY"
+os.environ.setdefault(ADMIN_KEY_ENV, "test-admin-key")
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

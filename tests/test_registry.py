@@ -1,3 +1,6 @@
+import multiprocessing
+import os
+
 import pytest
 
 from cls_ray.registry import ModelRegistry
@@ -28,3 +31,18 @@ def test_versions_promote_and_roll_back_persistently(tmp_path):
     # Names are never reused, even after a rollback.
     assert ModelRegistry(path).register("/adapters/3", "full").name == "v3"
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _register_many(path, n):
+    reg = ModelRegistry(path)
+    return [reg.register(f"/adapters/{os.getpid()}-{i}", "lora").name for i in range(n)]
+
+
+def test_writers_in_separate_processes_lose_nothing(tmp_path):
+    path = tmp_path / "registry.json"
+    ModelRegistry(path, base_uri="/models/base")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        names = [n for got in pool.starmap(_register_many, [(path, 15)] * 3) for n in got]
+    assert len(set(names)) == 45
+    assert {v["name"] for v in ModelRegistry(path).list()} == {"base", *names}

@@ -9,6 +9,7 @@ and `search_mode` picks dense, bm25 or hybrid (reciprocal-rank fusion) per query
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -19,6 +20,11 @@ logger = logging.getLogger(__name__)
 
 SearchMode = Literal["dense", "bm25", "hybrid"]
 COLLECTIONS = ("documents", "episodic")
+
+
+def _connection_lost(e: BaseException) -> bool:
+    text = str(e)
+    return any(m in text for m in ("UNAVAILABLE", "Fail connecting", "pings"))
 
 # Stop words drop out of the BM25 analyzer: they carry no match signal, and every posting of
 # "the" is work for each query (Milvus Lite scores postings in Python). An explicit list works
@@ -73,12 +79,31 @@ class MilvusStore:
         for kind in COLLECTIONS:
             self._ensure(self.name(kind))
 
-    def _connect(self):
+    def _connect(self, attempts: int = 4):
+        """Open a client. Milvus Lite serves gRPC inside this process and, like any gRPC server,
+        answers keep-alive pings on an idle channel with GOAWAY "too_many_pings"; pymilvus pings
+        every 10 s, so a Lite channel left idle through a long job (training, a test fixture)
+        came back dead. Lite channels do not ping when idle; any connect still refused is retried
+        with back-off."""
         from pymilvus import MilvusClient
 
+        kwargs: dict = {"uri": self.uri}
         if self._token:
-            return MilvusClient(uri=self.uri, token=self._token)
-        return MilvusClient(uri=self.uri)
+            kwargs["token"] = self._token
+        if self.uri.endswith(".db"):
+            kwargs["grpc_options"] = {
+                "grpc.keepalive_permit_without_calls": 0,
+                "grpc.keepalive_time_ms": 300_000,
+            }
+        for attempt in range(attempts):
+            try:
+                return MilvusClient(**kwargs)
+            except Exception as e:  # noqa: BLE001 - pymilvus wraps gRPC errors in several types
+                if attempt == attempts - 1 or not _connection_lost(e):
+                    raise
+                logger.warning("Milvus connect failed (%s): retrying", str(e).splitlines()[0][:200])
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def _call(self, method: str, *args, **kwargs):
         """A client call that recovers once from a dropped connection (a server restart, or an
@@ -88,7 +113,7 @@ class MilvusStore:
             return getattr(self.client, method)(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - pymilvus wraps gRPC errors in several types
             text = str(e)
-            lost = any(m in text for m in ("UNAVAILABLE", "Fail connecting", "pings"))
+            lost = _connection_lost(e)
             released = "call load()" in text
             if not (lost or released):
                 raise

@@ -15,7 +15,7 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local):
 
     from actors.deploy import deploy
     from cls_ray.config import load_config
-    from tests.conftest import TINY_OVERRIDES, free_port
+    from tests.conftest import ADMIN_KEY_ENV, TINY_OVERRIDES, free_port
 
     state = tmp_path_factory.mktemp("serve-state")
     shutil.copytree(tiny_cfg.model_path, state / "models" / "base")
@@ -28,6 +28,7 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local):
             f"serve.port={port}",
             "serve.generator_autoscaling.max_replicas=1",
             "serve.app_name=cls-ray-test",
+            f"serve.admin_key_env={ADMIN_KEY_ENV}",
         ],
     )
     url = deploy(cfg)
@@ -37,6 +38,9 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local):
     yield {"url": url, "cfg": cfg, "world": tiny_stack.world}
     serve.delete("cls-ray-test")
     serve.shutdown()
+    from cls_ray.cli import _stop_state_actors
+
+    _stop_state_actors(cfg)
 
 
 def test_health_models_and_openapi(served):
@@ -58,7 +62,11 @@ def test_rgr_session_lands_in_the_buffer_with_feedback(served, ray_local):
     res = r.json()
     assert res["model_version"] == "base" and res["steps"]
     assert any(s["citations"] for s in res["steps"] if not s["is_answer"])
-    buf = ray_local.get_actor("cls-replay-buffer", namespace="cls-ray")
+    from actors.replay_buffer import buffer_actor_name
+
+    buf = ray_local.get_actor(
+        buffer_actor_name(served["cfg"].serve.app_name), namespace="cls-ray"
+    )
     stored = ray_local.get(buf.get.remote(res["session_id"]))
     assert stored["model_version"] == "base" and stored["question"] == q
     first = stored["steps"][0]
@@ -124,8 +132,12 @@ BAD = [
     ("POST", "/v1/sessions/nope/feedback", {"rating": 1}, 404),
     ("POST", "/v1/sessions/nope/feedback", {"rating": 7}, 422),
     ("POST", "/v1/sessions/nope/feedback", {}, 422),
-    ("GET", "/admin/buffer", None, 403),
+    ("GET", "/admin/buffer", None, 401),
+    ("POST", "/admin/promote", {"version": "v1"}, 401),
+    ("POST", "/admin/rollback", None, 401),
     ("POST", "/v1/rgr", b"x" * 2_000_000, 413),
+    # Chunked transfer: no Content-Length; the limit holds while reading.
+    ("POST", "/v1/rgr", (b"x" * 65536 for _ in range(40)), 413),
 ]
 
 
@@ -133,8 +145,9 @@ def test_bad_requests_get_4xx_naming_the_problem_and_the_service_survives(served
     import requests
 
     for method, path, body, status in BAD:
-        kw = {"data": body} if isinstance(body, bytes) else {"json": body}
-        if isinstance(body, bytes):
+        raw = body is not None and not isinstance(body, (dict, list, str, int))
+        kw = {"data": body} if raw else {"json": body}
+        if raw:
             kw["headers"] = {"content-type": "application/json"}
         r = requests.request(method, served["url"] + path, timeout=60, **kw)
         assert r.status_code == status, (method, path, str(body)[:60], r.status_code, r.text[:200])
@@ -164,27 +177,38 @@ def _make_adapter(cfg, out):
     return out
 
 
+def _replica_ids(app_name: str) -> dict[str, set[str]]:
+    from ray.serve._private.api import serve_start
+
+    app = serve_start().get_serve_details()["applications"][app_name]
+    return {
+        name: {r["replica_id"] for r in d["replicas"]} for name, d in app["deployments"].items()
+    }
+
+
 def test_hot_swap_under_load_fails_nothing_and_pins_versions(served, tmp_path):
+    import os
     import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
 
     import requests
 
-    from actors.deploy import promote, registry_for, rollback
+    from actors.deploy import registry_for
+    from tests.conftest import ADMIN_KEY_ENV
 
-    cfg = served["cfg"]
+    cfg, url = served["cfg"], served["url"]
+    admin = {"X-API-Key": os.environ[ADMIN_KEY_ENV]}
     v = registry_for(cfg).register(str(_make_adapter(cfg, tmp_path / "adapter")), "lora")
     qs = [q.text for q in served["world"].questions("heldout", per_family=1)]
+    replicas_before = _replica_ids(cfg.serve.app_name)
     swap = {}
     results = []
     lock = threading.Lock()
 
     def one(i):
         t0 = time.time()
-        r = requests.post(
-            f"{served['url']}/v1/rgr", json={"question": qs[i % len(qs)]}, timeout=120
-        )
+        r = requests.post(f"{url}/v1/rgr", json={"question": qs[i % len(qs)]}, timeout=120)
         with lock:
             results.append((t0, r.status_code, r.json().get("model_version")))
 
@@ -192,8 +216,12 @@ def test_hot_swap_under_load_fails_nothing_and_pins_versions(served, tmp_path):
         futures = [pool.submit(one, i) for i in range(8)]
         time.sleep(0.5)
         swap["start"] = time.time()
-        promote(cfg, v.name)
+        r = requests.post(
+            f"{url}/admin/promote", json={"version": v.name}, headers=admin, timeout=300
+        )
         swap["end"] = time.time()
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == v.name and r.json()["swap_seconds"] < 60
         futures += [pool.submit(one, i) for i in range(8, 24)]
         for f in futures:
             f.result()
@@ -204,12 +232,40 @@ def test_hot_swap_under_load_fails_nothing_and_pins_versions(served, tmp_path):
         elif t0 > swap["end"]:
             assert version == v.name
     after = [
-        requests.post(f"{served['url']}/v1/rgr", json={"question": q}, timeout=120).json()
-        for q in qs[:3]
+        requests.post(f"{url}/v1/rgr", json={"question": q}, timeout=120).json() for q in qs[:3]
     ]
     assert {a["model_version"] for a in after} == {v.name}
-    models = requests.get(f"{served['url']}/v1/models", timeout=30).json()["data"]
+    # The swap reconfigured replicas in place: none was restarted (the retriever keeps its
+    # Milvus file open, the ingress its connections).
+    assert _replica_ids(cfg.serve.app_name) == replicas_before
+    models = requests.get(f"{url}/v1/models", timeout=30).json()["data"]
     assert [m["id"] for m in models if m["current"]] == [v.name]
-    assert rollback(cfg).name == "base"
-    back = requests.post(f"{served['url']}/v1/rgr", json={"question": qs[0]}, timeout=120).json()
-    assert back["model_version"] == "base"
+    assert registry_for(cfg).current().name == v.name
+
+    back = requests.post(f"{url}/admin/rollback", headers=admin, timeout=300)
+    assert back.status_code == 200 and back.json()["version"] == "base", back.text
+    res = requests.post(f"{url}/v1/rgr", json={"question": qs[0]}, timeout=120).json()
+    assert res["model_version"] == "base"
+    # A rolled-back version cannot be promoted again; an unknown one is a 404.
+    again = requests.post(f"{url}/admin/promote", json={"version": v.name}, headers=admin)
+    assert again.status_code == 409 and "rolled back" in again.text
+    unknown = requests.post(f"{url}/admin/promote", json={"version": "v999"}, headers=admin)
+    assert unknown.status_code == 404 and "v999" in unknown.text
+    stats = requests.get(f"{url}/admin/buffer", headers=admin, timeout=30)
+    assert stats.status_code == 200 and stats.json()["sessions"] >= 24
+
+
+def test_admin_routes_are_disabled_without_a_key(monkeypatch):
+    from fastapi import HTTPException
+
+    from actors.serve_app import check_admin_key
+
+    monkeypatch.delenv("CLS_RAY_UNSET_KEY", raising=False)
+    with pytest.raises(HTTPException) as e:
+        check_admin_key("CLS_RAY_UNSET_KEY", "anything")
+    assert e.value.status_code == 403 and "CLS_RAY_UNSET_KEY" in e.value.detail
+    monkeypatch.setenv("CLS_RAY_UNSET_KEY", "k")
+    with pytest.raises(HTTPException) as e:
+        check_admin_key("CLS_RAY_UNSET_KEY", "wrong")
+    assert e.value.status_code == 401
+    check_admin_key("CLS_RAY_UNSET_KEY", "k")
