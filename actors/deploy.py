@@ -45,6 +45,7 @@ def app_spec(
     v: ModelVersion,
     max_batch_size: int | None = None,
     retriever_max_batch_size: int | None = None,
+    session_batch_size: int | None = None,
 ) -> dict:
     """The application's entry of a Serve deploy config. Batch sizes live in `user_config`, so
     changing them (as `bench serve` does) reconfigures replicas in place, like a version."""
@@ -56,10 +57,15 @@ def app_spec(
         "deployments": [
             {"name": "generator", "user_config": version_config(cfg, v, max_batch_size)},
             {
+                "name": "ingress",
+                "user_config": {
+                    "session_batch_size": session_batch_size or cfg.serve.session_batch_size
+                },
+            },
+            {
                 "name": "retriever",
                 "user_config": {
-                    "max_batch_size": retriever_max_batch_size
-                    or cfg.serve.retriever_max_batch_size
+                    "max_batch_size": retriever_max_batch_size or cfg.serve.retriever_max_batch_size
                 },
             },
         ],
@@ -93,17 +99,20 @@ def _inside_serve() -> bool:
     return True
 
 
-def _app_status(client, name: str) -> tuple[str, dict[str, str], str, dict | None]:
-    """The app's status, its deployments' statuses, its message and the generator's target
+def _app_status(client, name: str) -> tuple[str, dict[str, str], str, dict[str, dict]]:
+    """The app's status, its deployments' statuses, its message and each deployment's target
     `user_config`."""
     details = client.get_serve_details()
     app = (details.get("applications") or {}).get(name)
     if app is None:
-        return "NOT_STARTED", {}, "", None
+        return "NOT_STARTED", {}, "", {}
     deployments = app.get("deployments") or {}
     deps = {d: info["status"] for d, info in deployments.items()}
-    gen = (deployments.get("generator") or {}).get("deployment_config") or {}
-    return app["status"], deps, app.get("message") or "", gen.get("user_config")
+    targets = {
+        d: (info.get("deployment_config") or {}).get("user_config")
+        for d, info in deployments.items()
+    }
+    return app["status"], deps, app.get("message") or "", targets
 
 
 def deploy(
@@ -112,6 +121,7 @@ def deploy(
     timeout_s: float = 300.0,
     max_batch_size: int | None = None,
     retriever_max_batch_size: int | None = None,
+    session_batch_size: int | None = None,
 ) -> str:
     """Deploys the app on `version` (default: the registry's current one) next to any other
     declaratively deployed apps, and waits until every replica serves it. Returns the URL."""
@@ -124,20 +134,25 @@ def deploy(
     name = cfg.serve.app_name
     apps = []
     for other, info in (client.get_serve_details().get("applications") or {}).items():
-        if other != name and info.get("source") == "declarative" and info.get("deployed_app_config"):
+        if (
+            other != name
+            and info.get("source") == "declarative"
+            and info.get("deployed_app_config")
+        ):
             apps.append(info["deployed_app_config"])
-    spec = app_spec(cfg, v, max_batch_size, retriever_max_batch_size)
+    spec = app_spec(cfg, v, max_batch_size, retriever_max_batch_size, session_batch_size)
     apps.append(spec)
     client.deploy_apps(ServeDeploySchema(applications=apps))
-    # apply_config returns before the controller acts on it: wait until the generator's target
-    # is this version and every deployment is HEALTHY (all replicas reconfigured).
-    want = spec["deployments"][0]["user_config"]
+    # apply_config returns before the controller acts on it: wait until every deployment's
+    # target is this spec and every deployment is HEALTHY (all replicas reconfigured).
+    want = {d["name"]: d["user_config"] for d in spec["deployments"]}
     deadline = time.monotonic() + timeout_s
     while True:
-        status, deps, message, target = _app_status(client, name)
+        status, deps, message, targets = _app_status(client, name)
         if status == "DEPLOY_FAILED" or "UNHEALTHY" in deps.values():
             raise DeployError(f"deploying {name} on {v.name} failed: {message}")
-        if status == "RUNNING" and target == want and set(deps.values()) == {"HEALTHY"}:
+        on_target = all(targets.get(d) == u for d, u in want.items())
+        if status == "RUNNING" and on_target and set(deps.values()) == {"HEALTHY"}:
             break
         if time.monotonic() > deadline:
             raise DeployError(f"{name} not running after {timeout_s:.0f} s: {status} {deps}")

@@ -39,16 +39,9 @@ logger = logging.getLogger(__name__)
 class Generator:
     def __init__(self, cfg: dict, engine_factory: Callable | None = None):
         from cls_ray.engine import build_engine
-        from cls_ray.engine.hf import HFEngine
 
         self.cfg = Config.model_validate(cfg)
-        self.engine_factory = engine_factory or (
-            lambda c, version, path: (
-                build_engine(c, version=version)
-                if path is None
-                else HFEngine.from_config(c, version, path)
-            )
-        )
+        self.engine_factory = engine_factory or build_engine
         self.engines = {"base": self.engine_factory(self.cfg, "base", None)}
         self.current = "base"
         self.generate.set_max_batch_size(self.cfg.serve.max_batch_size)
@@ -73,29 +66,33 @@ class Generator:
     def current_version(self) -> str:
         return self.current
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def generate(self, requests: list[dict]) -> list[dict]:
-        """One request per session step; all steps that arrive together run in one engine call
-        per (version, temperature)."""
-        out: list[dict | None] = [None] * len(requests)
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            key = (
-                r.get("version") or self.current,
-                r.get("temperature", 0.0),
-                bool(r.get("choices")),
-            )
-            groups.setdefault(key, []).append(i)
-        for (version, temp, grounded), idx in groups.items():
+    @serve.batch(
+        max_batch_size=16,
+        batch_wait_timeout_s=0.01,
+        batch_size_fn=lambda groups: sum(len(g["prompts"]) for g in groups),
+    )
+    async def generate(self, groups: list[dict]) -> list[list[dict]]:
+        """Each request is a group: the next step of the sessions one ingress batch runs
+        together (`prompts`, `choices`, `temperature`, `version`). All groups that arrive
+        together run in one engine call per (version, temperature, grounded); the batch size
+        counts prompts."""
+        flat = [(gi, pi) for gi, g in enumerate(groups) for pi in range(len(g["prompts"]))]
+        out: list[list[dict | None]] = [[None] * len(g["prompts"]) for g in groups]
+        keys: dict[tuple, list[tuple[int, int]]] = {}
+        for gi, pi in flat:
+            g = groups[gi]
+            key = (g.get("version") or self.current, g.get("temperature", 0.0), bool(g["choices"]))
+            keys.setdefault(key, []).append((gi, pi))
+        for (version, temp, grounded), idx in keys.items():
             engine = self.engines.get(version) or self.engines[self.current]
             gens = await asyncio.to_thread(
                 engine.generate,
-                [requests[i]["prompt"] for i in idx],
+                [groups[gi]["prompts"][pi] for gi, pi in idx],
                 temperature=temp,
-                choices=[requests[i]["choices"] for i in idx] if grounded else None,
+                choices=[groups[gi]["choices"][pi] for gi, pi in idx] if grounded else None,
             )
-            for i, g in zip(idx, gens, strict=True):
-                out[i] = {
+            for (gi, pi), g in zip(idx, gens, strict=True):
+                out[gi][pi] = {
                     "text": g.text,
                     "token_ids": g.token_ids,
                     "logprobs": g.logprobs,
@@ -114,25 +111,36 @@ class Retriever:
         self.stack = Stack(Config.model_validate(cfg))
         self.stack.store.warm_up()
         self.retrieve.set_max_batch_size(self.stack.cfg.serve.retriever_max_batch_size)
+        self.retrieve.set_batch_wait_timeout_s(self.stack.cfg.serve.retriever_batch_wait_s)
 
     def reconfigure(self, user_config: dict) -> None:
         """`{"max_batch_size": n}`: queries per embedding call and Milvus search."""
         if user_config.get("max_batch_size"):
             self.retrieve.set_max_batch_size(int(user_config["max_batch_size"]))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def retrieve(self, requests: list[dict]) -> list[list[dict]]:
-        k = max(r["k"] for r in requests)
-        got = await asyncio.to_thread(
-            self.stack.retriever.retrieve,
-            [r["query"] for r in requests],
-            k,
-            [set(r.get("exclude") or []) for r in requests],
-        )
-        return [
-            [{"id": d.id, "score": d.score, "text": d.text} for d in docs[: r["k"]]]
-            for r, docs in zip(requests, got, strict=True)
-        ]
+    @serve.batch(
+        max_batch_size=32,
+        batch_wait_timeout_s=0.02,
+        batch_size_fn=lambda groups: sum(len(g["queries"]) for g in groups),
+    )
+    async def retrieve(self, groups: list[dict]) -> list[list[list[dict]]]:
+        """Each request is a group of queries (`queries`, `k`, `exclude`); all groups that
+        arrive together are embedded in one call and searched in one Milvus request."""
+        queries = [q for g in groups for q in g["queries"]]
+        excludes = [set(e) for g in groups for e in (g.get("exclude") or [[]] * len(g["queries"]))]
+        k = max(g["k"] for g in groups)
+        got = await asyncio.to_thread(self.stack.retriever.retrieve, queries, k, excludes)
+        out, i = [], 0
+        for g in groups:
+            docs = got[i : i + len(g["queries"])]
+            i += len(g["queries"])
+            out.append(
+                [
+                    [{"id": d.id, "score": d.score, "text": d.text} for d in ds[: g["k"]]]
+                    for ds in docs
+                ]
+            )
+        return out
 
     async def add_documents(self, docs: list[dict]) -> int:
         def _add() -> int:
@@ -169,23 +177,18 @@ class RemoteEngine:
         return render_prompt(self.template, self.tokenizer, question, docs, steps)
 
     def generate(self, prompts, temperature=0.0, max_new_tokens=None, seed=None, choices=None):
-        resps = [
-            self.handle.generate.remote(
-                {
-                    "prompt": p,
-                    "temperature": temperature,
-                    "version": self.version,
-                    "choices": None if choices is None else list(choices[i]),
-                }
-            )
-            for i, p in enumerate(prompts)
-        ]
-        out = []
-        for r in resps:
-            g = r.result()
-            out.append(Generation(g["text"], g["token_ids"], g["logprobs"]))
-            self.version = g["version"]
-        return out
+        """One request for all prompts of a round (the sessions of one ingress batch)."""
+        got = self.handle.generate.remote(
+            {
+                "prompts": list(prompts),
+                "temperature": temperature,
+                "version": self.version,
+                "choices": None if choices is None else [list(c) for c in choices],
+            }
+        ).result()
+        if got:
+            self.version = got[0]["version"]
+        return [Generation(g["text"], g["token_ids"], g["logprobs"]) for g in got]
 
 
 class RemoteRetriever:
@@ -193,13 +196,14 @@ class RemoteRetriever:
         self.handle = handle
 
     def retrieve(self, queries, k, exclude=None):
-        resps = [
-            self.handle.retrieve.remote(
-                {"query": q, "k": k, "exclude": sorted(exclude[i]) if exclude else []}
-            )
-            for i, q in enumerate(queries)
-        ]
-        return [[RetrievedDoc(d["id"], d["score"], d["text"]) for d in r.result()] for r in resps]
+        got = self.handle.retrieve.remote(
+            {
+                "queries": list(queries),
+                "k": k,
+                "exclude": [sorted(e) for e in exclude] if exclude else None,
+            }
+        ).result()
+        return [[RetrievedDoc(d["id"], d["score"], d["text"]) for d in docs] for docs in got]
 
 
 # ------------------------------------------------------------------------------------------
@@ -386,53 +390,89 @@ class Ingress:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.cfg.model_path))
-        # RGR is a blocking loop of handle calls; each running session holds one thread.
+        # RGR is a blocking loop of handle calls; each running session batch holds one thread.
         self.pool = ThreadPoolExecutor(s.max_concurrent_sessions, thread_name_prefix="rgr")
+        self._sessions.set_max_batch_size(s.session_batch_size)
+        self._sessions.set_batch_wait_timeout_s(s.session_batch_wait_s)
         self._ray = ray
 
     # -- helpers ---------------------------------------------------------------------------
+    def reconfigure(self, user_config: dict) -> None:
+        """`{"session_batch_size": n}`: sessions that run RGR in lock-step together."""
+        if user_config.get("session_batch_size"):
+            self._sessions.set_max_batch_size(int(user_config["session_batch_size"]))
+
     async def _run(self, question: str, mode: str, top_k, max_steps, temperature) -> dict:
         if len(question) > self.cfg.serve.max_question_chars:
             raise HTTPException(
                 422, f"question: longer than {self.cfg.serve.max_question_chars} characters"
             )
+        return await self._sessions(
+            {
+                "question": question,
+                "mode": mode,
+                "top_k": top_k,
+                "max_steps": max_steps,
+                "temperature": temperature,
+            }
+        )
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, max_concurrent_batches=8)
+    async def _sessions(self, requests: list[dict]) -> list[dict]:
+        """Sessions that arrive together run RGR in lock-step: each round is one retrieval
+        request and one generation request for all of them (which the retriever and generator
+        batch again with other ingress replicas' rounds). Several such batches run at once."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            key = (r["mode"], r["top_k"], r["max_steps"], r["temperature"])
+            groups.setdefault(key, []).append(i)
+        out: list[dict | None] = [None] * len(requests)
+        await asyncio.gather(
+            *(self._run_group([requests[i] for i in idx], idx, out) for idx in groups.values())
+        )
+        return out  # type: ignore[return-value]
+
+    async def _run_group(self, reqs: list[dict], idx: list[int], out: list) -> None:
+        r0 = reqs[0]
         version = await self.generator.current_version.remote()
         engine = RemoteEngine(self.generator, version, self.cfg.model.template, self.tokenizer)
-        retriever = RemoteRetriever(self.retriever)
-        c = self.cfg
+        retriever = None if r0["mode"] == "none" else RemoteRetriever(self.retriever)
         started = time.time()
         run = functools.partial(
             run_rgr,
-            [question],
+            [r["question"] for r in reqs],
             engine,
-            None if mode == "none" else retriever,
-            mode=mode,
-            temperature=temperature,
-            **c.rgr_options(top_k=top_k, max_steps=max_steps),
+            retriever,
+            mode=r0["mode"],
+            temperature=r0["temperature"],
+            **self.cfg.rgr_options(top_k=r0["top_k"], max_steps=r0["max_steps"]),
         )
-        tr = (await asyncio.get_running_loop().run_in_executor(self.pool, run))[0]
-        tr.model_version = version
-        session = Session.from_trajectory(tr, started_at=started)
+        trajs = await asyncio.get_running_loop().run_in_executor(self.pool, run)
+        sessions = []
+        for tr in trajs:
+            tr.model_version = version
+            sessions.append(Session.from_trajectory(tr, started_at=started))
         # Acknowledged only once durable: the buffer fsyncs before it answers.
-        await self.buffer.add.remote(session.model_dump())
-        return {
-            "session_id": session.id,
-            "question": question,
-            "answer": tr.answer,
-            "model_version": version,
-            "steps": [
-                {
-                    "text": s.text,
-                    "query": s.query,
-                    "retrieved": [{"id": d.id, "score": d.score} for d in s.retrieved],
-                    "citations": [
-                        {"id": d.id, "text": d.text} for d in s.retrieved if d.id in s.cited
-                    ],
-                    "is_answer": s.is_answer,
-                }
-                for s in tr.steps
-            ],
-        }
+        await asyncio.gather(*(self.buffer.add.remote(s.model_dump()) for s in sessions))
+        for i, tr, session in zip(idx, trajs, sessions, strict=True):
+            out[i] = {
+                "session_id": session.id,
+                "question": tr.question,
+                "answer": tr.answer,
+                "model_version": version,
+                "steps": [
+                    {
+                        "text": s.text,
+                        "query": s.query,
+                        "retrieved": [{"id": d.id, "score": d.score} for d in s.retrieved],
+                        "citations": [
+                            {"id": d.id, "text": d.text} for d in s.retrieved if d.id in s.cited
+                        ],
+                        "is_answer": s.is_answer,
+                    }
+                    for s in tr.steps
+                ],
+            }
 
     def _admin(self, key: str | None) -> None:
         check_admin_key(self.cfg.serve.admin_key_env, key)
@@ -588,6 +628,8 @@ def build_app(cfg: Config, engine_factory: Callable | None = None, user_config: 
             "min_replicas": s.generator_autoscaling.min_replicas,
             "max_replicas": s.generator_autoscaling.max_replicas,
             "target_ongoing_requests": s.generator_autoscaling.target_ongoing_requests,
+            "upscale_delay_s": s.generator_autoscaling.upscale_delay_s,
+            "downscale_delay_s": s.generator_autoscaling.downscale_delay_s,
         },
         max_ongoing_requests=s.generator_max_ongoing_requests,
         ray_actor_options={"num_cpus": s.generator_num_cpus},
@@ -608,6 +650,7 @@ def build_app(cfg: Config, engine_factory: Callable | None = None, user_config: 
         name="ingress",
         max_ongoing_requests=s.max_concurrent_sessions,
         ray_actor_options={"num_cpus": 0.25},
+        user_config={"session_batch_size": s.session_batch_size},
     ).bind(data, gen, ret)
 
 

@@ -53,7 +53,9 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("version")
     sub.add_parser("rollback", parents=[common], help="return to the previously promoted version")
     bench = sub.add_parser("bench", parents=[common], help="benchmarks")
-    bench.add_argument("which", choices=["rgr", "retrieval"])
+    bench.add_argument("which", choices=["rgr", "retrieval", "serve"])
+    bench.add_argument("--requests", type=int, default=None, help="serve: sessions per load")
+    bench.add_argument("--concurrency", type=int, default=None, help="serve: sessions at once")
     bench.add_argument("--per-family", type=int, default=None, help="questions per family")
     d = sub.add_parser("demo", parents=[common], help="the main job on the embedded default")
     d.add_argument("--per-family", type=int, default=None, help="bench questions per family")
@@ -217,6 +219,8 @@ def cmd_bench(args, stack) -> dict:
     from cls_ray.eval.plots import plot_bench_rgr
 
     cfg = stack.cfg
+    if args.which == "serve":  # the retriever replica owns the Milvus file: not opened here
+        return cmd_bench_serve(args, stack)
     if stack.store.count() == 0:
         raise SystemExit(
             f"cls-ray bench {args.which}: the store is empty; run `cls-ray ingest --world`"
@@ -246,6 +250,51 @@ def _write_report(cfg: Config, name: str, result: dict) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return out
+
+
+def cmd_bench_serve(args, stack) -> dict:
+    from ray import serve
+
+    from actors.deploy import deploy
+    from cls_ray.eval.bench_serve import bench_serve, format_serve
+    from cls_ray.eval.plots import plot_bench_serve
+    from cls_ray.rgr import step_query
+
+    cfg = stack.cfg
+    if not (cfg.model_path / "config.json").exists():
+        raise SystemExit(f"cls-ray bench serve: no model at {cfg.model_path}; run `cls-ray demo`")
+    was_up = _stack_up(cfg)
+    started_ray = _connect_ray(cfg, start=True)
+    try:
+        url = deploy(cfg)
+        n_docs = serve.get_deployment_handle("retriever", cfg.serve.app_name).count.remote()
+        if n_docs.result() == 0:
+            raise SystemExit("cls-ray bench serve: the store is empty; run `cls-ray demo`")
+        world = stack.world
+        qs = world.questions("heldout", world.trained_families, per_family=4)
+        queries = [step_query(q.text, []) for q in qs] + [
+            step_query(q.text, [fact.text for fact in q.chain[:1]]) for q in qs
+        ]
+        print(f"== bench serve at {url}: {len(qs)} held-out questions")
+        result = bench_serve(
+            cfg,
+            [q.text for q in qs],
+            queries,
+            n_requests=args.requests or cfg.bench.serve_requests,
+            concurrency=args.concurrency or cfg.bench.serve_concurrency,
+            progress=not args.quiet,
+        )
+    finally:
+        if not was_up:
+            serve.delete(cfg.serve.app_name)
+            _stop_state_actors(cfg)
+        if started_ray:
+            _stop_ray()
+    report = _write_report(cfg, "bench_serve", result)
+    png = plot_bench_serve(result, report.with_suffix(".png"))
+    print(format_serve(result))
+    print(f"report: {report}" + (f"; plot: {png}" if png else ""))
+    return result
 
 
 def cmd_bench_retrieval(args, stack) -> dict:
@@ -341,9 +390,19 @@ def _stop_state_actors(cfg: Config) -> None:
             pass
 
 
-def cmd_down(args, stack) -> dict:
+def _stop_ray() -> None:
+    """Stops Serve and the local Ray cluster this process's command started."""
     import subprocess
 
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop"], capture_output=True)
+
+
+def cmd_down(args, stack) -> dict:
     from ray import serve
 
     _connect_ray(stack.cfg, start=False)
@@ -355,11 +414,7 @@ def cmd_down(args, stack) -> dict:
     marker = stack.cfg.state_path / "ray-started-by-cls-ray"
     stopped = marker.exists()
     if stopped:
-        serve.shutdown()
-        import ray
-
-        ray.shutdown()
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop"], capture_output=True)
+        _stop_ray()
         marker.unlink()
     print("cls-ray is down" + (" (and the Ray cluster it started is stopped)" if stopped else ""))
     return {"stopped_ray": stopped}

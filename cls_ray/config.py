@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cls_ray.world.core import WorldConfig
 
@@ -99,6 +99,8 @@ class EngineConfig(_Section):
     batch_size: int = Field(32, ge=1)
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM only.")
+    max_lora_rank: int = Field(64, ge=1, description="vLLM only: largest adapter rank served.")
 
 
 class RGRConfig(_Section):
@@ -121,6 +123,8 @@ class IngestConfig(_Section):
 
 class BenchConfig(_Section):
     per_family: int = Field(20, ge=1)
+    serve_requests: int = Field(64, ge=1, description="`bench serve`: sessions per load.")
+    serve_concurrency: int = Field(16, ge=1, description="`bench serve`: sessions at once.")
     modes: list[Literal["rgr", "single", "none"]] = Field(
         default_factory=lambda: ["rgr", "single", "none"]
     )
@@ -129,7 +133,11 @@ class BenchConfig(_Section):
 class AutoscalingConfig(_Section):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
-    target_ongoing_requests: float = Field(8, gt=0)
+    target_ongoing_requests: float = Field(
+        4, gt=0, description="Generator requests (each a round of a session batch) per replica."
+    )
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
 
 
 class ServeConfig(_Section):
@@ -143,6 +151,11 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(16, ge=1, description="Next-step requests per engine call.")
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     retriever_max_batch_size: int = Field(32, ge=1, description="Queries per embed + search.")
+    retriever_batch_wait_s: float = Field(0.02, ge=0)
+    session_batch_size: int = Field(
+        16, ge=1, description="Sessions an ingress replica runs in lock-step together."
+    )
+    session_batch_wait_s: float = Field(0.01, ge=0)
     max_concurrent_sessions: int = Field(
         64, ge=1, description="Sessions one ingress replica runs at once; more wait in queue."
     )
@@ -150,6 +163,19 @@ class ServeConfig(_Section):
         64, ge=1, description="Must exceed max_batch_size for batches to fill."
     )
     retriever_max_ongoing_requests: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _batches_fit(self) -> ServeConfig:
+        # A lock-step group sends all its sessions' prompts (queries) as one request, which
+        # the generator's (retriever's) batch must be able to hold.
+        for name in ("max_batch_size", "retriever_max_batch_size"):
+            if getattr(self, name) < self.session_batch_size:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) must be at least session_batch_size "
+                    f"({self.session_batch_size})"
+                )
+        return self
+
     admin_key_env: str = Field(
         "CLS_RAY_ADMIN_KEY",
         description="Environment variable holding the admin API key; unset: admin disabled.",

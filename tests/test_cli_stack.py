@@ -47,6 +47,21 @@ def test_up_status_ask_promote_rollback_down(tmp_path, tiny_cfg, tiny_state, ray
         served = json.loads(r.stdout.strip().splitlines()[-1])
         assert served["session_id"] and served["model_version"] == "base"
 
+        # The serve benchmark against the running stack: the last line is its JSON.
+        r = _cli(
+            ["bench", "serve", "--json", "--requests", "8", "--concurrency", "4", *common], env
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        bench = json.loads(r.stdout.strip().splitlines()[-1])
+        assert bench["failed"] == 0 and bench["requests"] == 24
+        assert bench["throughput_rps"] > 0 and bench["latency_p99_s"] >= bench["latency_p50_s"]
+        assert bench["batched_generation_speedup"] > 0 and bench["batched_retrieval_speedup"] > 0
+        assert 0 < bench["swap_seconds"] < 60 and bench["during_swap"]["failed"] == 0
+        assert (state / "reports" / "bench_serve.json").exists()
+        # The bench rolled its swap version back: the stack serves what it served before.
+        r = _cli(["status", "--json", *common], env)
+        assert json.loads(r.stdout.strip().splitlines()[-1])["health"]["model_version"] == "base"
+
         r = _cli(["promote", "v7", *common], env)
         assert r.returncode == 1 and "unknown model version 'v7'" in r.stderr
         r = _cli(["rollback", *common], env)

@@ -40,12 +40,13 @@ class Engine(Protocol):
         ...
 
 
-def build_engine(cfg, version: str = "base") -> Engine:
-    """The engine the config names, loaded from `cfg.model_path`."""
+def build_engine(cfg, version: str = "base", path=None) -> Engine:
+    """The engine the config names for `version`: the base model (`path` None), a full
+    checkpoint at `path`, or a PEFT LoRA adapter at `path` on the base."""
     if cfg.engine.kind == "vllm":
         from cls_ray.engine.vllm import VLLMEngine
 
-        return VLLMEngine.from_config(cfg, version=version)
+        return VLLMEngine.from_config(cfg, version=version, path=path)
     from cls_ray.engine.hf import HFEngine
 
-    return HFEngine.from_config(cfg, version=version)
+    return HFEngine.from_config(cfg, version=version, path=path)

@@ -13,6 +13,19 @@ from pathlib import Path
 from cls_ray.engine.base import Generation
 from cls_ray.steps import StepTemplate, clean_step, render_prompt
 
+_LLMS: dict[tuple, object] = {}
+
+
+def _shared_llm(model_path: str, **kwargs):
+    """One `LLM` per (model, options) in a process: versions that are LoRA adapters share it,
+    each under its own `LoRARequest`."""
+    from vllm import LLM
+
+    key = (model_path, tuple(sorted(kwargs.items())))
+    if key not in _LLMS:
+        _LLMS[key] = LLM(model=model_path, **kwargs)
+    return _LLMS[key]
+
 
 class VLLMEngine:
     def __init__(
@@ -25,27 +38,45 @@ class VLLMEngine:
         lora_int_id: int = 1,
         **llm_kwargs,
     ):
-        from vllm import LLM
-
         self.template: StepTemplate = template
         self.max_new_tokens = max_new_tokens
         self.version = version
-        self.llm = LLM(model=str(model_path), enable_lora=lora_path is not None, **llm_kwargs)
+        self.llm = _shared_llm(str(model_path), **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self._lora = None
         if lora_path is not None:
             from vllm.lora.request import LoRARequest
 
+            # The name is the registry's version name, never reused, so vLLM's adapter cache
+            # cannot serve an old adapter under a new version.
             self._lora = LoRARequest(f"cls-{version}", lora_int_id, str(lora_path))
 
     @classmethod
-    def from_config(cls, cfg, version: str = "base") -> VLLMEngine:
+    def from_config(cls, cfg, version: str = "base", path=None) -> VLLMEngine:
+        """The base model, a full checkpoint at `path`, or a LoRA adapter at `path` served on
+        the shared base `LLM` (LoRA is enabled on it for that)."""
+        common = {
+            "dtype": cfg.engine.dtype,
+            "gpu_memory_utilization": cfg.engine.gpu_memory_utilization,
+            "enable_lora": True,
+            "max_lora_rank": cfg.engine.max_lora_rank,
+        }
+        if path is not None and (Path(path) / "adapter_config.json").exists():
+            return cls(
+                cfg.model_path,
+                cfg.model.template,
+                cfg.engine.max_new_tokens,
+                version,
+                lora_path=path,
+                lora_int_id=_lora_int_id(version),
+                **common,
+            )
         return cls(
-            cfg.model_path,
+            path or cfg.model_path,
             cfg.model.template,
             cfg.engine.max_new_tokens,
             version,
-            dtype=cfg.engine.dtype,
+            **common,
         )
 
     def render(self, question: str, docs: Sequence[str], steps: Sequence[str]) -> str:
@@ -83,3 +114,12 @@ class VLLMEngine:
             lps = [float(d[t].logprob) for t, d in zip(ids, c.logprobs or [], strict=False)]
             result.append(Generation(clean_step(c.text), ids, lps))
         return result
+
+
+def _lora_int_id(version: str) -> int:
+    """vLLM keys adapters by a positive int: registry names are `v<id>`, other names hash."""
+    import zlib
+
+    if version.startswith("v") and version[1:].isdigit():
+        return int(version[1:]) + 1
+    return zlib.crc32(version.encode()) % (2**31 - 2) + 1

@@ -51,3 +51,31 @@ def plot_bench_rgr(result: dict, path: Path) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_bench_serve(result: dict, path: Path) -> Path | None:
+    """Sessions/s and retriever queries/s, batched against unbatched."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plot")
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    pairs = [
+        ("sessions / s (HTTP, RGR)", result["throughput_rps"], result["unbatched_throughput_rps"]),
+        ("retriever queries / s", result["retrieval_qps"], result["unbatched_retrieval_qps"]),
+    ]
+    for ax, (title, on, off) in zip(axes, pairs, strict=True):
+        ax.bar(["batched", "batch size 1"], [on, off], color=["tab:blue", "tab:gray"])
+        ax.set_title(f"{title}: {on / off:.2f}x")
+    fig.suptitle(
+        f"{result['sessions']} concurrent sessions; hot swap {result['swap_seconds']:.2f} s; "
+        f"{result['failed']} of {result['requests']} failed"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -26,6 +26,7 @@ def _connection_lost(e: BaseException) -> bool:
     text = str(e)
     return any(m in text for m in ("UNAVAILABLE", "Fail connecting", "pings"))
 
+
 # Stop words drop out of the BM25 analyzer: they carry no match signal, and every posting of
 # "the" is work for each query (Milvus Lite scores postings in Python). An explicit list works
 # on Milvus Lite and on a server alike.

@@ -51,6 +51,16 @@ def test_health_models_and_openapi(served):
     assert models["data"][0]["id"] == "base"
     spec = requests.get(f"{served['url']}/openapi.json", timeout=30).json()
     assert "/v1/chat/completions" in spec["paths"] and "/v1/rgr" in spec["paths"]
+    # Deployment options come from the config.
+    from ray.serve._private.api import serve_start
+
+    cfg = served["cfg"]
+    app = serve_start().get_serve_details()["applications"][cfg.serve.app_name]
+    gen = app["deployments"]["generator"]["deployment_config"]
+    auto = cfg.serve.generator_autoscaling
+    assert gen["autoscaling_config"]["max_replicas"] == auto.max_replicas
+    assert gen["autoscaling_config"]["target_ongoing_requests"] == auto.target_ongoing_requests
+    assert gen["max_ongoing_requests"] == cfg.serve.generator_max_ongoing_requests
 
 
 def test_rgr_session_lands_in_the_buffer_with_feedback(served, ray_local):
@@ -64,9 +74,7 @@ def test_rgr_session_lands_in_the_buffer_with_feedback(served, ray_local):
     assert any(s["citations"] for s in res["steps"] if not s["is_answer"])
     from actors.replay_buffer import buffer_actor_name
 
-    buf = ray_local.get_actor(
-        buffer_actor_name(served["cfg"].serve.app_name), namespace="cls-ray"
-    )
+    buf = ray_local.get_actor(buffer_actor_name(served["cfg"].serve.app_name), namespace="cls-ray")
     stored = ray_local.get(buf.get.remote(res["session_id"]))
     assert stored["model_version"] == "base" and stored["question"] == q
     first = stored["steps"][0]
