@@ -46,6 +46,9 @@ class ReplayBufferActor:
     def segment_paths(self) -> list[str]:
         return self.buffer.segment_paths()
 
+    def with_feedback(self) -> list[dict]:
+        return self.buffer.with_feedback()
+
     def stats(self) -> dict:
         return self.buffer.stats()
 

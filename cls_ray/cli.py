@@ -57,6 +57,9 @@ def make_parser() -> argparse.ArgumentParser:
     bench.add_argument("--requests", type=int, default=None, help="serve: sessions per load")
     bench.add_argument("--concurrency", type=int, default=None, help="serve: sessions at once")
     bench.add_argument("--per-family", type=int, default=None, help="questions per family")
+    prm = sub.add_parser("prm", parents=[common], help="the process reward model")
+    prm.add_argument("action", choices=["train", "eval"])
+    prm.add_argument("--steps", type=int, default=None, help="train: optimizer steps")
     d = sub.add_parser("demo", parents=[common], help="the main job on the embedded default")
     d.add_argument("--per-family", type=int, default=None, help="bench questions per family")
     return p
@@ -93,15 +96,15 @@ def cmd_bootstrap(args, stack) -> dict:
     return {"path": str(stack.cfg.model_path), "built": True, **metrics}
 
 
-def _init_ray(cfg: Config) -> None:
+def _init_ray(cfg: Config, log_to_driver: bool = False) -> None:
     import ray
 
     if ray.is_initialized():
         return
     if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=False)
+        ray.init(address=cfg.ray.address, log_to_driver=log_to_driver)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
     except AttributeError:
@@ -294,6 +297,87 @@ def cmd_bench_serve(args, stack) -> dict:
     png = plot_bench_serve(result, report.with_suffix(".png"))
     print(format_serve(result))
     print(f"report: {report}" + (f"; plot: {png}" if png else ""))
+    return result
+
+
+def cmd_prm(args, stack) -> dict:
+    if args.action == "train":
+        return cmd_prm_train(args, stack)
+    return cmd_prm_eval(args, stack)
+
+
+def cmd_prm_train(args, stack) -> dict:
+    from cls_ray.prm.pipeline import next_prm_path, training_examples
+    from cls_ray.prm.train import train_prm
+
+    cfg = stack.cfg
+    if stack.store.count() == 0:
+        raise SystemExit("cls-ray prm train: the store is empty; run `cls-ray demo` first")
+    examples, data = training_examples(stack, log=print)
+    print(
+        f"prm data: {data['trajectories']} trajectories, {data['labelled_steps']} labelled steps "
+        f"({data['wrong_steps']} wrong), {data['human_trajectories']} from user feedback"
+    )
+    out = next_prm_path(cfg)
+    print(
+        f"== training the PRM on Ray Train: {cfg.prm.num_workers} workers, DeepSpeed ZeRO-"
+        f"{cfg.prm.zero_stage}, {args.steps or cfg.prm.steps} steps"
+    )
+    _init_ray(cfg, log_to_driver=not args.quiet)
+    metrics = train_prm(cfg, examples, out, steps=args.steps)
+    result = {**metrics, "data": data}
+    _write_report(cfg, "prm_train", result)
+    print(
+        f"PRM {out.name} saved at {out}: loss {metrics.get('first_loss', float('nan')):.4f} -> "
+        f"{metrics.get('loss', float('nan')):.4f} in {metrics['seconds']:.0f} s"
+    )
+    return result
+
+
+def cmd_prm_eval(args, stack) -> dict:
+    from cls_ray.prm.evaluate import best_of_n, step_metrics
+    from cls_ray.prm.model import ProcessRewardModel
+    from cls_ray.prm.pipeline import eval_examples, latest_prm
+
+    cfg = stack.cfg
+    path = latest_prm(cfg)
+    if path is None:
+        raise SystemExit("cls-ray prm eval: no trained PRM; run `cls-ray prm train` first")
+    prm = ProcessRewardModel.load(path, cfg.prm.aggregation)
+    print(f"== PRM {path}: step labels on held-out trajectories")
+    examples = eval_examples(stack)
+    scores = prm.score_many([(e.prompt, e.completions, e.evidence) for e in examples])
+    result = {"prm": str(path), "aggregation": cfg.prm.aggregation}
+    result.update(step_metrics(examples, scores, cfg.prm.aggregation))
+    print(
+        f"step_f1 {result['step_f1']:.3f} (correct {result['step_f1_correct']:.3f}, wrong "
+        f"{result['step_f1_wrong']:.3f}); first_error_accuracy "
+        f"{result['first_error_accuracy']:.3f}; auroc_tau {result['auroc_tau']:.3f} on "
+        f"{result['trajectories']} trajectories ({result['wrong_trajectories']} wrong)"
+    )
+    world = stack.world
+    qs = world.questions("heldout", per_family=cfg.prm.best_of_n_per_family, seed=cfg.prm.seed + 2)
+    print(f"== best-of-N on {len(qs)} held-out questions, N in {cfg.prm.best_of_n}")
+    rows = best_of_n(
+        prm,
+        world,
+        qs,
+        stack.engine,
+        stack.retriever,
+        ns=cfg.prm.best_of_n,
+        temperature=cfg.prm.sample_temperature,
+        seed=cfg.prm.seed,
+        **cfg.rgr_options(),
+    )
+    result["best_of_n"] = rows
+    print(f"{'n':>3} {'family':10} {'greedy':>7} {'majority':>9} {'prm':>6}")
+    for r in rows:
+        print(
+            f"{r['n']:>3} {r['family']:10} {r['greedy']:>7.2f} {r['majority']:>9.2f} "
+            f"{r['prm']:>6.2f}"
+        )
+    report = _write_report(cfg, "prm_eval", result)
+    print(f"report: {report}")
     return result
 
 
@@ -491,6 +575,7 @@ COMMANDS = {
     "ingest": cmd_ingest,
     "ask": cmd_ask,
     "bench": cmd_bench,
+    "prm": cmd_prm,
     "demo": cmd_demo,
 }
 

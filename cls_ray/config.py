@@ -130,6 +130,45 @@ class BenchConfig(_Section):
     )
 
 
+class PRMConfig(_Section):
+    """The process reward model: labels, encoder, Ray Train + DeepSpeed training, use."""
+
+    path: str = Field(
+        "", description="A trained PRM folder; empty: the latest under state_dir/prm."
+    )
+    encoder: str = Field("", description="Encoder checkpoint; empty: the packaged MiniLM.")
+    num_layers: int | None = Field(None, ge=1, description="Keep the first N encoder layers.")
+    max_length: int = Field(512, ge=32)
+    aggregation: Literal["min", "product", "last", "mean"] = "min"
+    # Labels
+    label_sources: list[Literal["verifier", "mc"]] = Field(default_factory=lambda: ["verifier"])
+    consensus: bool = Field(False, description="Keep only steps where automatic sources agree.")
+    mc_rollouts: int = Field(4, ge=1)
+    mc_soft: bool = True
+    questions_per_family: int = Field(40, ge=1, description="Training questions per family.")
+    samples_per_question: int = Field(4, ge=0)
+    corruptions_per_question: int = Field(2, ge=0)
+    sample_temperature: float = Field(1.0, gt=0)
+    # Training (Ray Train + DeepSpeed)
+    steps: int = Field(400, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    warmup: int = Field(40, ge=0)
+    seed: int = 0
+    log_every: int = Field(20, ge=1)
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    threads_per_worker: int = Field(1, ge=1)
+    use_gpu: bool = False
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    bf16: bool = False
+    # Evaluation
+    eval_per_family: int = Field(10, ge=1)
+    eval_samples_per_question: int = Field(2, ge=0)
+    best_of_n: list[int] = Field(default_factory=lambda: [1, 4, 16])
+    best_of_n_per_family: int = Field(5, ge=1)
+
+
 class AutoscalingConfig(_Section):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
@@ -201,6 +240,7 @@ class Config(_Section):
     bench: BenchConfig = Field(default_factory=BenchConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    prm: PRMConfig = Field(default_factory=PRMConfig)
 
     @property
     def state_path(self) -> Path:

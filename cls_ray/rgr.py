@@ -130,11 +130,13 @@ def run_rgr(
     temperature: float = 0.0,
     seed: int | None = None,
     grounded: bool = False,
+    prefixes: Sequence[Sequence[str]] | None = None,
 ) -> list[Trajectory]:
     """Runs RGR (or a baseline) for all `questions` together; returns one trajectory each.
 
     `grounded` decodes each step inside `grounded_choices` (restate a context document or
-    answer from the steps so far), the same for every mode.
+    answer from the steps so far), the same for every mode. `prefixes[i]`, when given, are steps
+    question i starts from (a rollout from a partial trajectory); `max_steps` counts them.
     """
     if mode not in ("rgr", "single", "none"):
         raise ValueError(f"unknown mode {mode!r}; expected rgr, single or none")
@@ -145,6 +147,17 @@ def run_rgr(
     context: list[list[RetrievedDoc]] = [[] for _ in questions]
     start = time.perf_counter()
     active = list(range(len(questions)))
+    if prefixes is not None:
+        if len(prefixes) != len(questions):
+            raise ValueError("prefixes: one list of steps per question")
+        for tr, prefix in zip(trajs, prefixes, strict=True):
+            for text in prefix:
+                answer = parse_answer(text)
+                tr.steps.append(StepRecord(text, None, [], [], is_answer=answer is not None))
+                if answer is not None:
+                    tr.answer = answer
+                    break
+        active = [i for i in active if trajs[i].answer is None and len(trajs[i].steps) < max_steps]
     for t in range(max_steps):
         if not active:
             break
@@ -208,8 +221,10 @@ def run_rgr(
             if answer is not None or not g.text:
                 tr.answer = answer
                 tr.latency_s = time.perf_counter() - start
-            else:
+            elif len(tr.steps) < max_steps:
                 still.append(i)
+            else:
+                tr.latency_s = time.perf_counter() - start
         active = still
     for i in active:
         trajs[i].latency_s = time.perf_counter() - start

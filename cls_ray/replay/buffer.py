@@ -211,6 +211,10 @@ class ReplayBuffer:
     def ids(self) -> list[str]:
         return list(self.sessions)
 
+    def with_feedback(self) -> list[dict]:
+        """Sessions that carry user feedback (ratings, corrected steps): the PRM's human labels."""
+        return [s.model_dump() for s in self.sessions.values() if s.feedback]
+
     def stats(self) -> dict:
         versions: dict[str, int] = {}
         for s in self.sessions.values():

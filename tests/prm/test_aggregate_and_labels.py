@@ -1,0 +1,113 @@
+"""R(τ) aggregation and step labels (verifier, corruptions, Monte Carlo, human, merging)."""
+
+import math
+import random
+
+import pytest
+
+from cls_ray.prm import aggregate_step_scores
+from cls_ray.prm.labels import (
+    Corruptor,
+    StepExample,
+    evidence_for,
+    gold_and_corrupted,
+    human_examples,
+    merge_labels,
+    verifier_example,
+)
+
+
+@pytest.mark.parametrize(
+    "how,scores,expected",
+    [
+        ("min", [0.9, 0.2, 0.8], 0.2),
+        ("product", [0.5, 0.5], 0.25),
+        ("last", [0.1, 0.7], 0.7),
+        ("mean", [0.2, 0.4], 0.3),
+        ("min", [0.6], 0.6),
+        ("product", [0.6], 0.6),
+        ("last", [0.6], 0.6),
+        ("mean", [0.6], 0.6),
+    ],
+)
+def test_aggregations(how, scores, expected):
+    assert math.isclose(aggregate_step_scores(scores, how), expected)
+
+
+def test_aggregation_edge_cases():
+    for how in ("min", "product", "last", "mean"):
+        assert aggregate_step_scores([], how) == 0.0
+    assert aggregate_step_scores([0.3, 0.9]) == 0.3  # min is the default
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        aggregate_step_scores([0.5], "max")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        aggregate_step_scores([1.5])
+
+
+def test_gold_chains_are_right_and_every_corruption_has_a_wrong_step(tiny_stack):
+    world = tiny_stack.world
+    qs = world.questions("train", per_family=3)
+    examples = gold_and_corrupted(world, qs, per_question=3, seed=1)
+    gold = [e for e in examples if e.source == "gold"]
+    bad = [e for e in examples if e.source.startswith("corrupt:")]
+    assert len(gold) == len(qs) and all(e.labels and min(e.labels) == 1.0 for e in gold)
+    assert len(bad) >= 2 * len(qs)
+    for e in bad:
+        assert 0.0 in e.labels and not e.meta["correct"]
+        first = e.labels.index(0.0)
+        assert all(x == 0.0 for x in e.labels[first:])  # off the chain stays off
+    kinds = {e.source.split(":")[1] for e in bad}
+    assert {"wrong_entity", "wrong_relation", "wrong_object", "skipped_hop"} <= kinds
+
+
+def test_a_wrong_object_reads_against_the_true_fact(tiny_stack):
+    world = tiny_stack.world
+    q = next(q for q in world.questions("train", per_family=3) if q.hops >= 2)
+    steps = Corruptor(world).corrupt(q, "wrong_object", random.Random(0))
+    ex = verifier_example(q, steps, world=world)
+    wrong = ex.labels.index(0.0)
+    # The evidence is the world's true fact for that subject and relation, not the step itself.
+    assert ex.evidence[wrong] and ex.evidence[wrong] != ex.completions[wrong]
+    assert ex.evidence[wrong] in {f.text for f in q.chain}
+
+
+def test_evidence_is_the_document_a_step_restates():
+    docs = ["the boss of Ann Lee is Bo Chan .", "the city of Bo Chan is Rome ."]
+    assert evidence_for("the boss of Ann Lee is Bo Chan .", docs) == docs[0]
+    assert evidence_for("the answer is Rome .", docs) == ""
+    assert evidence_for("something unrelated entirely", docs) == ""
+
+
+def test_human_corrections_win_over_automatic_labels():
+    steps = ["the boss of A is B .", "the city of B is C .", "the answer is C ."]
+    fixed = ["the boss of A is B .", "the city of B is D .", "the answer is D ."]
+    session = {
+        "id": "s1",
+        "question": "what is the city of the boss of A ?",
+        "steps": [{"text": t} for t in steps],
+        "feedback": [{"corrected_steps": fixed, "rating": None}],
+    }
+    human = human_examples([session])
+    orig = next(e for e in human if e.completions == steps)
+    assert orig.labels == [1.0, 0.0, 0.0]
+    assert next(e for e in human if e.completions == fixed).labels == [1.0, 1.0, 1.0]
+    auto = StepExample(session["question"], steps, [1.0, 1.0, 1.0], ["", "", ""], "verifier")
+    merged = merge_labels([auto, *human])
+    assert next(e for e in merged if e.completions == steps).labels == [1.0, 0.0, 0.0]
+
+
+def test_consensus_keeps_only_steps_the_automatic_sources_agree_on():
+    a = StepExample("q", ["s1", "s2", "s3"], [1.0, 1.0, 0.0], ["", "", ""], "verifier")
+    b = StepExample("q", ["s1", "s2", "s3"], [0.75, 0.25, 0.0], ["", "", ""], "mc")
+    assert merge_labels([a, b], consensus=True)[0].labels == [1.0, None, 0.0]
+    assert merge_labels([a, b], consensus=False)[0].labels == [1.0, 1.0, 0.0]
+
+
+def test_a_negative_rating_alone_labels_only_the_final_step():
+    session = {
+        "id": "s2",
+        "question": "q",
+        "steps": [{"text": "x ."}, {"text": "the answer is y ."}],
+        "feedback": [{"rating": -1.0, "corrected_steps": None}],
+    }
+    assert human_examples([session])[0].labels == [None, 0.0]
