@@ -46,6 +46,9 @@ class ReplayBufferActor:
     def segment_paths(self) -> list[str]:
         return self.buffer.segment_paths()
 
+    def set_scores(self, session_id: str, step_scores: list[float], r_tau: float, prm=None):
+        self.buffer.set_scores(session_id, step_scores, r_tau, prm)
+
     def with_feedback(self) -> list[dict]:
         return self.buffer.with_feedback()
 

@@ -160,6 +160,28 @@ class Retriever:
 
 
 # ------------------------------------------------------------------------------------------
+# Scorer: the PRM; batches the steps of finished sessions.
+# ------------------------------------------------------------------------------------------
+class Scorer:
+    def __init__(self, cfg: dict, path: str):
+        from pathlib import Path
+
+        from cls_ray.prm.model import ProcessRewardModel
+
+        c = Config.model_validate(cfg)
+        self.prm = ProcessRewardModel.load(path, c.prm.aggregation)
+        self.name = Path(path).name
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05)
+    async def score(self, items: list[dict]) -> list[dict]:
+        """Each item is one trajectory: `question`, `steps`, `evidence` (one per step)."""
+        got = await asyncio.to_thread(
+            self.prm.score_many, [(i["question"], i["steps"], i["evidence"]) for i in items]
+        )
+        return [{"scores": s, "r_tau": self.prm.r_tau(s), "prm": self.name} for s in got]
+
+
+# ------------------------------------------------------------------------------------------
 # Adapters that let the pure RGR loop (run in a worker thread) call the deployments.
 # ------------------------------------------------------------------------------------------
 class RemoteEngine:
@@ -219,6 +241,8 @@ class RGRRequest(_Body):
     top_k: int | None = Field(None, ge=1, le=50)
     max_steps: int | None = Field(None, ge=1, le=32)
     temperature: float = Field(0.0, ge=0, le=5)
+    best_of: int = Field(1, ge=1, le=32, description="Sample N, return the PRM's best.")
+    score: bool = Field(False, description="Wait for the PRM and return the step scores.")
 
     @field_validator("question")
     @classmethod
@@ -367,7 +391,7 @@ def _question_of(req: ChatRequest) -> str:
 
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, cfg: dict, generator, retriever):
+    def __init__(self, cfg: dict, generator, retriever, scorer=None):
         import ray
 
         from actors.registry import start_registry
@@ -378,6 +402,8 @@ class Ingress:
         _LIMITS["max_body_bytes"] = s.max_body_bytes
         self.generator = generator
         self.retriever = retriever
+        self.scorer = scorer
+        self._background: set[asyncio.Task] = set()
         # Started by `deploy` on the node that holds the state directory; found here by name.
         self.buffer = start_replay_buffer(
             str(self.cfg.replay_path), buffer_actor_name(s.app_name), pin_here=False
@@ -402,10 +428,16 @@ class Ingress:
         if user_config.get("session_batch_size"):
             self._sessions.set_max_batch_size(int(user_config["session_batch_size"]))
 
-    async def _run(self, question: str, mode: str, top_k, max_steps, temperature) -> dict:
+    async def _run(
+        self, question: str, mode: str, top_k, max_steps, temperature, best_of=1, score=False
+    ) -> dict:
         if len(question) > self.cfg.serve.max_question_chars:
             raise HTTPException(
                 422, f"question: longer than {self.cfg.serve.max_question_chars} characters"
+            )
+        if (best_of > 1 or score) and self.scorer is None:
+            raise HTTPException(
+                422, "best_of/score: no PRM is deployed (run `cls-ray prm train`, then redeploy)"
             )
         return await self._sessions(
             {
@@ -413,7 +445,10 @@ class Ingress:
                 "mode": mode,
                 "top_k": top_k,
                 "max_steps": max_steps,
-                "temperature": temperature,
+                # Best-of-N samples; greedy decoding would give N copies of one trajectory.
+                "temperature": temperature or (1.0 if best_of > 1 else 0.0),
+                "best_of": best_of,
+                "score": score,
             }
         )
 
@@ -424,7 +459,7 @@ class Ingress:
         batch again with other ingress replicas' rounds). Several such batches run at once."""
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            key = (r["mode"], r["top_k"], r["max_steps"], r["temperature"])
+            key = (r["mode"], r["top_k"], r["max_steps"], r["temperature"], r["best_of"])
             groups.setdefault(key, []).append(i)
         out: list[dict | None] = [None] * len(requests)
         await asyncio.gather(
@@ -438,9 +473,10 @@ class Ingress:
         engine = RemoteEngine(self.generator, version, self.cfg.model.template, self.tokenizer)
         retriever = None if r0["mode"] == "none" else RemoteRetriever(self.retriever)
         started = time.time()
+        n = r0["best_of"]
         run = functools.partial(
             run_rgr,
-            [r["question"] for r in reqs],
+            [r["question"] for r in reqs for _ in range(n)],
             engine,
             retriever,
             mode=r0["mode"],
@@ -448,18 +484,43 @@ class Ingress:
             **self.cfg.rgr_options(top_k=r0["top_k"], max_steps=r0["max_steps"]),
         )
         trajs = await asyncio.get_running_loop().run_in_executor(self.pool, run)
+        scored: list[dict | None] = [None] * len(trajs)
+        if n > 1:  # the PRM picks each question's best sample
+            scored = await self._score(trajs)
+            best = [
+                max(range(i * n, (i + 1) * n), key=lambda j: scored[j]["r_tau"])
+                for i in range(len(reqs))
+            ]
+            trajs, scored = [trajs[j] for j in best], [scored[j] for j in best]
         sessions = []
-        for tr in trajs:
+        for tr, sc in zip(trajs, scored, strict=True):
             tr.model_version = version
-            sessions.append(Session.from_trajectory(tr, started_at=started))
+            session = Session.from_trajectory(tr, started_at=started)
+            if sc is not None:
+                session.prm_step_scores, session.r_tau = sc["scores"], sc["r_tau"]
+                session.prm_version = sc["prm"]
+            sessions.append(session)
         # Acknowledged only once durable: the buffer fsyncs before it answers.
         await asyncio.gather(*(self.buffer.add.remote(s.model_dump()) for s in sessions))
+        unscored = [k for k, sc in enumerate(scored) if sc is None]
+        if self.scorer is not None and unscored:
+            job = self._score_and_store(
+                [trajs[k] for k in unscored], [sessions[k] for k in unscored]
+            )
+            if any(r["score"] for r in reqs):
+                await job  # asked for: the response carries the scores
+            else:  # off the critical path: the buffer gets the scores when they are ready
+                task = asyncio.create_task(job)
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         for i, tr, session in zip(idx, trajs, sessions, strict=True):
             out[i] = {
                 "session_id": session.id,
                 "question": tr.question,
                 "answer": tr.answer,
                 "model_version": version,
+                "prm_step_scores": session.prm_step_scores,
+                "r_tau": session.r_tau,
                 "steps": [
                     {
                         "text": s.text,
@@ -473,6 +534,33 @@ class Ingress:
                     for s in tr.steps
                 ],
             }
+
+    async def _score(self, trajs) -> list[dict]:
+        from cls_ray.prm.best_of_n import trajectory_items
+
+        items = trajectory_items(trajs)
+        return await asyncio.gather(
+            *(
+                self.scorer.score.remote({"question": q, "steps": st, "evidence": ev})
+                for q, st, ev in items
+            )
+        )
+
+    async def _score_and_store(self, trajs, sessions) -> None:
+        """PRM scores for stored sessions, written to the buffer (and onto `sessions`)."""
+        try:
+            got = await self._score(trajs)
+            for session, sc in zip(sessions, got, strict=True):
+                session.prm_step_scores, session.r_tau = sc["scores"], sc["r_tau"]
+                session.prm_version = sc["prm"]
+            await asyncio.gather(
+                *(
+                    self.buffer.set_scores.remote(s.id, s.prm_step_scores, s.r_tau, s.prm_version)
+                    for s in sessions
+                )
+            )
+        except Exception:  # noqa: BLE001 - scoring is best effort; the session is already safe
+            logger.exception("scoring %d sessions failed", len(sessions))
 
     def _admin(self, key: str | None) -> None:
         check_admin_key(self.cfg.serve.admin_key_env, key)
@@ -505,7 +593,13 @@ class Ingress:
     @api.post("/v1/rgr")
     async def rgr(self, body: RGRRequest) -> dict:
         return await self._run(
-            body.question, body.mode, body.top_k, body.max_steps, body.temperature
+            body.question,
+            body.mode,
+            body.top_k,
+            body.max_steps,
+            body.temperature,
+            body.best_of,
+            body.score,
         )
 
     @api.post("/v1/chat/completions")
@@ -645,13 +739,21 @@ def build_app(cfg: Config, engine_factory: Callable | None = None, user_config: 
         ray_actor_options={"num_cpus": 0.25},
         user_config={"max_batch_size": s.retriever_max_batch_size},
     ).bind(data)
+    scorer = None
+    from cls_ray.prm.pipeline import latest_prm
+
+    prm_path = latest_prm(cfg)
+    if prm_path is not None:
+        scorer = serve.deployment(Scorer, name="scorer", ray_actor_options={"num_cpus": 0.25}).bind(
+            data, str(prm_path.resolve())
+        )
     return serve.deployment(
         Ingress,
         name="ingress",
         max_ongoing_requests=s.max_concurrent_sessions,
         ray_actor_options={"num_cpus": 0.25},
         user_config={"session_batch_size": s.session_batch_size},
-    ).bind(data, gen, ret)
+    ).bind(data, gen, ret, scorer)
 
 
 def app_from_args(args: dict):

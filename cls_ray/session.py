@@ -53,6 +53,7 @@ class Session(_Record):
     model_version: str
     prm_step_scores: list[float] | None = None
     r_tau: float | None = None
+    prm_version: str | None = Field(None, description="The PRM that scored the steps.")
     feedback: list[Feedback] = Field(default_factory=list)
     created_at: float = Field(default_factory=time.time)
     finished_at: float | None = None

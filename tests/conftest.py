@@ -131,3 +131,33 @@ def tiny_stack(tiny_cfg):
     from cls_ray.stack import Stack
 
     return Stack(tiny_cfg)
+
+
+TINY_PRM_OVERRIDES = [
+    "prm.num_layers=1",
+    "prm.questions_per_family=6",
+    "prm.samples_per_question=1",
+    "prm.corruptions_per_question=3",
+    "prm.steps=60",
+    "prm.batch_size=8",
+    "prm.lr=0.0003",
+    "prm.warmup=6",
+    "prm.log_every=10",
+    "prm.cpus_per_worker=0.5",
+    "prm.eval_per_family=2",
+    "prm.eval_samples_per_question=1",
+    "prm.best_of_n=[1,4]",
+    "prm.best_of_n_per_family=1",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_prm(tiny_state, tiny_stack, ray_local):
+    """A tiny PRM trained through `cls-ray prm train`: Ray Train, 2 workers, DeepSpeed ZeRO-2."""
+    from cls_ray.cli import main
+
+    args = tiny_state["args"] + [x for o in TINY_PRM_OVERRIDES for x in ("--set", o)]
+    assert main(["prm", "train", "--json", *args]) == 0
+    path = tiny_state["dir"] / "prm" / "v1"
+    assert (path / "prm.json").exists()
+    return path

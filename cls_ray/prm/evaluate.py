@@ -95,7 +95,7 @@ def best_of_n(
     **rgr_options,
 ) -> list[dict]:
     """Rows of (n, family group) with greedy, majority and PRM-selected accuracy."""
-    from cls_ray.prm.model import step_evidence
+    from cls_ray.prm.best_of_n import trajectory_items
     from cls_ray.rgr import run_rgr
 
     n_max = max(ns)
@@ -104,14 +104,7 @@ def best_of_n(
     samples = run_rgr(
         [q.text for q in flat], engine, retriever, temperature=temperature, seed=seed, **rgr_options
     )
-    items = [
-        (
-            tr.question,
-            tr.step_texts,
-            step_evidence(tr.step_texts, [[d.text for d in s.retrieved] for s in tr.steps]),
-        )
-        for tr in samples
-    ]
+    items = trajectory_items(samples)
     step_scores = prm.score_many(items)
     taus = [prm.r_tau(s) for s in step_scores]
     rng = random.Random(seed)

@@ -3,6 +3,9 @@ restates) and scores every step on the separator token that closes it.
 
     [CLS] question [SEP] step_1 evidence : doc_1 [SEP] step_2 evidence : doc_2 [SEP] ...
 
+(`evidence : same` when a step restates its document word for word, `evidence : none` when no
+document backs it.)
+
 Only the closing separators carry labels; everything else is ignored by the loss. The default
 encoder is the all-MiniLM-L6-v2 that ships with the project; `prm.encoder` takes any Hugging Face
 encoder path. A trained PRM is a folder: the encoder and its tokenizer (`save_pretrained`), the
@@ -62,6 +65,8 @@ def encode(
     positions = []
     for i, step in enumerate(steps):
         ev = (evidence[i] if evidence else "") or "none"
+        if " ".join(ev.split()) == " ".join(step.split()):
+            ev = "same"  # the step restates its document word for word: say so, briefly
         piece = ids(step, MAX_STEP_TOKENS) + ids(f"evidence : {ev}", MAX_EVIDENCE_TOKENS)
         if len(out) + len(piece) + 1 > max_length:
             break

@@ -63,6 +63,10 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config["seed"])
     torch.set_num_threads(max(1, config.get("threads_per_worker", 1)))
+    if config.get("num_layers"):
+        import transformers
+
+        transformers.logging.set_verbosity_error()  # the dropped layers' weights are expected
     model = StepPRM.from_encoder(config["encoder"], config.get("num_layers"))
     ds = deepspeed_config(
         config["batch_size"], config["lr"], config["zero_stage"], config.get("bf16", False)
@@ -99,7 +103,7 @@ def train_loop_per_worker(config: dict) -> None:
         loss = step_loss(logits.float(), batch["labels"])
         engine.backward(loss)
         engine.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         last = step == steps - 1
         if (step + 1) % config["log_every"] == 0 or last:
             window = losses[-config["log_every"] :]
@@ -124,14 +128,15 @@ def train_loop_per_worker(config: dict) -> None:
         state = engine._zero3_consolidated_16bit_state_dict()
     else:
         state = engine.module.state_dict()
+    metrics["first_loss"] = sum(losses[:10]) / min(10, len(losses))
     if rank == 0:
         from transformers import AutoTokenizer
 
         final = StepPRM.from_encoder(config["encoder"], config.get("num_layers"))
         final.load_state_dict({k: v.float() for k, v in state.items()})
         tok = AutoTokenizer.from_pretrained(config["encoder"])
-        save_prm(final, tok, config["out"], config["meta"])
-    ray.train.report({**metrics, "first_loss": sum(losses[:10]) / min(10, len(losses))})
+        save_prm(final, tok, config["out"], {**config["meta"], "train": metrics})
+    ray.train.report(metrics)
 
 
 def train_prm(
@@ -203,8 +208,10 @@ def train_prm(
         ),
     )
     t0 = time.time()
-    result = trainer.fit()
-    metrics = dict(result.metrics or {})
+    trainer.fit()
+    import json
+
+    metrics = json.loads((out / "prm.json").read_text())["train"]
     metrics["seconds"] = time.time() - t0
     metrics["trajectories"] = len(rows)
     metrics["path"] = str(out)

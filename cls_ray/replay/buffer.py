@@ -58,6 +58,7 @@ class ReplayBuffer:
             for s in self.read_segment(seg):
                 self.sessions.setdefault(s.id, s)
         pending_feedback: list[tuple[str, Feedback]] = []
+        pending_scores: list[dict] = []
         self._truncate_torn_tail()
         if self.wal.exists():
             for n, line in enumerate(self.wal.read_text(encoding="utf-8").splitlines(), 1):
@@ -74,6 +75,11 @@ class ReplayBuffer:
                         self.in_wal.append(s.id)
                 elif rec["op"] == "feedback":
                     pending_feedback.append((rec["id"], Feedback.model_validate(rec["feedback"])))
+                elif rec["op"] == "scores":
+                    pending_scores.append(rec)
+        for rec in pending_scores:
+            if rec["id"] in self.sessions:
+                self._apply_scores(rec)
         for sid, fb in pending_feedback:
             if sid in self.sessions and fb not in self.sessions[sid].feedback:
                 self.sessions[sid].feedback.append(fb)
@@ -131,6 +137,28 @@ class ReplayBuffer:
         )
         self.sessions[session_id].feedback.append(fb)
 
+    def set_scores(
+        self, session_id: str, step_scores: list[float], r_tau: float, prm: str | None = None
+    ) -> None:
+        """The PRM's step scores and R(τ) for a stored session (durable; the latest wins)."""
+        if session_id not in self.sessions:
+            raise KeyError(session_id)
+        rec = {
+            "op": "scores",
+            "id": session_id,
+            "scores": list(step_scores),
+            "r_tau": r_tau,
+            "prm": prm,
+        }
+        _fsync_append(self.wal, [json.dumps(rec)])
+        self._apply_scores(rec)
+
+    def _apply_scores(self, rec: dict) -> None:
+        s = self.sessions[rec["id"]]
+        s.prm_step_scores = list(rec["scores"])
+        s.r_tau = rec["r_tau"]
+        s.prm_version = rec.get("prm")
+
     # -- segments --------------------------------------------------------------------------
     def seal(self) -> Path | None:
         """Writes the unsealed sessions as one Parquet segment, then truncates the WAL."""
@@ -157,12 +185,12 @@ class ReplayBuffer:
             os.fsync(f.fileno())
         tmp.rename(final)
         self.segments += 1
-        # Feedback records stay in the WAL: feedback may arrive after its session was sealed,
-        # and the segment holds only what the session had at sealing (recovery dedupes).
+        # Feedback and score records stay in the WAL: they may arrive after their session was
+        # sealed, and the segment holds only what the session had at sealing (recovery dedupes).
         carry = [
             line
             for line in self.wal.read_text(encoding="utf-8").splitlines()
-            if line.startswith('{"op": "feedback"')
+            if line.startswith(('{"op": "feedback"', '{"op": "scores"'))
         ]
         tmp_wal = self.wal.with_suffix(".tmp")
         tmp_wal.write_text("".join(line + "\n" for line in carry), encoding="utf-8")

@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local):
+def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local, tiny_prm):
     import requests
     from ray import serve
 
@@ -19,6 +19,7 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local):
 
     state = tmp_path_factory.mktemp("serve-state")
     shutil.copytree(tiny_cfg.model_path, state / "models" / "base")
+    shutil.copytree(tiny_prm, state / "prm" / "v1")  # a trained PRM: the app scores sessions
     port = free_port()
     cfg = load_config(
         None,
@@ -89,6 +90,39 @@ def test_rgr_session_lands_in_the_buffer_with_feedback(served, ray_local):
     assert stored["feedback"][0]["rating"] == 1.0
 
 
+def test_sessions_carry_prm_scores_in_the_buffer(served, ray_local):
+    import time
+
+    import requests
+
+    from actors.replay_buffer import buffer_actor_name
+
+    url, world = served["url"], served["world"]
+    buf = ray_local.get_actor(buffer_actor_name(served["cfg"].serve.app_name), namespace="cls-ray")
+    qs = [q.text for q in world.questions("heldout", per_family=1)]
+    # Asked for: the response waits for the PRM and carries the scores.
+    res = requests.post(f"{url}/v1/rgr", json={"question": qs[1], "score": True}, timeout=120)
+    assert res.status_code == 200, res.text
+    body = res.json()
+    scores = body["prm_step_scores"]
+    assert len(scores) == len(body["steps"]) and all(0 <= x <= 1 for x in scores)
+    assert body["r_tau"] == pytest.approx(min(scores))
+    stored = ray_local.get(buf.get.remote(body["session_id"]))
+    assert stored["prm_step_scores"] == pytest.approx(scores) and stored["prm_version"] == "v1"
+    # Not asked for: the response does not wait; the scores reach the buffer soon after.
+    res = requests.post(f"{url}/v1/rgr", json={"question": qs[2]}, timeout=120).json()
+    for _ in range(100):
+        stored = ray_local.get(buf.get.remote(res["session_id"]))
+        if stored["r_tau"] is not None:
+            break
+        time.sleep(0.1)
+    assert stored["r_tau"] is not None and len(stored["prm_step_scores"]) == len(res["steps"])
+    # Best-of-N: the PRM picks among 4 samples; the session keeps the winner's scores.
+    res = requests.post(f"{url}/v1/rgr", json={"question": qs[3], "best_of": 4}, timeout=120)
+    assert res.status_code == 200, res.text
+    assert res.json()["r_tau"] is not None
+
+
 def test_openai_client_plain_and_streaming(served):
     from openai import OpenAI
 
@@ -140,6 +174,8 @@ BAD = [
     ("POST", "/v1/sessions/nope/feedback", {"rating": 1}, 404),
     ("POST", "/v1/sessions/nope/feedback", {"rating": 7}, 422),
     ("POST", "/v1/sessions/nope/feedback", {}, 422),
+    ("POST", "/v1/rgr", {"question": "q", "best_of": 0}, 422),
+    ("POST", "/v1/rgr", {"question": "q", "best_of": 99}, 422),
     ("GET", "/admin/buffer", None, 401),
     ("POST", "/admin/promote", {"version": "v1"}, 401),
     ("POST", "/admin/rollback", None, 401),

@@ -110,6 +110,22 @@ def test_feedback_joins_its_session_across_seal_and_restart(tmp_path):
         again.add_feedback("nope", {"rating": 0.0})
 
 
+def test_prm_scores_join_their_session_across_seal_and_restart(tmp_path):
+    buf = ReplayBuffer(tmp_path, seal_every=3)
+    for i in range(3):
+        buf.add(make_session(i))  # sealed before any score arrives
+    buf.set_scores("s0001", [0.9, 0.2], 0.2, prm="v1")
+    for i in range(3, 6):
+        buf.add(make_session(i))  # seals again: the score record is carried over
+    buf.set_scores("s0004", [0.8, 0.7], 0.7, prm="v1")
+    again = ReplayBuffer(tmp_path)
+    s1, s4 = again.get("s0001"), again.get("s0004")
+    assert s1.prm_step_scores == [0.9, 0.2] and s1.r_tau == 0.2 and s1.prm_version == "v1"
+    assert s4.r_tau == 0.7 and again.get("s0000").r_tau is None
+    with pytest.raises(KeyError):
+        again.set_scores("nope", [0.5], 0.5)
+
+
 def test_bad_session_is_rejected_before_anything_is_written(tmp_path):
     from pydantic import ValidationError
 

@@ -1,0 +1,52 @@
+"""Best-of-N with the PRM: sample N RGR trajectories per question and keep the one with the
+highest R(τ). The PRM at inference time, and the way a model finds good trajectories for a
+family it cannot yet solve greedily."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from cls_ray.prm.aggregate import Aggregation, aggregate_step_scores
+
+
+def trajectory_items(trajs) -> list[tuple[str, list[str], list[str]]]:
+    """`(question, steps, evidence)` for the PRM: each step's evidence is the retrieved document
+    it restates best."""
+    from cls_ray.prm.model import step_evidence
+
+    return [
+        (
+            tr.question,
+            tr.step_texts,
+            step_evidence(tr.step_texts, [[d.text for d in s.retrieved] for s in tr.steps]),
+        )
+        for tr in trajs
+    ]
+
+
+def rgr_best_of_n(
+    questions: Sequence[str],
+    engine,
+    retriever,
+    score_many: Callable[[list], list[list[float]]],
+    n: int,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    aggregation: Aggregation = "min",
+    **rgr_options,
+) -> list[tuple[object, list[float], float]]:
+    """For each question: (best trajectory, its step scores, its R(τ)) among `n` samples."""
+    from cls_ray.rgr import run_rgr
+
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    flat = [q for q in questions for _ in range(n)]
+    trajs = run_rgr(flat, engine, retriever, temperature=temperature, seed=seed, **rgr_options)
+    scores = score_many(trajectory_items(trajs))
+    out = []
+    for i in range(len(questions)):
+        pool = range(i * n, (i + 1) * n)
+        taus = {j: aggregate_step_scores(scores[j], aggregation) for j in pool}
+        best = max(pool, key=lambda j: taus[j])
+        out.append((trajs[best], scores[best], taus[best]))
+    return out
