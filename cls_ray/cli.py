@@ -377,7 +377,10 @@ def cmd_prm_eval(args, stack) -> dict:
             f"{r['prm']:>6.2f}"
         )
     report = _write_report(cfg, "prm_eval", result)
-    print(f"report: {report}")
+    from cls_ray.eval.plots import plot_prm_eval
+
+    png = plot_prm_eval(result, report.with_suffix(".png"))
+    print(f"report: {report}" + (f"; plot: {png}" if png else ""))
     return result
 
 
@@ -510,6 +513,10 @@ def cmd_status(args, stack) -> dict:
     cfg = stack.cfg
     out: dict = {"url": _url(cfg), "up": _stack_up(cfg)}
     out["versions"] = registry_for(cfg).list() if cfg.model_path.exists() else []
+    from cls_ray.prm.pipeline import latest_prm
+
+    prm = latest_prm(cfg)
+    out["prm"] = str(prm) if prm else None
     if out["up"]:
         out["health"] = _http_json("GET", _url(cfg) + "/healthz")
         import ray
@@ -538,6 +545,7 @@ def cmd_status(args, stack) -> dict:
             print(f"buffer: {out['buffer']}")
         if out.get("replicas"):
             print(f"replicas: {out['replicas']}")
+        print(f"prm: {out['prm'] or '(none; cls-ray prm train)'}")
     return out
 
 

@@ -146,13 +146,13 @@ class PRMConfig(_Section):
     mc_rollouts: int = Field(4, ge=1)
     mc_soft: bool = True
     questions_per_family: int = Field(40, ge=1, description="Training questions per family.")
-    samples_per_question: int = Field(4, ge=0)
+    samples_per_question: int = Field(2, ge=0)
     corruptions_per_question: int = Field(2, ge=0)
     sample_temperature: float = Field(1.0, gt=0)
     # Training (Ray Train + DeepSpeed)
-    steps: int = Field(400, ge=1)
+    steps: int = Field(500, ge=1)
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(5e-5, gt=0)
+    lr: float = Field(1e-4, gt=0)
     warmup: int = Field(40, ge=0)
     seed: int = 0
     log_every: int = Field(20, ge=1)

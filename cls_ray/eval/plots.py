@@ -79,3 +79,49 @@ def plot_bench_serve(result: dict, path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_prm_eval(result: dict, path: Path) -> Path | None:
+    """Best-of-N accuracy against N: greedy, majority vote and the PRM's pick, per family."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plot")
+        return None
+    groups = sorted({r["family"] for r in result["best_of_n"]}, reverse=True)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
+    styles = {
+        "greedy": ("tab:gray", "--"),
+        "majority": ("tab:orange", "-"),
+        "prm": ("tab:blue", "-"),
+    }
+    for ax, group in zip(axes[0], groups, strict=True):
+        rows = sorted(
+            (r for r in result["best_of_n"] if r["family"] == group), key=lambda r: r["n"]
+        )
+        for how, (color, ls) in styles.items():
+            ax.plot(
+                [r["n"] for r in rows],
+                [r[how] for r in rows],
+                ls,
+                marker="o",
+                color=color,
+                label=how,
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("N samples")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{group} families")
+        ax.legend()
+    fig.suptitle(
+        f"PRM: step F1 {result['step_f1']:.3f}, first error {result['first_error_accuracy']:.3f}, "
+        f"AUROC R(τ) {result['auroc_tau']:.3f}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -111,3 +111,29 @@ def test_a_negative_rating_alone_labels_only_the_final_step():
         "feedback": [{"rating": -1.0, "corrected_steps": None}],
     }
     assert human_examples([session])[0].labels == [None, 0.0]
+
+
+def test_monte_carlo_labels_come_from_rollouts_to_the_known_answer(tiny_stack):
+    import random
+
+    from cls_ray.prm.labels import mc_labels
+
+    world = tiny_stack.world
+    q = next(q for q in world.questions("train", per_family=2) if q.hops >= 2)
+    wrong = Corruptor(world).corrupt(q, "wrong_answer", random.Random(0))
+    gold = verifier_example(q, q.gold_steps, world=world)
+    bad = verifier_example(q, wrong, world=world)
+    got = mc_labels(
+        [gold, bad],
+        [q.answer, q.answer],
+        tiny_stack.engine,
+        tiny_stack.retriever,
+        rollouts=3,
+        seed=0,
+        **tiny_stack.cfg.rgr_options(),
+    )
+    assert [e.source for e in got] == ["mc", "mc"]
+    assert all(lab is not None and 0.0 <= lab <= 1.0 for e in got for lab in e.labels)
+    assert got[0].labels[-1] == 1.0 and got[1].labels[-1] == 0.0  # answer steps judge themselves
+    # Every reasoning step's label is a share of 3 rollouts.
+    assert all(round(lab * 3) == lab * 3 for e in got for lab in e.labels[:-1])

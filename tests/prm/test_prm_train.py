@@ -58,3 +58,24 @@ def test_prm_eval_prints_its_figures_as_json_last(tiny_prm, tiny_state, capsys):
     assert rows == {(1, "trained"), (4, "trained"), (1, "held_back"), (4, "held_back")}
     assert all({"greedy", "majority", "prm"} <= set(r) for r in out["best_of_n"])
     assert (tiny_state["dir"] / "reports" / "prm_eval.json").exists()
+
+
+def test_zero3_partitions_and_gathers_the_weights(tiny_state, tiny_stack, ray_local, tmp_path):
+    """ZeRO-3 keeps each worker's share of the parameters; saving gathers them whole."""
+    from cls_ray.config import load_config
+    from cls_ray.prm.labels import gold_and_corrupted
+    from cls_ray.prm.model import ProcessRewardModel
+    from cls_ray.prm.train import train_prm
+    from tests.conftest import TINY_OVERRIDES, TINY_PRM_OVERRIDES
+
+    cfg = load_config(
+        tiny_state["args"][1],
+        [*TINY_OVERRIDES, *TINY_PRM_OVERRIDES, "prm.zero_stage=3", f"state_dir={tmp_path}"],
+    )
+    world = tiny_stack.world
+    examples = gold_and_corrupted(world, world.questions("train", per_family=2), 2)
+    metrics = train_prm(cfg, examples, tmp_path / "prm3", steps=6)
+    assert metrics["step"] == 6 and metrics["path"].endswith("prm3")
+    prm = ProcessRewardModel.load(tmp_path / "prm3")
+    scores = prm.score_steps("what is the boss of Ann Lee ?", ["the answer is Bo ."], None)
+    assert len(scores) == 1 and 0.0 <= scores[0] <= 1.0
