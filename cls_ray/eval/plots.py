@@ -8,16 +8,32 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
-def plot_bench_rgr(result: dict, path: Path) -> Path | None:
-    """Accuracy and support recall by hops, one line per mode, trained families solid and
-    held-back families dashed."""
+def _pyplot():
+    """matplotlib's pyplot on a file backend, or None: plotting is a nicety; the JSON report
+    is the record."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:  # plotting is a nicety; the JSON report is the record
+    except ImportError:
         logger.warning("matplotlib is not installed: no plot")
+        return None
+    return plt
+
+
+def _save(plt, fig, path: Path, dpi: int = 110) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_bench_rgr(result: dict, path: Path) -> Path | None:
+    """Accuracy and support recall by hops, one line per mode, trained families solid and
+    held-back families dashed."""
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     colors = {"rgr": "tab:blue", "single": "tab:orange", "none": "tab:gray"}
@@ -47,21 +63,13 @@ def plot_bench_rgr(result: dict, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("RGR vs single-shot RAG vs no retrieval (held-out questions)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=100)
 
 
 def plot_bench_serve(result: dict, path: Path) -> Path | None:
     """Sessions/s and retriever queries/s, batched against unbatched."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plot")
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     pairs = [
@@ -75,21 +83,13 @@ def plot_bench_serve(result: dict, path: Path) -> Path | None:
         f"{result['sessions']} concurrent sessions; hot swap {result['swap_seconds']:.2f} s; "
         f"{result['failed']} of {result['requests']} failed"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_prm_eval(result: dict, path: Path) -> Path | None:
     """Best-of-N accuracy against N: greedy, majority vote and the PRM's pick, per family."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plot")
+    plt = _pyplot()
+    if plt is None:
         return None
     groups = sorted({r["family"] for r in result["best_of_n"]}, reverse=True)
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
@@ -121,7 +121,4 @@ def plot_prm_eval(result: dict, path: Path) -> Path | None:
         f"PRM: step F1 {result['step_f1']:.3f}, first error {result['first_error_accuracy']:.3f}, "
         f"AUROC R(τ) {result['auroc_tau']:.3f}"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

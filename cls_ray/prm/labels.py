@@ -327,56 +327,39 @@ def human_examples(
     rating alone (no correction) labels the whole trajectory when positive, and only its final
     step when negative (which step failed is unknown)."""
     ev = evidence_of or (lambda step: "")
-    out = []
+    out: list[StepExample] = []
     for s in sessions:
         steps = [st["text"] for st in s.get("steps") or []]
+
+        def add(completions: list[str], labels: list[Label], s=s) -> None:
+            out.append(
+                StepExample(
+                    s["question"],
+                    list(completions),
+                    labels,
+                    [ev(x) for x in completions],
+                    "human",
+                    {"session_id": s["id"]},
+                )
+            )
+
         for fb in s.get("feedback") or []:
             fixed = fb.get("corrected_steps")
             if fixed:
-                out.append(
-                    StepExample(
-                        s["question"],
-                        list(fixed),
-                        [1.0] * len(fixed),
-                        [ev(x) for x in fixed],
-                        "human",
-                        {"session_id": s["id"]},
-                    )
-                )
+                add(fixed, [1.0] * len(fixed))
                 labels: list[Label] = []
                 diverged = False
                 for j, st in enumerate(steps):
                     diverged = diverged or j >= len(fixed) or st != fixed[j]
                     labels.append(0.0 if diverged else 1.0)
                 if steps and diverged:
-                    out.append(
-                        StepExample(
-                            s["question"],
-                            steps,
-                            labels,
-                            [ev(x) for x in steps],
-                            "human",
-                            {"session_id": s["id"]},
-                        )
-                    )
+                    add(steps, labels)
             elif fb.get("rating") is not None and steps:
                 r = float(fb["rating"])
                 if r >= 0.5:
-                    labels = [1.0] * len(steps)
+                    add(steps, [1.0] * len(steps))
                 elif r <= -0.5:
-                    labels = [None] * (len(steps) - 1) + [0.0]
-                else:
-                    continue
-                out.append(
-                    StepExample(
-                        s["question"],
-                        steps,
-                        labels,
-                        [ev(x) for x in steps],
-                        "human",
-                        {"session_id": s["id"]},
-                    )
-                )
+                    add(steps, [None] * (len(steps) - 1) + [0.0])
     return out
 
 
