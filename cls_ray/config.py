@@ -130,7 +130,24 @@ class BenchConfig(_Section):
     )
 
 
-class PRMConfig(_Section):
+class TrainerConfig(_Section):
+    """A Ray Train + DeepSpeed job: workers, ZeRO stage, optimisation."""
+
+    steps: int = Field(500, ge=1)
+    batch_size: int = Field(16, ge=1, description="Per worker.")
+    lr: float = Field(1e-4, gt=0)
+    warmup: int = Field(40, ge=0)
+    seed: int = 0
+    log_every: int = Field(20, ge=1)
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    threads_per_worker: int = Field(1, ge=1)
+    use_gpu: bool = False
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    bf16: bool = False
+
+
+class PRMConfig(TrainerConfig):
     """The process reward model: labels, encoder, Ray Train + DeepSpeed training, use."""
 
     path: str = Field(
@@ -149,24 +166,24 @@ class PRMConfig(_Section):
     samples_per_question: int = Field(2, ge=0)
     corruptions_per_question: int = Field(2, ge=0)
     sample_temperature: float = Field(1.0, gt=0)
-    # Training (Ray Train + DeepSpeed)
-    steps: int = Field(500, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    warmup: int = Field(40, ge=0)
-    seed: int = 0
-    log_every: int = Field(20, ge=1)
-    num_workers: int = Field(2, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    threads_per_worker: int = Field(1, ge=1)
-    use_gpu: bool = False
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    bf16: bool = False
     # Evaluation
     eval_per_family: int = Field(10, ge=1)
     eval_samples_per_question: int = Field(2, ge=0)
     best_of_n: list[int] = Field(default_factory=lambda: [1, 4, 16])
     best_of_n_per_family: int = Field(5, ge=1)
+
+
+class ConsolidateConfig(TrainerConfig):
+    """Sleep (LoRA SFT on what the PRM trusts, with replay) and PPO."""
+
+    steps: int = Field(300, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    warmup: int = Field(20, ge=0)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1, description="2 x rank forgets least (see ANCHORS.md).")
+    replay_ratio: float = Field(0.5, ge=0, lt=1, description="Share of replayed old data.")
+    min_r_tau: float = Field(0.5, ge=0, le=1, description="PRM gate on whole trajectories.")
+    min_step_score: float = Field(0.5, ge=0, le=1, description="PRM gate on single steps.")
 
 
 class AutoscalingConfig(_Section):
@@ -241,6 +258,7 @@ class Config(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     prm: PRMConfig = Field(default_factory=PRMConfig)
+    consolidate: ConsolidateConfig = Field(default_factory=ConsolidateConfig)
 
     @property
     def state_path(self) -> Path:

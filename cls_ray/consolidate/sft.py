@@ -1,0 +1,136 @@
+"""Phase 2, sleep replay: supervised fine-tuning of a LoRA adapter on A_good, with replay.
+
+The data are (prompt, next step) pairs: the gated subplans of trusted sessions, mixed with a
+replay sample of what the model was trained on before (bootstrap episodes of the families it
+already knows) so that learning the new does not erase the old. The adapter (PEFT LoRA on every
+linear layer, rank and alpha from the config) trains on Ray Train workers, each a DeepSpeed
+engine; rank 0 writes the adapter folder atomically (a temporary name, then a rename), so a
+killed job leaves no half-written version.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cls_ray.consolidate.extract import Artifact
+
+
+def subplan_pairs(artifacts: Sequence[Artifact], template: str = "compact", tokenizer=None):
+    """(prompt, target) for each gated subplan, in the model's step format."""
+    from cls_ray.steps import render_prompt
+
+    return [
+        (
+            render_prompt(
+                template, tokenizer, a.content["question"], a.content["docs"], a.content["steps"]
+            ),
+            a.content["next"],
+        )
+        for a in artifacts
+        if a.kind == "subplan"
+    ]
+
+
+def replay_pairs(world, n: int, k_docs: int, seed: int = 0) -> list[tuple[str, str]]:
+    """`n` episodes of the families the model already knows, as bootstrap drew them."""
+    from cls_ray.model.bootstrap import episode_pair
+    from cls_ray.world.episodes import EpisodeSampler
+
+    if n <= 0:
+        return []
+    sampler = EpisodeSampler(world, world.trained_families, k_docs)
+    rng = random.Random(seed)
+    return [episode_pair(sampler.sample(rng)) for _ in range(n)]
+
+
+def mix(new: list, replay: list, replay_ratio: float, seed: int = 0) -> list:
+    """`new` plus enough of `replay` that replay is `replay_ratio` of the result, shuffled."""
+    if not 0 <= replay_ratio < 1:
+        raise ValueError("replay_ratio must be in [0, 1)")
+    want = round(len(new) * replay_ratio / (1 - replay_ratio))
+    out = list(new) + list(replay[:want])
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def sft_loop_per_worker(config: dict) -> None:
+    """Runs in every Ray Train worker: LoRA on the base model, DeepSpeed, save on rank 0."""
+    import ray.train
+    from peft import LoraConfig, get_peft_model
+
+    from cls_ray.distributed import deepspeed_steps
+    from cls_ray.model.bootstrap import encode_examples
+    from cls_ray.model.loading import load_model_and_tokenizer
+
+    base, tok = load_model_and_tokenizer(config["base"])
+    lora = LoraConfig(
+        r=config["lora_r"],
+        lora_alpha=config["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base, lora)
+    engine, metrics = deepspeed_steps(
+        model,
+        config["pairs"],
+        lambda pairs: encode_examples(tok, pairs, config["max_len"]),
+        lambda eng, b: eng(**b).loss,
+        config,
+        "sleep sft",
+    )
+    if ray.train.get_context().get_world_rank() == 0:
+        save_adapter(engine.module, Path(config["out"]), {**config["meta"], "train": metrics})
+    ray.train.report(metrics)
+
+
+def save_adapter(model, out: Path, meta: dict) -> Path:
+    """The adapter folder appears whole or not at all."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    (tmp / "consolidation.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def train_sft(cfg, pairs: list[tuple[str, str]], out: str | Path, steps: int | None = None):
+    """LoRA SFT of the base model on `pairs` through Ray Train + DeepSpeed; writes the adapter
+    to `out` and returns the training metrics."""
+    from cls_ray.distributed import launch, trainer_options
+
+    c = cfg.consolidate
+    if not pairs:
+        raise ValueError("no supervised pairs: nothing passed the PRM gate")
+    out = Path(out).resolve()
+    n_steps = steps or c.steps
+    meta = {
+        "base": str(cfg.model_path),
+        "pairs": len(pairs),
+        "steps": n_steps,
+        "lora_r": c.lora_r,
+        "lora_alpha": c.lora_alpha,
+        "zero_stage": c.zero_stage,
+        "workers": c.num_workers,
+        "created_at": time.time(),
+    }
+    config = {
+        **trainer_options(c),
+        "pairs": list(pairs),
+        "base": str(cfg.model_path.resolve()),
+        "lora_r": c.lora_r,
+        "lora_alpha": c.lora_alpha,
+        "max_len": cfg.model.arch.max_position,
+        "steps": n_steps,
+        "out": str(out),
+        "meta": meta,
+    }
+    seconds = launch(c, sft_loop_per_worker, config, cfg.state_path, "sleep-sft")
+    metrics = json.loads((out / "consolidation.json").read_text())["train"]
+    return {**metrics, "seconds": seconds, "path": str(out), "pairs": len(pairs)}

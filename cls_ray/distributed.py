@@ -1,0 +1,173 @@
+"""Training on Ray Train with DeepSpeed, shared by every trainer in cls-ray (PRM, SFT, PPO).
+
+The driver side (`launch`) starts a `TorchTrainer`: `num_workers` workers over gloo on CPU or
+NCCL on GPUs. The worker side (`deepspeed_steps`) wraps a model in a DeepSpeed engine (ZeRO
+stage from the config, torch's AdamW so no op needs compiling, bf16 optional), walks its own
+slice of the rows (rank::world_size) in shuffled batches with warm-up and cosine decay, logs
+progress from rank 0 and reports metrics through `ray.train.report` (a collective: every rank
+reports). `full_state_dict` gathers ZeRO-3's partitioned weights (every rank must call it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def deepspeed_config(batch_size: int, lr: float, zero_stage: int, bf16: bool) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "optimizer": {
+            "type": "AdamW",
+            # torch's AdamW: DeepSpeed's fused CPU Adam would need a compiled op.
+            "params": {"lr": lr, "weight_decay": 0.01, "torch_adam": True},
+        },
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def trainer_options(t) -> dict:
+    """The worker-side options of a training section of the config (`PRMConfig`, ...)."""
+    return {
+        "batch_size": t.batch_size,
+        "lr": t.lr,
+        "warmup": t.warmup,
+        "zero_stage": t.zero_stage,
+        "bf16": t.bf16,
+        "seed": t.seed,
+        "log_every": t.log_every,
+        "threads_per_worker": t.threads_per_worker,
+    }
+
+
+def deepspeed_steps(
+    model,
+    rows: list,
+    collate: Callable[[list], dict],
+    loss_fn: Callable[[object, dict], object],
+    config: dict,
+    name: str,
+):
+    """Trains `model` for `config["steps"]` steps inside a Ray Train worker. Returns the
+    DeepSpeed engine and the final metrics (which the caller reports, after saving)."""
+    import deepspeed
+    import ray.train
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(config["seed"])
+    torch.set_num_threads(max(1, config.get("threads_per_worker", 1)))
+    ds = deepspeed_config(
+        config["batch_size"], config["lr"], config["zero_stage"], config.get("bf16", False)
+    )
+    engine, optimizer, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds
+    )
+    steps, lr = config["steps"], config["lr"]
+    warmup = min(config["warmup"], max(1, steps // 5))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        frac = (step - warmup) / max(1, steps - warmup)
+        return lr * 0.5 * (1 + math.cos(math.pi * frac))
+
+    mine = rows[rank::world]
+    if not mine:
+        raise ValueError(f"{name}: worker {rank} has no rows ({len(rows)} rows, {world} workers)")
+    rng = random.Random(config["seed"] + rank)
+    order: list[int] = []
+    losses: list[float] = []
+    t0 = time.time()
+    bf16 = bool(config.get("bf16"))
+    metrics: dict = {}
+    log_every = max(1, min(config["log_every"], steps))
+    for step in range(steps):
+        while len(order) < config["batch_size"]:
+            fresh = list(range(len(mine)))
+            rng.shuffle(fresh)
+            order += fresh
+        idx, order = order[: config["batch_size"]], order[config["batch_size"] :]
+        batch = collate([mine[i] for i in idx])
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(engine, batch)
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+        last = step == steps - 1
+        if (step + 1) % log_every == 0 or last:
+            window = losses[-log_every:]
+            metrics = {
+                "step": step + 1,
+                "loss": sum(window) / len(window),
+                "lr": lr_at(step),
+                "elapsed_s": time.time() - t0,
+            }
+            if rank == 0:
+                logger.info(
+                    "%s: step %d/%d  loss %.4f  %.0f s",
+                    name,
+                    step + 1,
+                    steps,
+                    metrics["loss"],
+                    metrics["elapsed_s"],
+                )
+            if not last:
+                ray.train.report(metrics)
+    metrics["first_loss"] = sum(losses[:10]) / min(10, len(losses))
+    metrics["samples"] = steps * config["batch_size"] * world
+    return engine, metrics
+
+
+def full_state_dict(engine, zero_stage: int) -> dict:
+    """The whole model's weights on every rank (ZeRO-3 gathers its partitions)."""
+    if zero_stage == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict()
+
+
+def launch(t, loop: Callable[[dict], None], config: dict, state_path: Path, name: str) -> float:
+    """Runs `loop` on `t.num_workers` Ray Train workers (`t`: a training section of the config)
+    and returns the wall-clock seconds."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    env = {} if t.use_gpu else {"DS_ACCELERATOR": "cpu"}
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):  # where DeepSpeed caches its compiled ops
+        env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=t.use_gpu,
+            resources_per_worker={
+                "GPU" if t.use_gpu else "CPU": 1 if t.use_gpu else t.cpus_per_worker
+            },
+        ),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=f"{name}-{int(time.time())}",
+            storage_path=str((state_path / "ray_train").resolve()),
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+    )
+    t0 = time.time()
+    trainer.fit()
+    return time.time() - t0
