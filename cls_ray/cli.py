@@ -53,7 +53,7 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("version")
     sub.add_parser("rollback", parents=[common], help="return to the previously promoted version")
     bench = sub.add_parser("bench", parents=[common], help="benchmarks")
-    bench.add_argument("which", choices=["rgr", "retrieval", "serve"])
+    bench.add_argument("which", choices=["rgr", "retrieval", "serve", "consolidation"])
     bench.add_argument("--requests", type=int, default=None, help="serve: sessions per load")
     bench.add_argument("--concurrency", type=int, default=None, help="serve: sessions at once")
     bench.add_argument("--per-family", type=int, default=None, help="questions per family")
@@ -230,6 +230,8 @@ def cmd_bench(args, stack) -> dict:
         )
     if args.which == "retrieval":
         return cmd_bench_retrieval(args, stack)
+    if args.which == "consolidation":
+        return cmd_bench_consolidation(args, stack)
     result = bench_rgr(
         stack.world,
         stack.engine,
@@ -381,6 +383,27 @@ def cmd_prm_eval(args, stack) -> dict:
 
     png = plot_prm_eval(result, report.with_suffix(".png"))
     print(f"report: {report}" + (f"; plot: {png}" if png else ""))
+    return result
+
+
+def cmd_bench_consolidation(args, stack) -> dict:
+    from cls_ray.consolidate.sleep import bench_consolidation
+    from cls_ray.prm.model import ProcessRewardModel
+    from cls_ray.prm.pipeline import latest_prm
+
+    cfg = stack.cfg
+    path = latest_prm(cfg)
+    if path is None:
+        raise SystemExit("cls-ray bench consolidation: no trained PRM; run `cls-ray prm train`")
+    _init_ray(cfg, log_to_driver=not args.quiet)
+    result = bench_consolidation(stack, ProcessRewardModel.load(path, cfg.prm.aggregation), print)
+    report = _write_report(cfg, "bench_consolidation", result)
+    print(
+        f"new family {result['new_family_before']:.2f} -> {result['new_family_after']:.2f}; "
+        f"retention {result['retention_before']:.2f} -> {result['retention_after']:.2f}; "
+        f"KL(base||candidate) {result['kl_base_candidate']:.4f}"
+    )
+    print(f"report: {report}")
     return result
 
 

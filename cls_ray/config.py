@@ -184,6 +184,12 @@ class ConsolidateConfig(TrainerConfig):
     replay_ratio: float = Field(0.5, ge=0, lt=1, description="Share of replayed old data.")
     min_r_tau: float = Field(0.5, ge=0, le=1, description="PRM gate on whole trajectories.")
     min_step_score: float = Field(0.5, ge=0, le=1, description="PRM gate on single steps.")
+    retention_tolerance: float = Field(
+        0.02, ge=0, le=1, description="Largest retention drop a promoted candidate may show."
+    )
+    new_per_family: int = Field(20, ge=1, description="bench: sessions per new family.")
+    sample_n: int = Field(16, ge=1, description="bench: best-of-N samples per session.")
+    eval_per_family: int = Field(20, ge=1)
 
 
 class AutoscalingConfig(_Section):

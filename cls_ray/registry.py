@@ -135,6 +135,13 @@ class ModelRegistry:
                 self.history.append(name)
         return v
 
+    def annotate(self, name: str, reason: str) -> ModelVersion:
+        """Records why a version stays what it is (a candidate refused promotion, say)."""
+        with self._change():
+            v = self._get(name)
+            v.reason = reason
+        return v
+
     def rollback(self, reason: str = "rollback") -> ModelVersion:
         """Marks the current version rolled back; the one promoted before it is current again."""
         with self._change():

@@ -1,0 +1,215 @@
+"""One sleep: trusted sessions → f(τ) → PRM gate → LoRA SFT with replay → a candidate version,
+evaluated on the new families and on a frozen retention suite, promoted only if it does not
+forget.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cls_ray.consolidate.extract import extract, gate
+from cls_ray.consolidate.sft import mix, replay_pairs, subplan_pairs, train_sft
+
+logger = logging.getLogger(__name__)
+
+
+def greedy_accuracy(engine, retriever, questions, **rgr_options) -> float:
+    """Share of `questions` greedy RGR answers right."""
+    from cls_ray.rgr import run_rgr
+    from cls_ray.world.verifier import normalize_answer
+
+    if not questions:
+        return float("nan")
+    trajs = run_rgr([q.text for q in questions], engine, retriever, **rgr_options)
+    hits = sum(
+        normalize_answer(t.answer) == normalize_answer(q.answer)
+        for q, t in zip(questions, trajs, strict=True)
+    )
+    return hits / len(questions)
+
+
+def kl_base_candidate(base, candidate, pairs: Sequence[tuple[str, str]]) -> float:
+    """Mean per-token KL(base ‖ candidate) over the target tokens of `pairs` (teacher-forced):
+    how far the candidate moved on the new task's prompts."""
+    import torch
+
+    from cls_ray.model.bootstrap import encode_examples
+
+    if not pairs:
+        return 0.0
+    tok = base.tokenizer
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(pairs), 32):
+            batch = encode_examples(tok, list(pairs[i : i + 32]), 10**6)
+            keep = batch["labels"][:, 1:] != -100
+            lp = torch.log_softmax(
+                base.model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits[
+                    :, :-1
+                ],
+                -1,
+            )
+            lq = torch.log_softmax(
+                candidate.model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits[
+                    :, :-1
+                ],
+                -1,
+            )
+            kl = (lp.exp() * (lp - lq)).sum(-1)
+            total += float(kl[keep].sum())
+            count += int(keep.sum())
+    return total / max(1, count)
+
+
+def sessions_to_pairs(
+    sessions: Sequence[dict],
+    doc_texts: dict[str, str],
+    cfg,
+    world,
+    gated: bool = True,
+) -> tuple[list[tuple[str, str]], dict]:
+    """Supervised pairs from sessions: f(τ), the PRM gate (or none), replay mixed in."""
+    arts = [a for s in sessions for a in extract(s, doc_texts, world.entities.get)]
+    c = cfg.consolidate
+    if gated:
+        good = gate(arts, c.min_r_tau, c.min_step_score)
+    else:  # every subplan, trusted or not (the ungated ablation)
+        good = [a for a in arts if a.kind == "subplan"]
+        for a in arts:
+            if a.kind == "failure":
+                a.kind = "subplan"
+                a.content = {**a.content, "next": a.content["step"]}
+                good.append(a)
+    new = subplan_pairs(good, cfg.model.template)
+    pairs = mix(
+        new, replay_pairs(world, len(new) * 4, cfg.rgr.top_k, c.seed), c.replay_ratio, c.seed
+    )
+    stats = {
+        "sessions": len(sessions),
+        "artifacts": len(arts),
+        "a_good": len(good),
+        "new_pairs": len(new),
+        "pairs": len(pairs),
+        "patterns": sum(a.kind == "pattern" for a in good),
+    }
+    return pairs, stats
+
+
+def evaluate_version(cfg, engine, retriever, new_qs, retention_qs) -> dict:
+    opts = cfg.rgr_options()
+    return {
+        "new_family": greedy_accuracy(engine, retriever, new_qs, **opts),
+        "retention": greedy_accuracy(engine, retriever, retention_qs, **opts),
+    }
+
+
+def decide(before: dict, after: dict, tolerance: float) -> tuple[bool, str]:
+    """Promote only if retention drops by no more than `tolerance`."""
+    drop = before["retention"] - after["retention"]
+    if drop > tolerance:
+        return False, f"retention fell {drop:.3f} (> {tolerance:.3f} allowed)"
+    return True, f"retention change {-drop:+.3f}, new family {after['new_family']:.3f}"
+
+
+def sleep_once(
+    cfg,
+    stack,
+    sessions: Sequence[dict],
+    doc_texts: dict[str, str],
+    new_qs,
+    retention_qs,
+    out: Path | None = None,
+    log: Callable[[str], None] = logger.info,
+    promote: bool = True,
+) -> dict:
+    """Trains a candidate on `sessions`, registers it with its metrics, promotes it if it keeps
+    what the model knew. Returns the report."""
+    from actors.deploy import registry_for
+    from cls_ray.engine.hf import HFEngine
+
+    pairs, data = sessions_to_pairs(sessions, doc_texts, cfg, stack.world)
+    log(
+        f"sleep: {data['sessions']} sessions -> {data['artifacts']} artifacts, A_good "
+        f"{data['a_good']} -> {data['new_pairs']} pairs (+ replay: {data['pairs']})"
+    )
+    reg = registry_for(cfg)
+    current = reg.current()
+    out = out or cfg.state_path / "adapters" / f"sleep-{int(time.time())}"
+    train = train_sft(cfg, pairs, out)
+    log(f"sleep: trained {out.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
+    before = evaluate_version(cfg, stack.engine, stack.retriever, new_qs, retention_qs)
+    cand = HFEngine.from_config(cfg, "candidate", out)
+    after = evaluate_version(cfg, cand, stack.retriever, new_qs, retention_qs)
+    kl = kl_base_candidate(stack.engine, cand, pairs[:256])
+    ok, reason = decide(before, after, cfg.consolidate.retention_tolerance)
+    metrics = {
+        "new_family_before": before["new_family"],
+        "new_family_after": after["new_family"],
+        "retention_before": before["retention"],
+        "retention_after": after["retention"],
+        "kl_base_candidate": kl,
+        "train": train,
+        "data": data,
+    }
+    v = reg.register(str(out), "lora", parent=current.name, metrics=metrics)
+    if ok and promote:
+        reg.promote(v.name, reason=reason)
+    else:
+        reg.annotate(v.name, reason if not ok else f"not promoted (measured only): {reason}")
+    log(f"sleep: {v.name} {'passes' if ok else 'fails'} the retention gate: {reason}")
+    return {
+        **metrics,
+        "version": v.name,
+        "passes_gate": ok,
+        "promoted": ok and promote,
+        "reason": reason,
+    }
+
+
+def sessions_by_best_of_n(stack, prm, questions, n: int, seed: int = 0):
+    """Simulated users' sessions on `questions`: the model samples `n` trajectories with RGR and
+    the PRM keeps the best (the way to find good trajectories for a family the model cannot
+    solve greedily). Returns session dicts (scored) and the texts of every retrieved document."""
+    from cls_ray.prm.best_of_n import rgr_best_of_n
+    from cls_ray.session import Session
+
+    cfg = stack.cfg
+    best = rgr_best_of_n(
+        [q.text for q in questions],
+        stack.engine,
+        stack.retriever,
+        prm.score_many,
+        n,
+        temperature=cfg.prm.sample_temperature,
+        seed=seed,
+        aggregation=cfg.prm.aggregation,
+        **cfg.rgr_options(),
+    )
+    sessions, docs = [], {}
+    for tr, scores, tau in best:
+        s = Session.from_trajectory(tr)
+        s.prm_step_scores, s.r_tau = list(scores), tau
+        sessions.append(s.model_dump())
+        for st in tr.steps:
+            docs.update({d.id: d.text for d in st.retrieved})
+    return sessions, docs
+
+
+def bench_consolidation(stack, prm, log: Callable[[str], None] = logger.info) -> dict:
+    """One sleep on sessions of the held-back family, measured (not promoted)."""
+    cfg, world = stack.cfg, stack.world
+    c = cfg.consolidate
+    train_qs = world.questions("train", world.held_back_families, per_family=c.new_per_family)
+    log(
+        f"bench consolidation: {len(train_qs)} sessions of the held-back family, best of {c.sample_n}"
+    )
+    sessions, docs = sessions_by_best_of_n(stack, prm, train_qs, c.sample_n, c.seed)
+    new_qs = world.questions("heldout", world.held_back_families, per_family=c.eval_per_family)
+    retention_qs = world.questions("heldout", world.trained_families, per_family=c.eval_per_family)
+    result = sleep_once(cfg, stack, sessions, docs, new_qs, retention_qs, log=log, promote=False)
+    result["new_family_questions"] = len(new_qs)
+    result["retention_questions"] = len(retention_qs)
+    return result
