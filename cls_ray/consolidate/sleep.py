@@ -98,19 +98,43 @@ def sessions_to_pairs(
     return pairs, stats
 
 
-def evaluate_version(cfg, engine, retriever, new_qs, retention_qs) -> dict:
+def retention_episodes(world, n: int = 256, k_docs: int = 5, seed: int = 12345):
+    """The frozen step-level retention suite: `n` next-step episodes of the families the model
+    was built on, always the same for a world."""
+    import random
+
+    from cls_ray.world.episodes import EpisodeSampler
+
+    sampler = EpisodeSampler(world, world.trained_families, k_docs)
+    rng = random.Random(seed)
+    return [sampler.sample(rng) for _ in range(n)]
+
+
+def evaluate_version(cfg, engine, retriever, new_qs, retention_qs, episodes=None) -> dict:
+    """Greedy RGR accuracy on the new families and on the retention questions, and grounded
+    next-step accuracy on the retention episodes (more sensitive to small losses)."""
+    from cls_ray.model.bootstrap import greedy_step_accuracy
+
     opts = cfg.rgr_options()
-    return {
+    out = {
         "new_family": greedy_accuracy(engine, retriever, new_qs, **opts),
         "retention": greedy_accuracy(engine, retriever, retention_qs, **opts),
     }
+    if episodes:
+        out["retention_steps"] = greedy_step_accuracy(
+            engine.model, engine.tokenizer, episodes, grounded=True
+        )
+    return out
 
 
 def decide(before: dict, after: dict, tolerance: float) -> tuple[bool, str]:
-    """Promote only if retention drops by no more than `tolerance`."""
+    """Promote only if no retention measure drops by more than `tolerance`."""
+    for key in ("retention", "retention_steps"):
+        if key in before and key in after:
+            drop = before[key] - after[key]
+            if drop > tolerance:
+                return False, f"{key} fell {drop:.3f} (> {tolerance:.3f} allowed)"
     drop = before["retention"] - after["retention"]
-    if drop > tolerance:
-        return False, f"retention fell {drop:.3f} (> {tolerance:.3f} allowed)"
     return True, f"retention change {-drop:+.3f}, new family {after['new_family']:.3f}"
 
 
@@ -140,9 +164,10 @@ def sleep_once(
     out = out or cfg.state_path / "adapters" / f"sleep-{int(time.time())}"
     train = train_sft(cfg, pairs, out)
     log(f"sleep: trained {out.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
-    before = evaluate_version(cfg, stack.engine, stack.retriever, new_qs, retention_qs)
+    episodes = retention_episodes(stack.world, k_docs=cfg.rgr.top_k)
+    before = evaluate_version(cfg, stack.engine, stack.retriever, new_qs, retention_qs, episodes)
     cand = HFEngine.from_config(cfg, "candidate", out)
-    after = evaluate_version(cfg, cand, stack.retriever, new_qs, retention_qs)
+    after = evaluate_version(cfg, cand, stack.retriever, new_qs, retention_qs, episodes)
     kl = kl_base_candidate(stack.engine, cand, pairs[:256])
     ok, reason = decide(before, after, cfg.consolidate.retention_tolerance)
     metrics = {
@@ -150,6 +175,8 @@ def sleep_once(
         "new_family_after": after["new_family"],
         "retention_before": before["retention"],
         "retention_after": after["retention"],
+        "retention_steps_before": before.get("retention_steps"),
+        "retention_steps_after": after.get("retention_steps"),
         "kl_base_candidate": kl,
         "train": train,
         "data": data,
