@@ -104,7 +104,16 @@ def _init_ray(cfg: Config, log_to_driver: bool = False) -> None:
     if cfg.ray.address:
         ray.init(address=cfg.ray.address, log_to_driver=log_to_driver)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
+        for attempt in range(2):  # a loaded machine can miss Ray's start-up deadline once
+            try:
+                ray.init(
+                    num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=log_to_driver
+                )
+                break
+            except RuntimeError:
+                ray.shutdown()
+                if attempt:
+                    raise
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
     except AttributeError:
@@ -336,16 +345,24 @@ def cmd_prm_train(args, stack) -> dict:
     return result
 
 
-def cmd_prm_eval(args, stack) -> dict:
-    from cls_ray.prm.evaluate import best_of_n, step_metrics
+def _load_prm(cfg: Config, command: str):
+    """The newest trained PRM (or `prm.path`), or a message naming the command that needs it."""
     from cls_ray.prm.model import ProcessRewardModel
-    from cls_ray.prm.pipeline import eval_examples, latest_prm
+    from cls_ray.prm.pipeline import latest_prm
 
-    cfg = stack.cfg
     path = latest_prm(cfg)
     if path is None:
-        raise SystemExit("cls-ray prm eval: no trained PRM; run `cls-ray prm train` first")
-    prm = ProcessRewardModel.load(path, cfg.prm.aggregation)
+        raise SystemExit(f"cls-ray {command}: no trained PRM; run `cls-ray prm train` first")
+    return ProcessRewardModel.load(path, cfg.prm.aggregation)
+
+
+def cmd_prm_eval(args, stack) -> dict:
+    from cls_ray.prm.evaluate import best_of_n, step_metrics
+    from cls_ray.prm.pipeline import eval_examples
+
+    cfg = stack.cfg
+    prm = _load_prm(cfg, "prm eval")
+    path = prm.path
     print(f"== PRM {path}: step labels on held-out trajectories")
     examples = eval_examples(stack)
     scores = prm.score_many([(e.prompt, e.completions, e.evidence) for e in examples])
@@ -388,15 +405,11 @@ def cmd_prm_eval(args, stack) -> dict:
 
 def cmd_bench_consolidation(args, stack) -> dict:
     from cls_ray.consolidate.sleep import bench_consolidation
-    from cls_ray.prm.model import ProcessRewardModel
-    from cls_ray.prm.pipeline import latest_prm
 
     cfg = stack.cfg
-    path = latest_prm(cfg)
-    if path is None:
-        raise SystemExit("cls-ray bench consolidation: no trained PRM; run `cls-ray prm train`")
+    prm = _load_prm(cfg, "bench consolidation")
     _init_ray(cfg, log_to_driver=not args.quiet)
-    result = bench_consolidation(stack, ProcessRewardModel.load(path, cfg.prm.aggregation), print)
+    result = bench_consolidation(stack, prm, print)
     report = _write_report(cfg, "bench_consolidation", result)
     print(
         f"new family {result['new_family_before']:.2f} -> {result['new_family_after']:.2f}; "

@@ -176,12 +176,12 @@ class PRMConfig(TrainerConfig):
 class ConsolidateConfig(TrainerConfig):
     """Sleep (LoRA SFT on what the PRM trusts, with replay) and PPO."""
 
-    steps: int = Field(300, ge=1)
+    steps: int = Field(150, ge=1)
     lr: float = Field(2e-3, gt=0)
     warmup: int = Field(20, ge=0)
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1, description="2 x rank forgets least (see ANCHORS.md).")
-    replay_ratio: float = Field(0.5, ge=0, lt=1, description="Share of replayed old data.")
+    replay_ratio: float = Field(0.75, ge=0, lt=1, description="Share of replayed old data.")
     min_r_tau: float = Field(0.5, ge=0, le=1, description="PRM gate on whole trajectories.")
     min_step_score: float = Field(0.5, ge=0, le=1, description="PRM gate on single steps.")
     retention_tolerance: float = Field(
