@@ -60,6 +60,8 @@ def make_parser() -> argparse.ArgumentParser:
     prm = sub.add_parser("prm", parents=[common], help="the process reward model")
     prm.add_argument("action", choices=["train", "eval"])
     prm.add_argument("--steps", type=int, default=None, help="train: optimizer steps")
+    sl = sub.add_parser("sleep", parents=[common], help="consolidate buffered sessions (SFT)")
+    sl.add_argument("--limit", type=int, default=1000, help="sessions to consume at most")
     d = sub.add_parser("demo", parents=[common], help="the main job on the embedded default")
     d.add_argument("--per-family", type=int, default=None, help="bench questions per family")
     return p
@@ -403,6 +405,29 @@ def cmd_prm_eval(args, stack) -> dict:
     return result
 
 
+def cmd_sleep(args, stack) -> dict:
+    from cls_ray.consolidate.sleep import sleep_from_buffer
+
+    cfg = stack.cfg
+    if _stack_up(cfg) and cfg.store_uri.endswith(".db"):
+        raise SystemExit(
+            "cls-ray sleep: the serving stack holds the Milvus Lite file; run `cls-ray down` "
+            "first (or point store.uri at a Milvus server)"
+        )
+    prm = _load_prm(cfg, "sleep")
+    _init_ray(cfg, log_to_driver=not args.quiet)
+    try:
+        result = sleep_from_buffer(stack, prm, args.limit, print)
+    except ValueError as e:
+        raise SystemExit(f"cls-ray sleep: {e}") from None
+    _write_report(cfg, "sleep", result)
+    print(
+        f"{result['version']}: {'promoted' if result['promoted'] else 'kept as a candidate'} "
+        f"({result['reason']})"
+    )
+    return result
+
+
 def cmd_bench_consolidation(args, stack) -> dict:
     from cls_ray.consolidate.sleep import bench_consolidation
 
@@ -620,6 +645,7 @@ COMMANDS = {
     "ask": cmd_ask,
     "bench": cmd_bench,
     "prm": cmd_prm,
+    "sleep": cmd_sleep,
     "demo": cmd_demo,
 }
 

@@ -240,3 +240,42 @@ def bench_consolidation(stack, prm, log: Callable[[str], None] = logger.info) ->
     result["new_family_questions"] = len(new_qs)
     result["retention_questions"] = len(retention_qs)
     return result
+
+
+def sleep_from_buffer(stack, prm, limit: int, log: Callable[[str], None] = logger.info) -> dict:
+    """`cls-ray sleep`: the buffer's unconsumed sessions (scored by the PRM where the serving
+    stack has not yet), one sleep, promotion if the candidate keeps what the model knew. The
+    sessions are acknowledged (consumed) only when the candidate is promoted."""
+    from cls_ray.prm.labels import evidence_for
+    from cls_ray.replay.buffer import ReplayBuffer
+
+    cfg, world = stack.cfg, stack.world
+    buf = ReplayBuffer(cfg.replay_path)
+    taken = [s.model_dump() for s in buf.take(limit)]
+    if not taken:
+        raise ValueError(f"no unconsumed sessions in {cfg.replay_path}")
+    ids = sorted({r["id"] for s in taken for st in s["steps"] for r in st["retrieved"]})
+    doc_texts = stack.store.get(ids)
+    unscored = [s for s in taken if s.get("r_tau") is None]
+    if unscored:
+        items = []
+        for s in unscored:
+            steps = [st["text"] for st in s["steps"]]
+            docs = [[doc_texts.get(r["id"], "") for r in st["retrieved"]] for st in s["steps"]]
+            evidence = [evidence_for(x, d) for x, d in zip(steps, docs, strict=True)]
+            items.append((s["question"], steps, evidence))
+        for s, scores in zip(unscored, prm.score_many(items), strict=True):
+            s["prm_step_scores"], s["r_tau"] = scores, prm.r_tau(scores)
+            buf.set_scores(s["id"], scores, s["r_tau"], Path(prm.path or "prm").name)
+    log(f"sleep: {len(taken)} sessions ({len(unscored)} scored now)")
+    by_text = {q.text: q for q in world.questions("train", per_family=10**6)}
+    by_text.update({q.text: q for q in world.questions("heldout", per_family=10**6)})
+    families = sorted({by_text[s["question"]].family for s in taken if s["question"] in by_text})
+    c = cfg.consolidate
+    new_qs = world.questions("heldout", families, per_family=c.eval_per_family) if families else []
+    retention_qs = world.questions("heldout", world.trained_families, per_family=c.eval_per_family)
+    result = sleep_once(cfg, stack, taken, doc_texts, new_qs, retention_qs, log=log)
+    if result["promoted"]:
+        result["acknowledged"] = buf.ack([s["id"] for s in taken])
+    result["families"] = ["-".join(f) for f in families]
+    return result
