@@ -16,19 +16,24 @@ from cls_ray.consolidate.sft import mix, replay_pairs, subplan_pairs, train_sft
 logger = logging.getLogger(__name__)
 
 
-def greedy_accuracy(engine, retriever, questions, **rgr_options) -> float:
-    """Share of `questions` greedy RGR answers right."""
+def greedy_accuracy(engine, retriever, questions, by_hops: dict | None = None, **rgr_options):
+    """Share of `questions` greedy RGR answers right; `by_hops`, when given, receives the
+    share per number of hops."""
     from cls_ray.rgr import run_rgr
     from cls_ray.world.verifier import normalize_answer
 
     if not questions:
         return float("nan")
     trajs = run_rgr([q.text for q in questions], engine, retriever, **rgr_options)
-    hits = sum(
+    right = [
         normalize_answer(t.answer) == normalize_answer(q.answer)
         for q, t in zip(questions, trajs, strict=True)
-    )
-    return hits / len(questions)
+    ]
+    if by_hops is not None:
+        for h in sorted({q.hops for q in questions}):
+            got = [r for q, r in zip(questions, right, strict=True) if q.hops == h]
+            by_hops[str(h)] = sum(got) / len(got)
+    return sum(right) / len(questions)
 
 
 def kl_base_candidate(base, candidate, pairs: Sequence[tuple[str, str]]) -> float:
@@ -116,8 +121,10 @@ def evaluate_version(cfg, engine, retriever, new_qs, retention_qs, episodes=None
     from cls_ray.model.bootstrap import greedy_step_accuracy
 
     opts = cfg.rgr_options()
+    hops: dict = {}
     out = {
-        "new_family": greedy_accuracy(engine, retriever, new_qs, **opts),
+        "new_family": greedy_accuracy(engine, retriever, new_qs, hops, **opts),
+        "new_family_by_hops": hops,
         "retention": greedy_accuracy(engine, retriever, retention_qs, **opts),
     }
     if episodes:
@@ -173,6 +180,8 @@ def sleep_once(
     metrics = {
         "new_family_before": before["new_family"],
         "new_family_after": after["new_family"],
+        "new_family_by_hops_before": before["new_family_by_hops"],
+        "new_family_by_hops_after": after["new_family_by_hops"],
         "retention_before": before["retention"],
         "retention_after": after["retention"],
         "retention_steps_before": before.get("retention_steps"),
