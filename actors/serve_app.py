@@ -492,6 +492,8 @@ class Ingress:
                 for i in range(len(reqs))
             ]
             trajs, scored = [trajs[j] for j in best], [scored[j] for j in best]
+        elif self.scorer is not None and any(r["score"] for r in reqs):
+            scored = await self._score(trajs)  # asked for: stored and returned with the session
         sessions = []
         for tr, sc in zip(trajs, scored, strict=True):
             tr.model_version = version
@@ -502,17 +504,11 @@ class Ingress:
             sessions.append(session)
         # Acknowledged only once durable: the buffer fsyncs before it answers.
         await asyncio.gather(*(self.buffer.add.remote(s.model_dump()) for s in sessions))
-        unscored = [k for k, sc in enumerate(scored) if sc is None]
-        if self.scorer is not None and unscored:
-            job = self._score_and_store(
-                [trajs[k] for k in unscored], [sessions[k] for k in unscored]
-            )
-            if any(r["score"] for r in reqs):
-                await job  # asked for: the response carries the scores
-            else:  # off the critical path: the buffer gets the scores when they are ready
-                task = asyncio.create_task(job)
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+        if self.scorer is not None and scored[0] is None:
+            # Off the critical path: the buffer gets the scores when they are ready.
+            task = asyncio.create_task(self._score_and_store(trajs, [s.id for s in sessions]))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         for i, tr, session in zip(idx, trajs, sessions, strict=True):
             out[i] = {
                 "session_id": session.id,
@@ -546,21 +542,18 @@ class Ingress:
             )
         )
 
-    async def _score_and_store(self, trajs, sessions) -> None:
-        """PRM scores for stored sessions, written to the buffer (and onto `sessions`)."""
+    async def _score_and_store(self, trajs, session_ids: list[str]) -> None:
+        """PRM scores for stored sessions, written to the buffer."""
         try:
             got = await self._score(trajs)
-            for session, sc in zip(sessions, got, strict=True):
-                session.prm_step_scores, session.r_tau = sc["scores"], sc["r_tau"]
-                session.prm_version = sc["prm"]
             await asyncio.gather(
                 *(
-                    self.buffer.set_scores.remote(s.id, s.prm_step_scores, s.r_tau, s.prm_version)
-                    for s in sessions
+                    self.buffer.set_scores.remote(sid, sc["scores"], sc["r_tau"], sc["prm"])
+                    for sid, sc in zip(session_ids, got, strict=True)
                 )
             )
         except Exception:  # noqa: BLE001 - scoring is best effort; the session is already safe
-            logger.exception("scoring %d sessions failed", len(sessions))
+            logger.exception("scoring %d sessions failed", len(session_ids))
 
     def _admin(self, key: str | None) -> None:
         check_admin_key(self.cfg.serve.admin_key_env, key)

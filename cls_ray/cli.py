@@ -381,7 +381,6 @@ def cmd_prm_eval(args, stack) -> dict:
     print(f"== best-of-N on {len(qs)} held-out questions, N in {cfg.prm.best_of_n}")
     rows = best_of_n(
         prm,
-        world,
         qs,
         stack.engine,
         stack.retriever,

@@ -102,6 +102,16 @@ def _tokens(text: str) -> Counter:
     return Counter(re.findall(r"\w+", text.lower()))
 
 
+def overlap_f1(a: str, b: str) -> float:
+    """Token-overlap F1 of two texts (lower-cased words, with multiplicity)."""
+    at, bt = _tokens(a), _tokens(b)
+    common = sum((at & bt).values())
+    if not common:
+        return 0.0
+    p, r = common / sum(at.values()), common / sum(bt.values())
+    return 2 * p * r / (p + r)
+
+
 def cite(step: str, docs: Sequence[str], min_overlap: float = 0.6) -> list[int]:
     """Indexes into `docs` of the documents a step cites.
 
@@ -114,18 +124,10 @@ def cite(step: str, docs: Sequence[str], min_overlap: float = 0.6) -> list[int]:
     marked = sorted({i for i in marked if 0 <= i < len(docs)})
     if marked or parse_answer(step) is not None:
         return marked
-    st = _tokens(_CITE_RE.sub("", step))
-    if not st or not docs:
+    text = _CITE_RE.sub("", step)
+    if not _tokens(text) or not docs:
         return []
-    scores = []
-    for d in docs:
-        dt = _tokens(d)
-        common = sum((st & dt).values())
-        if not common:
-            scores.append(0.0)
-            continue
-        p, r = common / sum(st.values()), common / sum(dt.values())
-        scores.append(2 * p * r / (p + r))
+    scores = [overlap_f1(text, d) for d in docs]
     best = max(scores)
     if best < min_overlap:
         return []

@@ -74,20 +74,11 @@ def sessions_to_pairs(
     doc_texts: dict[str, str],
     cfg,
     world,
-    gated: bool = True,
 ) -> tuple[list[tuple[str, str]], dict]:
-    """Supervised pairs from sessions: f(τ), the PRM gate (or none), replay mixed in."""
+    """Supervised pairs from sessions: f(τ), the PRM gate, replay mixed in."""
     arts = [a for s in sessions for a in extract(s, doc_texts, world.entities.get)]
     c = cfg.consolidate
-    if gated:
-        good = gate(arts, c.min_r_tau, c.min_step_score)
-    else:  # every subplan, trusted or not (the ungated ablation)
-        good = [a for a in arts if a.kind == "subplan"]
-        for a in arts:
-            if a.kind == "failure":
-                a.kind = "subplan"
-                a.content = {**a.content, "next": a.content["step"]}
-                good.append(a)
+    good = gate(arts, c.min_r_tau, c.min_step_score)
     new = subplan_pairs(good, cfg.model.template)
     pairs = mix(
         new, replay_pairs(world, len(new) * 4, cfg.rgr.top_k, c.seed), c.replay_ratio, c.seed

@@ -53,7 +53,7 @@ def step_metrics(
     first_ok = 0
     taus, correct = [], []
     for ex, sc in zip(examples, scores, strict=True):
-        labels = [lab for lab in ex.labels]
+        labels = ex.labels
         for lab, s in zip(labels, sc, strict=True):
             if lab is None:
                 continue
@@ -85,7 +85,6 @@ def step_metrics(
 
 def best_of_n(
     prm,
-    world,
     questions,
     engine,
     retriever,

@@ -23,12 +23,11 @@ answer), so that good and bad steps are both plentiful.
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from cls_ray.steps import answer_step, parse_answer
+from cls_ray.steps import answer_step, overlap_f1, parse_answer
 from cls_ray.world.core import RELATIONS, Question, World
 from cls_ray.world.verifier import normalize_answer, parse_fact, verify_trajectory
 
@@ -55,23 +54,13 @@ class StepExample:
 # ------------------------------------------------------------------------------------------
 # Evidence
 # ------------------------------------------------------------------------------------------
-def _tokens(text: str) -> Counter:
-    return Counter(re.findall(r"\w+", text.lower()))
-
-
 def evidence_for(step: str, docs: Sequence[str], min_overlap: float = 0.5) -> str:
     """The document `step` restates best (token-overlap F1 at least `min_overlap`), else ""."""
     if parse_answer(step) is not None:
         return ""
-    st = _tokens(step)
     best, best_f1 = "", 0.0
     for d in docs:
-        dt = _tokens(d)
-        common = sum((st & dt).values())
-        if not common:
-            continue
-        p, r = common / sum(st.values()), common / sum(dt.values())
-        f1 = 2 * p * r / (p + r)
+        f1 = overlap_f1(step, d)
         if f1 > best_f1:
             best, best_f1 = d, f1
     return best if best_f1 >= min_overlap else ""

@@ -132,11 +132,6 @@ class ProcessRewardModel:
         tok = AutoTokenizer.from_pretrained(str(path / "encoder"))
         return cls(model, tok, meta.get("max_length", 512), aggregation, path=str(path))
 
-    def save(self, path: str | Path, meta: dict | None = None) -> Path:
-        return save_prm(
-            self.model, self.tokenizer, path, {"max_length": self.max_length, **(meta or {})}
-        )
-
     @torch.inference_mode()
     def score_many(
         self, items: Sequence[tuple[str, Sequence[str], Sequence[str] | None]]

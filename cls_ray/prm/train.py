@@ -64,7 +64,6 @@ def train_prm(
     examples: list[StepExample],
     out: str | Path,
     steps: int | None = None,
-    progress: bool = True,
 ) -> dict:
     """Trains on `examples` with Ray Train + DeepSpeed and writes the PRM to `out`. Returns the
     final metrics (loss at the start and the end, steps, seconds)."""
