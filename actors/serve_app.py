@@ -142,6 +142,19 @@ class Retriever:
             )
         return out
 
+    async def plans(self, questions: list[str]) -> list[dict | None]:
+        """The episodic procedure each question follows (see `cls_ray.consolidate.episodic`)."""
+        got = await asyncio.to_thread(self.stack.retriever.plans, questions)
+        return [None if p is None else {"text": p.text} for p in got]
+
+    async def add_patterns(self, texts: list[str]) -> int:
+        """Indexes procedures (their `Pattern.text`) in the episodic collection: the fast path
+        a sleep takes while the retriever replica owns the Milvus Lite file."""
+        from cls_ray.consolidate.episodic import index_patterns, parse_pattern
+
+        pats = [p for p in map(parse_pattern, texts) if p is not None]
+        return await asyncio.to_thread(index_patterns, self.stack.store, self.stack.embedder, pats)
+
     async def add_documents(self, docs: list[dict]) -> int:
         def _add() -> int:
             from cls_ray.memory.ingest import doc_id_for
@@ -226,6 +239,12 @@ class RemoteRetriever:
             }
         ).result()
         return [[RetrievedDoc(d["id"], d["score"], d["text"]) for d in docs] for docs in got]
+
+    def plans(self, questions):
+        from cls_ray.consolidate.episodic import parse_pattern
+
+        got = self.handle.plans.remote(list(questions)).result()
+        return [None if p is None else parse_pattern(p["text"]) for p in got]
 
 
 # ------------------------------------------------------------------------------------------

@@ -114,6 +114,11 @@ class RGRConfig(_Section):
         description="Decode each step inside the grammar 'restate a context document, or "
         "answer from the steps so far' (no garbled copies); false: free generation.",
     )
+    patterns: bool = Field(
+        True,
+        description="Follow episodic procedures (patterns sleep indexed): retrieve with the "
+        "procedure's next step while the steps follow it.",
+    )
 
 
 class IngestConfig(_Section):
@@ -190,6 +195,31 @@ class ConsolidateConfig(TrainerConfig):
     new_per_family: int = Field(20, ge=1, description="bench: sessions per new family.")
     sample_n: int = Field(16, ge=1, description="bench: best-of-N samples per session.")
     eval_per_family: int = Field(20, ge=1)
+    corrupted_share: float = Field(
+        0.3, ge=0, lt=1, description="bench ablation: share of sessions with wrong steps."
+    )
+    # Phase 1, PPO (`cls-ray ppo`)
+    ppo_steps: int = Field(60, ge=1)
+    ppo_lr: float = Field(5e-4, gt=0)
+    ppo_batch_size: int = Field(8, ge=1, description="Trajectories per worker and update.")
+    ppo_kl_beta: float = Field(0.05, ge=0, description="Per-token KL penalty to the reference.")
+    ppo_kl_kind: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="k1 as a reward penalty: k3 explodes where the policy drops a token."
+    )
+    ppo_clip: float = Field(0.2, gt=0)
+    ppo_vf_coef: float = Field(0.5, ge=0)
+    ppo_lam: float = Field(0.95, ge=0, le=1)
+    ppo_tis_cap: float = Field(2.0, ge=1, description="Truncated importance weight cap.")
+    ppo_credit: Literal["sum", "min"] = Field(
+        "min", description="min: each step's return is the worst step still ahead (PURE)."
+    )
+    ppo_reward_offset: float = Field(
+        0.5, description="Step reward = PRM score minus this, so doubtful steps cost."
+    )
+    ppo_fresh_per_family: int = Field(
+        10, ge=0, description="Fresh rollouts per family on replayed questions."
+    )
+    ppo_temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
 
 
 class AutoscalingConfig(_Section):
@@ -281,6 +311,7 @@ class Config(_Section):
             "max_steps": self.rgr.max_steps,
             "exclude_cited": self.rgr.exclude_cited,
             "grounded": self.rgr.grounded,
+            "patterns": self.rgr.patterns,
         }
         opts.update({k: v for k, v in overrides.items() if v is not None})
         return opts

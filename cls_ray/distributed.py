@@ -102,7 +102,7 @@ def deepspeed_steps(
             rng.shuffle(fresh)
             order += fresh
         idx, order = order[: config["batch_size"]], order[config["batch_size"] :]
-        batch = collate([mine[i] for i in idx])
+        batch = to_device(collate([mine[i] for i in idx]), engine.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -133,6 +133,31 @@ def deepspeed_steps(
     metrics["first_loss"] = sum(losses[:10]) / min(10, len(losses))
     metrics["samples"] = steps * config["batch_size"] * world
     return engine, metrics
+
+
+def to_device(batch, device):
+    """Tensors of a (nested) batch moved to `device`."""
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def gathered(engine, zero_stage: int):
+    """A context in which every rank sees whole parameters (ZeRO-3 partitions them); every
+    rank must enter it."""
+    from contextlib import nullcontext
+
+    if zero_stage != 3:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
 
 
 def full_state_dict(engine, zero_stage: int) -> dict:

@@ -118,6 +118,12 @@ class StoreRetriever:
         hits = self.store.search(vectors, list(queries), k, exclude=exclude, kind=self.kind)
         return [[RetrievedDoc(h.id, h.score, h.text) for h in row] for row in hits]
 
+    def plans(self, questions: Sequence[str]) -> list:
+        """The episodic procedure each question has the shape of, or None."""
+        from cls_ray.consolidate.episodic import lookup
+
+        return lookup(self.store, self.embedder, questions)
+
 
 def run_rgr(
     questions: Sequence[str],
@@ -131,12 +137,15 @@ def run_rgr(
     seed: int | None = None,
     grounded: bool = False,
     prefixes: Sequence[Sequence[str]] | None = None,
+    patterns: bool = False,
 ) -> list[Trajectory]:
     """Runs RGR (or a baseline) for all `questions` together; returns one trajectory each.
 
     `grounded` decodes each step inside `grounded_choices` (restate a context document or
     answer from the steps so far), the same for every mode. `prefixes[i]`, when given, are steps
     question i starts from (a rollout from a partial trajectory); `max_steps` counts them.
+    `patterns` (rgr mode, a retriever with `plans`) looks up an episodic procedure per question
+    once and, while the steps follow it, retrieves with its next step (`hint_query`).
     """
     if mode not in ("rgr", "single", "none"):
         raise ValueError(f"unknown mode {mode!r}; expected rgr, single or none")
@@ -147,6 +156,11 @@ def run_rgr(
     context: list[list[RetrievedDoc]] = [[] for _ in questions]
     start = time.perf_counter()
     active = list(range(len(questions)))
+    plans: list = [None] * len(questions)
+    if patterns and mode == "rgr" and hasattr(retriever, "plans"):
+        from cls_ray.consolidate.episodic import hint_query
+
+        plans = retriever.plans(list(questions))
     if prefixes is not None:
         if len(prefixes) != len(questions):
             raise ValueError("prefixes: one list of steps per question")
@@ -163,7 +177,11 @@ def run_rgr(
             break
         # Retrieve: every step in rgr mode, only before the first step in single mode.
         if mode == "rgr" or (mode == "single" and t == 0):
-            queries = [step_query(trajs[i].question, trajs[i].step_texts) for i in active]
+            queries = [
+                (plans[i] and hint_query(plans[i], trajs[i].question, trajs[i].step_texts))
+                or step_query(trajs[i].question, trajs[i].step_texts)
+                for i in active
+            ]
             exclude = (
                 [{c for s in trajs[i].steps for c in s.cited} for i in active]
                 if exclude_cited and mode == "rgr"

@@ -63,7 +63,7 @@ def sft_loop_per_worker(config: dict) -> None:
     import ray.train
     from peft import LoraConfig, get_peft_model
 
-    from cls_ray.distributed import deepspeed_steps
+    from cls_ray.distributed import deepspeed_steps, gathered
     from cls_ray.model.bootstrap import encode_examples
     from cls_ray.model.loading import load_model_and_tokenizer
 
@@ -84,8 +84,9 @@ def sft_loop_per_worker(config: dict) -> None:
         config,
         "sleep sft",
     )
-    if ray.train.get_context().get_world_rank() == 0:
-        save_adapter(engine.module, Path(config["out"]), {**config["meta"], "train": metrics})
+    with gathered(engine, config["zero_stage"]):
+        if ray.train.get_context().get_world_rank() == 0:
+            save_adapter(engine.module, Path(config["out"]), {**config["meta"], "train": metrics})
     ray.train.report(metrics)
 
 

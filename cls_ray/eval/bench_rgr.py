@@ -75,6 +75,7 @@ def bench_rgr(
     max_steps: int = 5,
     exclude_cited: bool = True,
     grounded: bool = True,
+    patterns: bool = False,
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict:
@@ -98,6 +99,7 @@ def bench_rgr(
                 max_steps=max_steps,
                 exclude_cited=exclude_cited,
                 grounded=grounded,
+                patterns=patterns,
             )
             for q, tr in zip(batch, trajs, strict=True):
                 fam = "held_back" if q.held_back else "trained"

@@ -213,6 +213,10 @@ class MilvusStore:
             self._call("upsert", self.name(kind), rows)
         return len(rows)
 
+    def delete(self, ids: Sequence[str], kind: str = "documents") -> None:
+        if ids:
+            self._call("delete", self.name(kind), ids=list(ids))
+
     def count(self, kind: str = "documents") -> int:
         res = self._call("query", self.name(kind), filter="", output_fields=["count(*)"])
         return int(res[0]["count(*)"])

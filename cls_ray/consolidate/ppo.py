@@ -1,0 +1,301 @@
+"""Phase 1, PPO with step-level rewards, on Ray Train workers running DeepSpeed.
+
+Experience is scored trajectories, from two sources in one format: stored sessions (the serving
+engine's behaviour log-probs kept with each step) and fresh RGR rollouts of the current model on
+replayed questions. RGR writes every step from its own prompt (the documents change between
+steps), so a trajectory is a list of (prompt, step) sequences. The worker runs each sequence
+through the actor (the base with a LoRA adapter) and a value head, then lays the step tokens of
+a trajectory end to end: the PRM's step reward sits on each step's last token, every token pays
+the KL penalty to the reference (the same model with the adapter disabled), and GAE runs along
+that stream, so a step's advantage sees the steps after it. The clipped policy loss weights
+stored-session tokens by the truncated importance ratio to the behaviour policy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+class ActorCritic(torch.nn.Module):
+    """The policy (a PEFT model) and a scalar value head on its last hidden state."""
+
+    def __init__(self, policy, hidden_size: int):
+        super().__init__()
+        self.policy = policy
+        self.value_head = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask):
+        out = self.policy(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+        )
+        values = self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype))
+        return out.logits, values.squeeze(-1)
+
+
+def experience_rows(
+    sessions: Sequence[dict],
+    doc_texts: dict[str, str],
+    template: str = "compact",
+    reward_offset: float = 0.5,
+) -> list[dict]:
+    """One row per scored session: (prompt, step) pairs, the step rewards (PRM score minus
+    `reward_offset`, so a step the PRM doubts is penalised), and the behaviour log-probs of each
+    step where the session kept them."""
+    from cls_ray.steps import render_prompt
+
+    rows = []
+    for s in sessions:
+        scores = s.get("prm_step_scores") or []
+        steps = [st["text"] for st in s["steps"]]
+        if not steps or len(scores) != len(steps):
+            continue
+        pairs = []
+        for i, st in enumerate(s["steps"]):
+            docs = [doc_texts.get(r["id"], "") for r in st.get("retrieved") or []]
+            pairs.append((render_prompt(template, None, s["question"], docs, steps[:i]), steps[i]))
+        rows.append(
+            {
+                "pairs": pairs,
+                "rewards": [float(x) - reward_offset for x in scores],
+                "behaviour": [list(st.get("logprobs") or []) for st in s["steps"]],
+            }
+        )
+    return rows
+
+
+def _streams(resp: torch.Tensor, owners: list[tuple[int, int]], n_traj: int):
+    """Index tensors that lay each trajectory's step tokens end to end.
+
+    `resp` (sequences, positions) marks step tokens; `owners[n]` = (trajectory, step) of
+    sequence n. Returns seq/pos index tensors (trajectories, stream length), the stream mask,
+    each step's last stream position (trajectories, steps) and the step mask."""
+    per: list[list[tuple[int, int]]] = [[] for _ in range(n_traj)]
+    ends: list[dict[int, int]] = [{} for _ in range(n_traj)]
+    for n, (j, i) in enumerate(owners):
+        for p in resp[n].nonzero().flatten().tolist():
+            per[j].append((n, p))
+        if per[j]:
+            ends[j][i] = len(per[j]) - 1
+    length = max(1, max(len(p) for p in per))
+    n_steps = max(1, max((max(e) + 1 for e in ends if e), default=1))
+    seq = torch.zeros(n_traj, length, dtype=torch.long)
+    pos = torch.zeros(n_traj, length, dtype=torch.long)
+    mask = torch.zeros(n_traj, length)
+    step_ends = torch.zeros(n_traj, n_steps, dtype=torch.long)
+    step_mask = torch.zeros(n_traj, n_steps)
+    for j, items in enumerate(per):
+        for t, (n, p) in enumerate(items):
+            seq[j, t], pos[j, t], mask[j, t] = n, p, 1.0
+        for i, e in ends[j].items():
+            step_ends[j, i], step_mask[j, i] = e, 1.0
+    return seq, pos, mask, step_ends, step_mask
+
+
+def ppo_loss(model, batch: dict, config: dict) -> tuple[torch.Tensor, dict]:
+    """One PPO update's loss on a batch of trajectories (experience computed here, on-policy
+    for this batch: π_old is the actor before this update)."""
+    from cls_ray.consolidate.ppo_core import (
+        gae,
+        masked_mean,
+        masked_whiten,
+        min_form,
+        place_step_rewards,
+        policy_loss,
+        token_rewards,
+        value_loss,
+    )
+
+    ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    tgt = labels[:, 1:].clamp(min=0)
+    module = model.module if hasattr(model, "module") else model
+    with torch.no_grad(), module.policy.disable_adapter():
+        ref_logits = module.policy(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        ref_lp = torch.log_softmax(ref_logits.float(), -1).gather(-1, tgt[..., None])[..., 0]
+    logits, values = model(ids, attn)
+    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, tgt[..., None])[..., 0]
+    values = values[:, :-1].float()
+    seq, pos, mask, step_ends, step_mask = batch["streams"]
+    s_lp, s_ref, s_v = lp[seq, pos], ref_lp[seq, pos], values[seq, pos]
+    s_beh = batch["behaviour"][seq, pos]
+    rewards = batch["step_rewards"][:, : step_mask.shape[1]]
+    if config.get("credit") == "min":
+        rewards = min_form(rewards, step_mask)
+    placed = place_step_rewards(rewards, step_ends, step_mask, mask.shape[1])
+    with torch.no_grad():
+        old_lp, old_v = s_lp.detach(), s_v.detach()
+        tok_r = token_rewards(placed, old_lp, s_ref, mask, config["kl_beta"], config["kl_kind"])
+        adv, ret = gae(tok_r, old_v, mask, config["gamma"], config["lam"])
+        adv = masked_whiten(adv, mask) * mask
+    has_beh = batch["has_behaviour"][seq, pos] * mask
+    beh = torch.where(has_beh > 0, s_beh, old_lp)
+    pl, stats = policy_loss(s_lp, old_lp, adv, mask, config["clip"], beh, config["tis_cap"])
+    vl = value_loss(s_v, old_v, ret, mask, config["clip"])
+    loss = pl + config["vf_coef"] * vl
+    stats = {
+        "policy_loss": float(pl.detach()),
+        "value_loss": float(vl.detach()),
+        "kl_ref": float(masked_mean(old_lp - s_ref, mask)),
+        **{k: float(v) for k, v in stats.items()},
+    }
+    return loss, stats
+
+
+def collate(tokenizer, rows: list[dict], max_len: int) -> dict:
+    """Trajectory rows → the padded sequences of all their steps plus the stream layout."""
+    from cls_ray.model.bootstrap import encode_examples
+
+    pairs, owners = [], []
+    for j, r in enumerate(rows):
+        for i, p in enumerate(r["pairs"]):
+            pairs.append(tuple(p))
+            owners.append((j, i))
+    batch = encode_examples(tokenizer, pairs, max_len)
+    resp = batch["labels"][:, 1:] != -100
+    behaviour = torch.zeros(resp.shape)
+    has = torch.zeros(resp.shape)
+    for n, (j, i) in enumerate(owners):
+        beh = rows[j]["behaviour"][i] if rows[j].get("behaviour") else []
+        where = resp[n].nonzero().flatten()
+        if beh and len(beh) == len(where):  # kept log-probs line up with the step's tokens
+            behaviour[n, where] = torch.tensor(beh, dtype=behaviour.dtype)
+            has[n, where] = 1.0
+    n_steps = max(len(r["rewards"]) for r in rows)
+    step_rewards = torch.zeros(len(rows), n_steps)
+    for j, r in enumerate(rows):
+        step_rewards[j, : len(r["rewards"])] = torch.tensor(r["rewards"])
+    return {
+        **batch,
+        "streams": _streams(resp, owners, len(rows)),
+        "behaviour": behaviour,
+        "has_behaviour": has,
+        "step_rewards": step_rewards,
+    }
+
+
+def ppo_loop_per_worker(config: dict) -> None:
+    """Runs in every Ray Train worker: actor (LoRA) + value head on DeepSpeed, PPO updates."""
+    import ray.train
+    from peft import LoraConfig, get_peft_model
+
+    from cls_ray.consolidate.sft import save_adapter
+    from cls_ray.distributed import deepspeed_steps, gathered
+    from cls_ray.model.loading import load_model_and_tokenizer
+
+    base, tok = load_model_and_tokenizer(config["base"])
+    lora = LoraConfig(
+        r=config["lora_r"],
+        lora_alpha=config["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    model = ActorCritic(get_peft_model(base, lora), base.config.hidden_size)
+    last: dict = {}
+
+    def loss_fn(engine, batch):
+        loss, stats = ppo_loss(engine, batch, config)
+        last.update(stats)
+        return loss
+
+    engine, metrics = deepspeed_steps(
+        model,
+        config["rows"],
+        lambda rows: collate(tok, rows, config["max_len"]),
+        loss_fn,
+        config,
+        "ppo",
+    )
+    metrics.update(last)
+    with gathered(engine, config["zero_stage"]):
+        if ray.train.get_context().get_world_rank() == 0:
+            out = Path(config["out"])
+            save_adapter(engine.module.policy, out, {**config["meta"], "train": metrics})
+    ray.train.report(metrics)
+
+
+def train_ppo(cfg, rows: list[dict], out: str | Path, steps: int | None = None) -> dict:
+    """PPO of a LoRA adapter on `rows` (see `experience_rows`) through Ray Train + DeepSpeed;
+    writes the adapter to `out` and returns the training metrics."""
+    from cls_ray.distributed import launch, trainer_options
+
+    c = cfg.consolidate
+    if not rows:
+        raise ValueError("no scored trajectories: nothing to learn from")
+    out = Path(out).resolve()
+    n_steps = steps or c.ppo_steps
+    meta = {
+        "method": "ppo",
+        "base": str(cfg.model_path),
+        "trajectories": len(rows),
+        "steps": n_steps,
+        "lora_r": c.lora_r,
+        "lora_alpha": c.lora_alpha,
+        "zero_stage": c.zero_stage,
+        "workers": c.num_workers,
+        "created_at": time.time(),
+    }
+    config = {
+        **trainer_options(c),
+        "lr": c.ppo_lr,
+        "batch_size": c.ppo_batch_size,
+        "rows": list(rows),
+        "base": str(cfg.model_path.resolve()),
+        "lora_r": c.lora_r,
+        "lora_alpha": c.lora_alpha,
+        "max_len": cfg.model.arch.max_position,
+        "steps": n_steps,
+        "out": str(out),
+        "meta": meta,
+        "kl_beta": c.ppo_kl_beta,
+        "kl_kind": c.ppo_kl_kind,
+        "clip": c.ppo_clip,
+        "vf_coef": c.ppo_vf_coef,
+        "gamma": 1.0,
+        "lam": c.ppo_lam,
+        "tis_cap": c.ppo_tis_cap,
+        "credit": c.ppo_credit,
+    }
+    seconds = launch(c, ppo_loop_per_worker, config, cfg.state_path, "ppo")
+    metrics = json.loads((out / "consolidation.json").read_text())["train"]
+    return {**metrics, "seconds": seconds, "path": str(out), "trajectories": len(rows)}
+
+
+def fresh_rollouts(stack, prm, questions, temperature: float, seed: int = 0):
+    """Scored RGR rollouts of the current model on `questions` (the behaviour log-probs kept):
+    session dicts and the texts of what they retrieved."""
+    from cls_ray.prm.labels import evidence_for
+    from cls_ray.rgr import run_rgr
+    from cls_ray.session import Session
+
+    cfg = stack.cfg
+    trajs = run_rgr(
+        [q.text for q in questions],
+        stack.engine,
+        stack.retriever,
+        temperature=temperature,
+        seed=seed,
+        **cfg.rgr_options(),
+    )
+    items = [
+        (
+            t.question,
+            t.step_texts,
+            [evidence_for(s.text, [d.text for d in s.retrieved]) for s in t.steps],
+        )
+        for t in trajs
+    ]
+    sessions, docs = [], {}
+    for t, scores in zip(trajs, prm.score_many(items), strict=True):
+        s = Session.from_trajectory(t).model_dump()
+        s["prm_step_scores"], s["r_tau"] = list(scores), prm.r_tau(scores)
+        sessions.append(s)
+        for st in t.steps:
+            docs.update({d.id: d.text for d in st.retrieved})
+    return sessions, docs
