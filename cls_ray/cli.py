@@ -57,11 +57,18 @@ def make_parser() -> argparse.ArgumentParser:
     bench.add_argument("--requests", type=int, default=None, help="serve: sessions per load")
     bench.add_argument("--concurrency", type=int, default=None, help="serve: sessions at once")
     bench.add_argument("--per-family", type=int, default=None, help="questions per family")
+    bench.add_argument(
+        "--no-ablation", action="store_true", help="consolidation: skip the ablation arms"
+    )
     prm = sub.add_parser("prm", parents=[common], help="the process reward model")
     prm.add_argument("action", choices=["train", "eval"])
     prm.add_argument("--steps", type=int, default=None, help="train: optimizer steps")
     sl = sub.add_parser("sleep", parents=[common], help="consolidate buffered sessions (SFT)")
     sl.add_argument("--limit", type=int, default=1000, help="sessions to consume at most")
+    pp = sub.add_parser(
+        "ppo", parents=[common], help="PPO on buffered sessions and fresh rollouts (step rewards)"
+    )
+    pp.add_argument("--limit", type=int, default=1000, help="sessions to consume at most")
     d = sub.add_parser("demo", parents=[common], help="the main job on the embedded default")
     d.add_argument("--per-family", type=int, default=None, help="bench questions per family")
     return p
@@ -408,18 +415,19 @@ def cmd_sleep(args, stack) -> dict:
     from cls_ray.consolidate.sleep import sleep_from_buffer
 
     cfg = stack.cfg
+    method = "ppo" if args.command == "ppo" else "sft"
     if _stack_up(cfg) and cfg.store_uri.endswith(".db"):
         raise SystemExit(
-            "cls-ray sleep: the serving stack holds the Milvus Lite file; run `cls-ray down` "
-            "first (or point store.uri at a Milvus server)"
+            f"cls-ray {args.command}: the serving stack holds the Milvus Lite file; run "
+            "`cls-ray down` first (or point store.uri at a Milvus server)"
         )
-    prm = _load_prm(cfg, "sleep")
+    prm = _load_prm(cfg, args.command)
     _init_ray(cfg, log_to_driver=not args.quiet)
     try:
-        result = sleep_from_buffer(stack, prm, args.limit, print)
+        result = sleep_from_buffer(stack, prm, args.limit, print, method=method)
     except ValueError as e:
-        raise SystemExit(f"cls-ray sleep: {e}") from None
-    _write_report(cfg, "sleep", result)
+        raise SystemExit(f"cls-ray {args.command}: {e}") from None
+    _write_report(cfg, args.command, result)
     print(
         f"{result['version']}: {'promoted' if result['promoted'] else 'kept as a candidate'} "
         f"({result['reason']})"
@@ -433,13 +441,18 @@ def cmd_bench_consolidation(args, stack) -> dict:
     cfg = stack.cfg
     prm = _load_prm(cfg, "bench consolidation")
     _init_ray(cfg, log_to_driver=not args.quiet)
-    result = bench_consolidation(stack, prm, print)
+    result = bench_consolidation(stack, prm, print, arms=not args.no_ablation)
     report = _write_report(cfg, "bench_consolidation", result)
     print(
         f"new family {result['new_family_before']:.2f} -> {result['new_family_after']:.2f}; "
         f"retention {result['retention_before']:.2f} -> {result['retention_after']:.2f}; "
         f"KL(base||candidate) {result['kl_base_candidate']:.4f}"
     )
+    for row in result.get("ablation", []):
+        print(
+            f"  {row['arm']:<18} new family {row['new_family_after']:.2f}  "
+            f"retention {row['retention_after']:.2f}"
+        )
     print(f"report: {report}")
     return result
 
@@ -645,6 +658,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "prm": cmd_prm,
     "sleep": cmd_sleep,
+    "ppo": cmd_sleep,
     "demo": cmd_demo,
 }
 

@@ -267,18 +267,18 @@ def train_ppo(cfg, rows: list[dict], out: str | Path, steps: int | None = None) 
     return {**metrics, "seconds": seconds, "path": str(out), "trajectories": len(rows)}
 
 
-def fresh_rollouts(stack, prm, questions, temperature: float, seed: int = 0):
-    """Scored RGR rollouts of the current model on `questions` (the behaviour log-probs kept):
-    session dicts and the texts of what they retrieved."""
+def fresh_rollouts(stack, prm, questions, temperature: float, seed: int = 0, retriever=None):
+    """Scored RGR rollouts of the current model on `questions` (texts; the behaviour log-probs
+    kept): session dicts and the texts of what they retrieved."""
     from cls_ray.prm.labels import evidence_for
     from cls_ray.rgr import run_rgr
     from cls_ray.session import Session
 
     cfg = stack.cfg
     trajs = run_rgr(
-        [q.text for q in questions],
+        list(questions),
         stack.engine,
-        stack.retriever,
+        retriever or stack.retriever,
         temperature=temperature,
         seed=seed,
         **cfg.rgr_options(),

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from cls_ray.consolidate.extract import extract, gate
 from cls_ray.consolidate.sft import mix, replay_pairs, subplan_pairs, train_sft
@@ -69,21 +70,48 @@ def kl_base_candidate(base, candidate, pairs: Sequence[tuple[str, str]]) -> floa
     return total / max(1, count)
 
 
+GateMode = Literal["prm", "none", "outcome"]
+
+
 def sessions_to_pairs(
     sessions: Sequence[dict],
     doc_texts: dict[str, str],
     cfg,
     world,
-) -> tuple[list[tuple[str, str]], dict]:
-    """Supervised pairs from sessions: f(τ), the PRM gate, replay mixed in."""
-    arts = [a for s in sessions for a in extract(s, doc_texts, world.entities.get)]
+    gate_mode: GateMode = "prm",
+    gold: dict[str, str] | None = None,
+) -> tuple[list[tuple[str, str]], dict, list]:
+    """Supervised pairs from sessions: f(τ), a gate, replay mixed in. Returns the pairs, their
+    counts and A_good.
+
+    `gate_mode` "prm" keeps what the PRM trusts (the system's gate); "none" keeps every step;
+    "outcome" keeps every step of the sessions whose answer matched `gold` (question → answer),
+    ignoring the steps (the ablation's baselines)."""
+    from cls_ray.world.verifier import normalize_answer
+
     c = cfg.consolidate
-    good = gate(arts, c.min_r_tau, c.min_step_score)
+    if gate_mode == "outcome":
+        gold = gold or {}
+        sessions = [
+            s
+            for s in sessions
+            if s["question"] in gold
+            and normalize_answer(s.get("answer") or "") == normalize_answer(gold[s["question"]])
+        ]
+    floor = c.min_step_score if gate_mode == "prm" else 0.0
+    arts = [
+        a for s in sessions for a in extract(s, doc_texts, world.entities.get, min_step_score=floor)
+    ]
+    if gate_mode == "prm":
+        good = gate(arts, c.min_r_tau, c.min_step_score)
+    else:
+        good = gate(arts, 0.0, 0.0)
     new = subplan_pairs(good, cfg.model.template)
     pairs = mix(
         new, replay_pairs(world, len(new) * 4, cfg.rgr.top_k, c.seed), c.replay_ratio, c.seed
     )
     stats = {
+        "gate": gate_mode,
         "sessions": len(sessions),
         "artifacts": len(arts),
         "a_good": len(good),
@@ -91,7 +119,33 @@ def sessions_to_pairs(
         "pairs": len(pairs),
         "patterns": sum(a.kind == "pattern" for a in good),
     }
-    return pairs, stats
+    return pairs, stats, good
+
+
+def score_sessions(prm, sessions: Sequence[dict], doc_texts: dict[str, str]) -> list[dict]:
+    """Sets the PRM's step scores and R(τ) on every session that has none; returns those."""
+    from cls_ray.prm.labels import evidence_for
+
+    unscored = [s for s in sessions if s.get("r_tau") is None]
+    if not unscored:
+        return []
+    items = []
+    for s in unscored:
+        steps = [st["text"] for st in s["steps"]]
+        docs = [[doc_texts.get(r["id"], "") for r in st["retrieved"]] for st in s["steps"]]
+        evidence = [evidence_for(x, d) for x, d in zip(steps, docs, strict=True)]
+        items.append((s["question"], steps, evidence))
+    for s, scores in zip(unscored, prm.score_many(items), strict=True):
+        s["prm_step_scores"], s["r_tau"] = list(scores), prm.r_tau(scores)
+        s["prm_version"] = Path(prm.path or "prm").name
+    return unscored
+
+
+def question_index(world) -> dict:
+    """Question text → the world's question, for every family and split."""
+    out = {q.text: q for q in world.questions("train", per_family=10**6)}
+    out.update({q.text: q for q in world.questions("heldout", per_family=10**6)})
+    return out
 
 
 def retention_episodes(world, n: int = 256, k_docs: int = 5, seed: int = 12345):
@@ -106,12 +160,15 @@ def retention_episodes(world, n: int = 256, k_docs: int = 5, seed: int = 12345):
     return [sampler.sample(rng) for _ in range(n)]
 
 
-def evaluate_version(cfg, engine, retriever, new_qs, retention_qs, episodes=None) -> dict:
+def evaluate_version(
+    cfg, engine, retriever, new_qs, retention_qs, episodes=None, patterns: bool = False
+) -> dict:
     """Greedy RGR accuracy on the new families and on the retention questions, and grounded
-    next-step accuracy on the retention episodes (more sensitive to small losses)."""
+    next-step accuracy on the retention episodes (more sensitive to small losses). `patterns`
+    lets RGR follow episodic procedures (off: what the weights alone do)."""
     from cls_ray.model.bootstrap import greedy_step_accuracy
 
-    opts = cfg.rgr_options()
+    opts = {**cfg.rgr_options(), "patterns": patterns}
     hops: dict = {}
     out = {
         "new_family": greedy_accuracy(engine, retriever, new_qs, hops, **opts),
@@ -136,6 +193,35 @@ def decide(before: dict, after: dict, tolerance: float) -> tuple[bool, str]:
     return True, f"retention change {-drop:+.3f}, new family {after['new_family']:.3f}"
 
 
+Method = Literal["sft", "ppo"]
+
+
+def train_candidate(cfg, method: Method, sessions, doc_texts, pairs, out: Path, log) -> dict:
+    """The slow path: an adapter trained on the gated pairs (SFT) or on the scored sessions'
+    step rewards (PPO)."""
+    if method == "ppo":
+        from cls_ray.consolidate.ppo import experience_rows, train_ppo
+
+        c = cfg.consolidate
+        rows = experience_rows(sessions, doc_texts, cfg.model.template, c.ppo_reward_offset)
+        log(f"ppo: {len(rows)} scored trajectories")
+        return train_ppo(cfg, rows, out)
+    return train_sft(cfg, pairs, out)
+
+
+def fast_path(retriever, stack, good) -> list:
+    """Indexes the procedures of A_good in the episodic collection (through the serving
+    retriever when it is given, so the very next request follows them); returns them."""
+    from cls_ray.consolidate.episodic import fold_patterns, index_patterns
+
+    pats = fold_patterns(good)
+    if hasattr(retriever, "add_patterns"):
+        retriever.add_patterns([p.text for p in pats])
+    else:
+        index_patterns(stack.store, stack.embedder, pats)
+    return pats
+
+
 def sleep_once(
     cfg,
     stack,
@@ -146,31 +232,48 @@ def sleep_once(
     out: Path | None = None,
     log: Callable[[str], None] = logger.info,
     promote: bool = True,
+    method: Method = "sft",
+    retriever=None,
+    index: bool = True,
 ) -> dict:
     """Trains a candidate on `sessions`, registers it with its metrics, promotes it if it keeps
-    what the model knew. Returns the report."""
+    what the model knew. Returns the report.
+
+    Before any weight changes, the procedures of A_good go to the episodic collection (the fast
+    path, `index`); the candidate is then measured on what its weights alone do. `retriever`
+    (default: the stack's) is how memory is read, e.g. through the serving deployment."""
     from actors.deploy import registry_for
     from cls_ray.engine.hf import HFEngine
 
-    pairs, data = sessions_to_pairs(sessions, doc_texts, cfg, stack.world)
+    retriever = retriever or stack.retriever
+    pairs, data, good = sessions_to_pairs(sessions, doc_texts, cfg, stack.world)
     log(
         f"sleep: {data['sessions']} sessions -> {data['artifacts']} artifacts, A_good "
         f"{data['a_good']} -> {data['new_pairs']} pairs (+ replay: {data['pairs']})"
     )
     reg = registry_for(cfg)
     current = reg.current()
-    out = out or cfg.state_path / "adapters" / f"sleep-{int(time.time())}"
-    train = train_sft(cfg, pairs, out)
-    log(f"sleep: trained {out.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
     episodes = retention_episodes(stack.world, k_docs=cfg.rgr.top_k)
-    before = evaluate_version(cfg, stack.engine, stack.retriever, new_qs, retention_qs, episodes)
+    before = evaluate_version(cfg, stack.engine, retriever, new_qs, retention_qs, episodes)
+    fast = None
+    if index:
+        pats = fast_path(retriever, stack, good)
+        fast = greedy_accuracy(
+            stack.engine, retriever, new_qs, **{**cfg.rgr_options(), "patterns": True}
+        )
+        log(f"sleep: {len(pats)} procedures indexed; new family with them {fast:.3f}")
+    out = out or cfg.state_path / "adapters" / f"{method}-{int(time.time())}"
+    train = train_candidate(cfg, method, sessions, doc_texts, pairs, out, log)
+    log(f"sleep: trained {out.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
     cand = HFEngine.from_config(cfg, "candidate", out)
-    after = evaluate_version(cfg, cand, stack.retriever, new_qs, retention_qs, episodes)
+    after = evaluate_version(cfg, cand, retriever, new_qs, retention_qs, episodes)
     kl = kl_base_candidate(stack.engine, cand, pairs[:256])
     ok, reason = decide(before, after, cfg.consolidate.retention_tolerance)
     metrics = {
+        "method": method,
         "new_family_before": before["new_family"],
         "new_family_after": after["new_family"],
+        "new_family_fast_path": fast,
         "new_family_by_hops_before": before["new_family_by_hops"],
         "new_family_by_hops_after": after["new_family_by_hops"],
         "retention_before": before["retention"],
@@ -225,8 +328,169 @@ def sessions_by_best_of_n(stack, prm, questions, n: int, seed: int = 0):
     return sessions, docs
 
 
-def bench_consolidation(stack, prm, log: Callable[[str], None] = logger.info) -> dict:
-    """One sleep on sessions of the held-back family, measured (not promoted)."""
+def corrupt_sessions(sessions: Sequence[dict], world, share: float, top_k: int, seed: int = 0):
+    """Copies of `sessions` in which `share` of them follow a wrong chain that still reaches a
+    plausible answer: half keep the right answer (right for the wrong reasons), half end on the
+    wrong chain's answer. A wrong step that is a world fact retrieved its own document (it looks
+    grounded). Corrupted sessions carry no scores and no behaviour log-probs. Returns the
+    sessions, the texts of the documents added, and how many were corrupted."""
+    import copy
+    import random
+
+    from cls_ray.prm.labels import Corruptor
+    from cls_ray.steps import answer_step, parse_answer
+
+    rng = random.Random(seed)
+    index = question_index(world)
+    corruptor = Corruptor(world)
+    facts = {d.text: d for d in world.documents}
+    out = [copy.deepcopy(s) for s in sessions]
+    chosen = rng.sample(range(len(out)), round(share * len(out)))
+    docs: dict[str, str] = {}
+    n = 0
+    for j in chosen:
+        s, q = out[j], index.get(out[j]["question"])
+        if q is None:
+            continue
+        kinds = ["wrong_entity", "wrong_relation", "wrong_object", "skipped_hop"]
+        rng.shuffle(kinds)
+        steps = next((x for k in kinds if (x := corruptor.corrupt(q, k, rng))), None)
+        if steps is None:
+            continue
+        if n % 2 == 0:
+            steps = steps[:-1] + [answer_step(q.answer)]
+        n += 1
+        old = s["steps"]
+        new_steps = []
+        for i, text in enumerate(steps):
+            prior = old[min(i, len(old) - 1)]["retrieved"] if old else []
+            doc = facts.get(text)
+            retrieved = [{"id": doc.id, "score": 1.0}] if doc else []
+            retrieved += [r for r in prior if not doc or r["id"] != doc.id]
+            if doc:
+                docs[doc.id] = doc.text
+            new_steps.append(
+                {
+                    "text": text,
+                    "query": None,
+                    "retrieved": retrieved[:top_k] if parse_answer(text) is None else [],
+                    "cited": [doc.id] if doc else [],
+                    "token_ids": [],
+                    "logprobs": [],
+                    "is_answer": parse_answer(text) is not None,
+                }
+            )
+        s.update(
+            steps=new_steps,
+            answer=parse_answer(steps[-1]),
+            prm_step_scores=None,
+            r_tau=None,
+        )
+    return out, docs, n
+
+
+def ablation(stack, prm, sessions, docs, new_qs, retention_qs, log) -> list[dict]:
+    """The five arms on the same sessions, `consolidate.corrupted_share` of them corrupted:
+    SFT gated by the PRM, SFT on everything, SFT on the sessions whose answer was right, PPO
+    with the PRM's step rewards, and the episodic path alone (procedures in Milvus, no weight
+    change). Every candidate is registered with its metrics, none promoted."""
+    from actors.deploy import registry_for
+    from cls_ray.engine.hf import HFEngine
+
+    cfg, world = stack.cfg, stack.world
+    c = cfg.consolidate
+    mixed, more, n_bad = corrupt_sessions(sessions, world, c.corrupted_share, cfg.rgr.top_k, c.seed)
+    docs = {**docs, **more}
+    score_sessions(prm, mixed, docs)
+    gold = {q.text: q.answer for q in question_index(world).values()}
+    log(f"ablation: {n_bad} of {len(mixed)} sessions corrupted and scored by the PRM")
+    episodes = retention_episodes(world, k_docs=cfg.rgr.top_k)
+    reg = registry_for(cfg)
+    rows = []
+    stamp = int(time.time())
+    for arm, method, gate_mode in (
+        ("sft_prm_gated", "sft", "prm"),
+        ("sft_ungated", "sft", "none"),
+        ("sft_outcome_only", "sft", "outcome"),
+        ("ppo_step_rewards", "ppo", "prm"),
+    ):
+        pairs, data, _ = sessions_to_pairs(mixed, docs, cfg, world, gate_mode, gold)
+        log(f"ablation {arm}: {data['new_pairs']} pairs from {data['sessions']} sessions")
+        out = cfg.state_path / "adapters" / f"ablation-{stamp}-{arm}"
+        train = train_candidate(cfg, method, mixed, docs, pairs, out, log)
+        cand = HFEngine.from_config(cfg, arm, out)
+        after = evaluate_version(cfg, cand, stack.retriever, new_qs, retention_qs, episodes)
+        row = {
+            "arm": arm,
+            "new_family_after": after["new_family"],
+            "retention_after": after["retention"],
+            "retention_steps_after": after.get("retention_steps"),
+            "new_family_by_hops_after": after["new_family_by_hops"],
+            "pairs": data["new_pairs"],
+            "loss": train["loss"],
+        }
+        v = reg.register(str(out), "lora", parent=reg.current().name, metrics=row)
+        reg.annotate(v.name, f"ablation arm {arm} (measured only)")
+        rows.append({**row, "version": v.name})
+        log(
+            f"ablation {arm}: new family {row['new_family_after']:.3f}, retention "
+            f"{row['retention_after']:.3f}"
+        )
+    _, data, good = sessions_to_pairs(mixed, docs, cfg, world, "prm")
+    with scratch_procedures(stack) as retriever:
+        pats = fast_path(retriever, stack, good)
+        after = evaluate_version(
+            cfg, stack.engine, retriever, new_qs, retention_qs, episodes, patterns=True
+        )
+    rows.append(
+        {
+            "arm": "episodic_only",
+            "new_family_after": after["new_family"],
+            "retention_after": after["retention"],
+            "retention_steps_after": after.get("retention_steps"),
+            "new_family_by_hops_after": after["new_family_by_hops"],
+            "procedures": len(pats),
+        }
+    )
+    log(f"ablation episodic_only: new family {after['new_family']:.3f}")
+    return rows
+
+
+class scratch_procedures:  # noqa: N801 (a context manager used like a function)
+    """The episodic collection as it was before the block: procedures a measurement indexes
+    are removed, and those it replaced come back."""
+
+    def __init__(self, stack):
+        self.stack = stack
+
+    def __enter__(self):
+        store = self.stack.store
+        self.before = set(_episodic_ids(store))
+        self.saved = store.get(sorted(self.before), "episodic") if self.before else {}
+        return self.stack.retriever
+
+    def __exit__(self, *exc):
+        from cls_ray.consolidate.episodic import index_patterns, parse_pattern
+
+        store = self.stack.store
+        added = [i for i in _episodic_ids(store) if i not in self.before]
+        store.delete(added, "episodic")
+        pats = [p for p in map(parse_pattern, self.saved.values()) if p is not None]
+        index_patterns(store, self.stack.embedder, pats)
+        return False
+
+
+def _episodic_ids(store) -> list[str]:
+    rows = store._call("query", store.name("episodic"), filter='id != ""', output_fields=["id"])
+    return [r["id"] for r in rows]
+
+
+def bench_consolidation(
+    stack, prm, log: Callable[[str], None] = logger.info, arms: bool = True
+) -> dict:
+    """One sleep on sessions of the held-back family, measured (not promoted), then the
+    ablation arms on the same sessions with some corrupted. The episodic collection is left as
+    it was."""
     cfg, world = stack.cfg, stack.world
     c = cfg.consolidate
     train_qs = world.questions("train", world.held_back_families, per_family=c.new_per_family)
@@ -236,46 +500,77 @@ def bench_consolidation(stack, prm, log: Callable[[str], None] = logger.info) ->
     sessions, docs = sessions_by_best_of_n(stack, prm, train_qs, c.sample_n, c.seed)
     new_qs = world.questions("heldout", world.held_back_families, per_family=c.eval_per_family)
     retention_qs = world.questions("heldout", world.trained_families, per_family=c.eval_per_family)
-    result = sleep_once(cfg, stack, sessions, docs, new_qs, retention_qs, log=log, promote=False)
+    with scratch_procedures(stack):
+        result = sleep_once(
+            cfg, stack, sessions, docs, new_qs, retention_qs, log=log, promote=False
+        )
     result["new_family_questions"] = len(new_qs)
     result["retention_questions"] = len(retention_qs)
+    if arms:
+        result["ablation"] = ablation(stack, prm, sessions, docs, new_qs, retention_qs, log)
     return result
 
 
-def sleep_from_buffer(stack, prm, limit: int, log: Callable[[str], None] = logger.info) -> dict:
-    """`cls-ray sleep`: the buffer's unconsumed sessions (scored by the PRM where the serving
-    stack has not yet), one sleep, promotion if the candidate keeps what the model knew. The
-    sessions are acknowledged (consumed) only when the candidate is promoted."""
-    from cls_ray.prm.labels import evidence_for
+def sleep_from_buffer(
+    stack,
+    prm,
+    limit: int,
+    log: Callable[[str], None] = logger.info,
+    method: Method = "sft",
+    retriever=None,
+) -> dict:
+    """`cls-ray sleep` / `cls-ray ppo`: the buffer's unconsumed sessions (scored by the PRM
+    where the serving stack has not yet), one consolidation, promotion if the candidate keeps
+    what the model knew. The sessions are acknowledged (consumed) only when the candidate is
+    promoted. PPO adds fresh rollouts of the current model on the sessions' questions."""
     from cls_ray.replay.buffer import ReplayBuffer
 
     cfg, world = stack.cfg, stack.world
+    retriever = retriever or stack.retriever
     buf = ReplayBuffer(cfg.replay_path)
     taken = [s.model_dump() for s in buf.take(limit)]
     if not taken:
         raise ValueError(f"no unconsumed sessions in {cfg.replay_path}")
     ids = sorted({r["id"] for s in taken for st in s["steps"] for r in st["retrieved"]})
-    doc_texts = stack.store.get(ids)
-    unscored = [s for s in taken if s.get("r_tau") is None]
-    if unscored:
-        items = []
-        for s in unscored:
-            steps = [st["text"] for st in s["steps"]]
-            docs = [[doc_texts.get(r["id"], "") for r in st["retrieved"]] for st in s["steps"]]
-            evidence = [evidence_for(x, d) for x, d in zip(steps, docs, strict=True)]
-            items.append((s["question"], steps, evidence))
-        for s, scores in zip(unscored, prm.score_many(items), strict=True):
-            s["prm_step_scores"], s["r_tau"] = scores, prm.r_tau(scores)
-            buf.set_scores(s["id"], scores, s["r_tau"], Path(prm.path or "prm").name)
-    log(f"sleep: {len(taken)} sessions ({len(unscored)} scored now)")
-    by_text = {q.text: q for q in world.questions("train", per_family=10**6)}
-    by_text.update({q.text: q for q in world.questions("heldout", per_family=10**6)})
-    families = sorted({by_text[s["question"]].family for s in taken if s["question"] in by_text})
+    doc_texts = _doc_texts(stack, retriever, ids)
+    scored = score_sessions(prm, taken, doc_texts)
+    for s in scored:
+        buf.set_scores(s["id"], s["prm_step_scores"], s["r_tau"], s["prm_version"])
+    log(f"sleep: {len(taken)} sessions ({len(scored)} scored now)")
+    index = question_index(world)
+    families = sorted({index[s["question"]].family for s in taken if s["question"] in index})
     c = cfg.consolidate
     new_qs = world.questions("heldout", families, per_family=c.eval_per_family) if families else []
     retention_qs = world.questions("heldout", world.trained_families, per_family=c.eval_per_family)
-    result = sleep_once(cfg, stack, taken, doc_texts, new_qs, retention_qs, log=log)
+    learn = list(taken)
+    if method == "ppo" and c.ppo_fresh_per_family:
+        from cls_ray.consolidate.ppo import fresh_rollouts
+
+        replayed = world.questions("train", families, per_family=c.ppo_fresh_per_family)
+        fresh, more = fresh_rollouts(
+            stack, prm, [q.text for q in replayed], c.ppo_temperature, c.seed, retriever
+        )
+        doc_texts.update(more)
+        learn += fresh
+        log(f"ppo: {len(fresh)} fresh rollouts on replayed questions")
+    result = sleep_once(
+        cfg,
+        stack,
+        learn,
+        doc_texts,
+        new_qs,
+        retention_qs,
+        log=log,
+        method=method,
+        retriever=retriever,
+    )
     if result["promoted"]:
         result["acknowledged"] = buf.ack([s["id"] for s in taken])
     result["families"] = ["-".join(f) for f in families]
     return result
+
+
+def _doc_texts(stack, retriever, ids: list[str]) -> dict[str, str]:
+    if hasattr(retriever, "get_documents"):
+        return retriever.get_documents(ids)
+    return stack.store.get(ids)

@@ -69,8 +69,13 @@ def test_an_indexed_procedure_guides_the_next_request(tiny_stack):
     assert qs and pats
     opts = {**tiny_stack.cfg.rgr_options(), "patterns": True}
     try:
-        before = run_rgr([q.text for q in qs], tiny_stack.engine, tiny_stack.retriever, **opts)
-        assert [t.steps[0].query for t in before] == [q.text for q in qs]  # no procedure yet
+        before = run_rgr(
+            [q.text for q in qs],
+            tiny_stack.engine,
+            tiny_stack.retriever,
+            **{**opts, "patterns": False},
+        )
+        assert [t.steps[0].query for t in before] == [q.text for q in qs]  # the question itself
         assert index_patterns(store, tiny_stack.embedder, pats) == len(pats)
         plans = tiny_stack.retriever.plans([q.text for q in qs])
         assert all(

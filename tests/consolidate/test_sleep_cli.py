@@ -58,3 +58,103 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
     # Nothing left to consume: a clear message, not a crash.
     with pytest.raises(SystemExit, match="no unconsumed sessions"):
         main(["sleep", "-q", *args])
+
+
+def test_ppo_learns_from_buffered_sessions_and_fresh_rollouts(
+    tiny_state, tiny_stack, tiny_prm, ray_local, tmp_path, capsys
+):
+    """`cls-ray ppo`: stored sessions plus fresh rollouts on replayed questions, PPO on Ray
+    Train, a registered version with its metrics."""
+    from cls_ray.cli import main
+    from cls_ray.config import load_config
+    from cls_ray.registry import ModelRegistry
+    from cls_ray.replay.buffer import ReplayBuffer
+    from cls_ray.rgr import run_rgr
+    from cls_ray.session import Session
+    from tests.conftest import TINY_OVERRIDES
+
+    overrides = [
+        *TINY_OVERRIDES,
+        f"state_dir={tmp_path}",
+        f"model.path={tiny_state['dir'] / 'models' / 'base'}",
+        f"store.uri={tiny_state['dir'] / 'milvus.db'}",
+        f"prm.path={tiny_prm}",
+        "consolidate.ppo_steps=8",
+        "consolidate.ppo_batch_size=4",
+        "consolidate.ppo_fresh_per_family=2",
+        "consolidate.cpus_per_worker=0.5",
+        "consolidate.eval_per_family=2",
+        "consolidate.retention_tolerance=1.0",
+    ]
+    cfg = load_config(None, overrides)
+    world = tiny_stack.world
+    qs = world.questions("train", world.held_back_families[:2], per_family=2)
+    trajs = run_rgr(
+        [q.text for q in qs],
+        tiny_stack.engine,
+        tiny_stack.retriever,
+        temperature=1.0,
+        seed=1,
+        **cfg.rgr_options(),
+    )
+    buf = ReplayBuffer(cfg.replay_path)
+    for tr in trajs:
+        buf.add(Session.from_trajectory(tr))
+    args = [x for o in overrides for x in ("--set", o)]
+    assert main(["ppo", "--json", "-q", *args]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["method"] == "ppo" and out["train"]["step"] == 8
+    assert out["train"]["trajectories"] > len(qs)  # fresh rollouts joined the stored sessions
+    v = ModelRegistry(cfg.state_path / "registry.json").get(out["version"])
+    assert v.metrics["method"] == "ppo" and "kl_base_candidate" in v.metrics
+    assert json.loads((cfg.state_path / "reports" / "ppo.json").read_text())["version"] == v.name
+
+
+def test_bench_consolidation_prints_the_figures_and_every_ablation_arm(
+    tiny_state, tiny_stack, tiny_prm, ray_local, tmp_path, capsys
+):
+    from cls_ray.cli import main
+    from cls_ray.consolidate.sleep import _episodic_ids
+    from tests.conftest import TINY_OVERRIDES
+
+    before = set(_episodic_ids(tiny_stack.store))
+    overrides = [
+        *TINY_OVERRIDES,
+        f"state_dir={tmp_path}",
+        f"model.path={tiny_state['dir'] / 'models' / 'base'}",
+        f"store.uri={tiny_state['dir'] / 'milvus.db'}",
+        f"prm.path={tiny_prm}",
+        "consolidate.steps=6",
+        "consolidate.ppo_steps=4",
+        "consolidate.batch_size=4",
+        "consolidate.ppo_batch_size=2",
+        "consolidate.new_per_family=2",
+        "consolidate.sample_n=2",
+        "consolidate.cpus_per_worker=0.5",
+        "consolidate.eval_per_family=2",
+        "consolidate.min_r_tau=0.0",
+        "consolidate.min_step_score=0.0",
+    ]
+    args = [x for o in overrides for x in ("--set", o)]
+    assert main(["bench", "consolidation", "--json", "-q", *args]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in (
+        "new_family_before",
+        "new_family_after",
+        "retention_before",
+        "retention_after",
+        "kl_base_candidate",
+    ):
+        assert 0 <= out[key] <= (1 if key != "kl_base_candidate" else 100)
+    arms = [r["arm"] for r in out["ablation"]]
+    assert arms == [
+        "sft_prm_gated",
+        "sft_ungated",
+        "sft_outcome_only",
+        "ppo_step_rewards",
+        "episodic_only",
+    ]
+    assert all(0 <= r["new_family_after"] <= 1 for r in out["ablation"])
+    assert out["ablation"][-1]["procedures"] >= 1
+    assert not out["promoted"]
+    assert set(_episodic_ids(tiny_stack.store)) == before  # episodic memory left as it was
