@@ -73,12 +73,15 @@ def app_spec(
 
 
 def start_state_actors(cfg: Config) -> None:
-    """The replay buffer and the registry actors, on this node (it holds the state directory)."""
+    """The replay buffer and the registry actors, on this node (it holds the state directory),
+    and the sleep scheduler."""
     from actors.registry import start_registry
     from actors.replay_buffer import buffer_actor_name, start_replay_buffer
+    from actors.scheduler import start_scheduler
 
     start_replay_buffer(str(cfg.replay_path), buffer_actor_name(cfg.serve.app_name))
     start_registry(str(cfg.state_path / "registry.json"), str(cfg.model_path), cfg.serve.app_name)
+    start_scheduler(cfg)
 
 
 def _client(cfg: Config):
@@ -161,9 +164,9 @@ def deploy(
     return f"http://{cfg.serve.host}:{cfg.serve.port}"
 
 
-def promote(cfg: Config, name: str) -> ModelVersion:
+def promote(cfg: Config, name: str, reason: str = "") -> ModelVersion:
     """Marks `name` promoted in the registry and pushes it to every generator replica."""
-    v = registry_for(cfg).promote(name)
+    v = registry_for(cfg).promote(name, reason=reason)
     deploy(cfg, v)
     return v
 

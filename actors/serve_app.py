@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
@@ -65,6 +66,13 @@ class Generator:
 
     def current_version(self) -> str:
         return self.current
+
+    def replica_version(self) -> dict:
+        """This replica's id and the version it serves (to check a broadcast reached all)."""
+        return {
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "version": self.current,
+        }
 
     @serve.batch(
         max_batch_size=16,
@@ -155,6 +163,9 @@ class Retriever:
         pats = [p for p in map(parse_pattern, texts) if p is not None]
         return await asyncio.to_thread(index_patterns, self.stack.store, self.stack.embedder, pats)
 
+    async def get_documents(self, ids: list[str]) -> dict[str, str]:
+        return await asyncio.to_thread(self.stack.store.get, ids)
+
     async def add_documents(self, docs: list[dict]) -> int:
         def _add() -> int:
             from cls_ray.memory.ingest import doc_id_for
@@ -227,17 +238,27 @@ class RemoteEngine:
 
 
 class RemoteRetriever:
-    def __init__(self, handle):
+    """`Retriever` over the retriever deployment. A call with more queries than the deployment
+    batches at once (`max_group`) is split into groups sent together."""
+
+    def __init__(self, handle, max_group: int | None = None):
         self.handle = handle
+        self.max_group = max_group
 
     def retrieve(self, queries, k, exclude=None):
-        got = self.handle.retrieve.remote(
-            {
-                "queries": list(queries),
-                "k": k,
-                "exclude": [sorted(e) for e in exclude] if exclude else None,
-            }
-        ).result()
+        queries = list(queries)
+        step = self.max_group or max(1, len(queries))
+        calls = [
+            self.handle.retrieve.remote(
+                {
+                    "queries": queries[i : i + step],
+                    "k": k,
+                    "exclude": [sorted(e) for e in exclude[i : i + step]] if exclude else None,
+                }
+            )
+            for i in range(0, len(queries), step)
+        ]
+        got = [docs for call in calls for docs in call.result()]
         return [[RetrievedDoc(d["id"], d["score"], d["text"]) for d in docs] for docs in got]
 
     def plans(self, questions):
@@ -301,6 +322,10 @@ class FeedbackRequest(_Body):
     rating: float | None = Field(None, ge=-1, le=1)
     corrected_steps: list[str] | None = Field(None, max_length=32)
     comment: str | None = Field(None, max_length=4000)
+
+
+class SleepRequest(_Body):
+    method: Literal["sft", "ppo"] | None = Field(None, description="default: the config's")
 
 
 class PromoteRequest(_Body):
@@ -687,6 +712,26 @@ class Ingress:
     async def buffer_stats(self, x_api_key: str | None = Header(None)) -> dict:
         self._admin(x_api_key)
         return await self.buffer.stats.remote()
+
+    def _scheduler(self):
+        from actors.scheduler import scheduler_actor_name
+
+        try:
+            return self._ray.get_actor(scheduler_actor_name(self.cfg.serve.app_name), "cls-ray")
+        except ValueError:
+            raise HTTPException(503, "the sleep scheduler is not running") from None
+
+    @api.post("/admin/sleep")
+    async def sleep(self, body: SleepRequest, x_api_key: str | None = Header(None)) -> dict:
+        """Starts a consolidation now (202-style: it runs in the background); refused while one
+        runs. `GET /admin/sleep` shows the running one and the history."""
+        self._admin(x_api_key)
+        return await self._scheduler().trigger.remote("admin request", body.method)
+
+    @api.get("/admin/sleep")
+    async def sleep_status(self, x_api_key: str | None = Header(None)) -> dict:
+        self._admin(x_api_key)
+        return await self._scheduler().status.remote()
 
     async def _switch(self, change) -> dict:
         """Applies a registry change, then pushes the resulting version to every replica."""

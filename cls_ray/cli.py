@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from cls_ray.config import Config, ConfigError, load_config
@@ -53,7 +54,8 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("version")
     sub.add_parser("rollback", parents=[common], help="return to the previously promoted version")
     bench = sub.add_parser("bench", parents=[common], help="benchmarks")
-    bench.add_argument("which", choices=["rgr", "retrieval", "serve", "consolidation"])
+    bench.add_argument("which", choices=["rgr", "retrieval", "serve", "consolidation", "train"])
+    bench.add_argument("--steps", type=int, default=None, help="train: optimizer steps")
     bench.add_argument("--requests", type=int, default=None, help="serve: sessions per load")
     bench.add_argument("--concurrency", type=int, default=None, help="serve: sessions at once")
     bench.add_argument("--per-family", type=int, default=None, help="questions per family")
@@ -242,6 +244,8 @@ def cmd_bench(args, stack) -> dict:
     cfg = stack.cfg
     if args.which == "serve":  # the retriever replica owns the Milvus file: not opened here
         return cmd_bench_serve(args, stack)
+    if args.which == "train":
+        return cmd_bench_train(args, stack)
     if stack.store.count() == 0:
         raise SystemExit(
             f"cls-ray bench {args.which}: the store is empty; run `cls-ray ingest --world`"
@@ -412,22 +416,20 @@ def cmd_prm_eval(args, stack) -> dict:
 
 
 def cmd_sleep(args, stack) -> dict:
-    from cls_ray.consolidate.sleep import sleep_from_buffer
+    """`cls-ray sleep` / `cls-ray ppo`: through the serving application when it is up (its
+    buffer actor, its retriever, a broadcast on promotion), on the state directory otherwise."""
+    from cls_ray.consolidate.job import run_consolidation
 
     cfg = stack.cfg
     method = "ppo" if args.command == "ppo" else "sft"
-    if _stack_up(cfg) and cfg.store_uri.endswith(".db"):
-        raise SystemExit(
-            f"cls-ray {args.command}: the serving stack holds the Milvus Lite file; run "
-            "`cls-ray down` first (or point store.uri at a Milvus server)"
-        )
-    prm = _load_prm(cfg, args.command)
-    _init_ray(cfg, log_to_driver=not args.quiet)
+    if _stack_up(cfg):
+        _connect_ray(cfg, start=False)
+    else:
+        _init_ray(cfg, log_to_driver=not args.quiet)
     try:
-        result = sleep_from_buffer(stack, prm, args.limit, print, method=method)
+        result = run_consolidation(cfg, method, args.limit, print)
     except ValueError as e:
         raise SystemExit(f"cls-ray {args.command}: {e}") from None
-    _write_report(cfg, args.command, result)
     print(
         f"{result['version']}: {'promoted' if result['promoted'] else 'kept as a candidate'} "
         f"({result['reason']})"
@@ -457,6 +459,24 @@ def cmd_bench_consolidation(args, stack) -> dict:
     return result
 
 
+def cmd_bench_train(args, stack) -> dict:
+    from cls_ray.eval.bench_train import bench_train
+
+    cfg = stack.cfg
+    if not stack.model_ready():
+        raise SystemExit("cls-ray bench train: no model; run `cls-ray bootstrap` first")
+    _init_ray(cfg, log_to_driver=not args.quiet)
+    result = bench_train(stack, args.steps, log=print)
+    report = _write_report(cfg, "bench_train", result)
+    print(
+        f"samples/s: ray + deepspeed {result['samples_per_s_ray']:.1f}, trl "
+        f"{result['samples_per_s_trl']:.1f}, ratio {result['ratio']:.2f}; peak RSS per worker "
+        + ", ".join(f"zero-{k} {v:.0f} MB" for k, v in result["peak_rss_mb_per_worker"].items())
+    )
+    print(f"report: {report}")
+    return result
+
+
 def cmd_bench_retrieval(args, stack) -> dict:
     from cls_ray.eval.bench_retrieval import bench_retrieval, format_retrieval_table
 
@@ -475,21 +495,74 @@ def cmd_bench_retrieval(args, stack) -> dict:
 
 
 def cmd_demo(args, stack) -> dict:
-    """Build the default if needed, ingest the world, answer one question, run the benchmark."""
-    print("== 1/4 bootstrap: the small default model")
+    """The main job: build what is missing, serve simulated users, sleep, promote, measure,
+    report."""
+    import ray
+    from ray import serve
+
+    from actors.deploy import deploy
+    from cls_ray.demo import markdown, plot_demo, run_loop
+    from cls_ray.prm.pipeline import latest_prm
+
+    cfg = stack.cfg
+    t_start = time.time()
+    print("== 1/6 bootstrap: the small default model")
     args.force = False
     cmd_bootstrap(args, stack)
-    print("== 2/4 ingest: the built-in world into Milvus")
-    args.paths, args.world, args.no_ray = [], True, False
+    print("== 2/6 ingest: the built-in world into Milvus")
+    args.paths, args.world, args.no_ray = [], True, True
     cmd_ingest(args, stack)
-    print("== 3/4 ask: one held-out 3-hop question with RGR")
-    args.question, args.mode, args.local = None, "rgr", True
-    json_flag, args.json = args.json, False
-    cmd_ask(args, stack)
-    args.json = json_flag
-    print("== 4/4 bench rgr: RGR vs single-shot RAG vs no retrieval, held-out questions")
-    args.which = "rgr"
-    return cmd_bench(args, stack)
+    # Serving replicas idle while the sleep trains: logical CPUs beyond the cores let both fit.
+    ray_cfg = cfg.model_copy(
+        update={"ray": cfg.ray.model_copy(update={"num_cpus": max(4, cfg.ray.num_cpus or 0)})}
+    )
+    own_ray = not ray.is_initialized()
+    _init_ray(ray_cfg, log_to_driver=not args.quiet)
+    if latest_prm(cfg) is None:
+        print("== 3/6 prm train: the process reward model (Ray Train + DeepSpeed)")
+        args.steps, json_flag, args.json = None, args.json, False
+        cmd_prm_train(args, stack)
+        args.json = json_flag
+    else:
+        print(f"== 3/6 prm: using {latest_prm(cfg)}")
+    # The serving retriever owns the Milvus Lite file from here on.
+    stack.store.close(release=True)
+    for part in ("store", "retriever"):
+        stack.__dict__.pop(part, None)
+    print("== 4/6 serve: the application on Ray Serve")
+    url = deploy(cfg)
+    print(f"   {url}")
+    try:
+        print("== 5/6 users, scores, sleep, promotion, measurement")
+        report = run_loop(cfg, stack.world, url, print)
+    finally:
+        serve.delete(cfg.serve.app_name)
+        serve.shutdown()
+        _stop_state_actors(cfg)
+        if own_ray:
+            ray.shutdown()
+    print("== 6/6 report")
+    out_dir = cfg.state_path / "reports" / "demo"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["seconds"] = time.time() - t_start
+    (out_dir / "demo.json").write_text(json.dumps(report, indent=2))
+    plots = plot_demo(report, out_dir)
+    md = out_dir / "report.md"
+    md.write_text(markdown(report, plots))
+    b, a, s = report["before"], report["after"], report["sleep"]
+    print(f"{'':<26}{'new family':>12}{'old families':>14}")
+    print(
+        f"{'before (' + ', '.join(b['versions']) + ')':<26}{b['new_family']:>12.2f}{b['old_families']:>14.2f}"
+    )
+    print(
+        f"{'after (' + ', '.join(a['versions']) + ')':<26}{a['new_family']:>12.2f}{a['old_families']:>14.2f}"
+    )
+    print(
+        f"retention gate {'passed' if s['passes_gate'] else 'refused'}: {s['reason']}; "
+        f"{s['version']} {'promoted' if s['promoted'] else 'kept as a candidate'}"
+    )
+    print(f"report: {md} ({(time.time() - t_start) / 60:.0f} min)")
+    return {k: v for k, v in report.items() if k != "r_tau"}
 
 
 def _connect_ray(cfg: Config, start: bool) -> bool:
@@ -536,14 +609,16 @@ def cmd_up(args, stack) -> dict:
 
 
 def _stop_state_actors(cfg: Config) -> None:
-    """The buffer and registry actors are detached; their state is on disk, so stopping them
-    loses nothing."""
+    """The buffer, registry and scheduler actors are detached; their state is on disk, so
+    stopping them loses nothing."""
     import ray
 
     from actors.registry import registry_actor_name
     from actors.replay_buffer import buffer_actor_name
+    from actors.scheduler import scheduler_actor_name
 
-    for name in (buffer_actor_name(cfg.serve.app_name), registry_actor_name(cfg.serve.app_name)):
+    app = cfg.serve.app_name
+    for name in (buffer_actor_name(app), registry_actor_name(app), scheduler_actor_name(app)):
         try:
             ray.kill(ray.get_actor(name, namespace="cls-ray"), no_restart=True)
         except ValueError:

@@ -213,6 +213,15 @@ class ConsolidateConfig(TrainerConfig):
     ppo_credit: Literal["sum", "min"] = Field(
         "min", description="min: each step's return is the worst step still ahead (PURE)."
     )
+    ppo_whiten: Literal["full", "scale", "none"] = Field(
+        "scale",
+        description="Advantage normalisation: scale keeps each advantage's sign (the reward "
+        "offset is the baseline); full also subtracts the batch mean.",
+    )
+    ppo_ptx_coef: float = Field(
+        1.0, ge=0, description="Weight of the replay NLL term (PPO-ptx) against forgetting."
+    )
+    ppo_ptx_batch: int = Field(16, ge=1, description="Replayed pairs per worker and update.")
     ppo_reward_offset: float = Field(
         0.5, description="Step reward = PRM score minus this, so doubtful steps cost."
     )
@@ -220,6 +229,17 @@ class ConsolidateConfig(TrainerConfig):
         10, ge=0, description="Fresh rollouts per family on replayed questions."
     )
     ppo_temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
+    # The sleep scheduler (a coordinator actor next to the serving application)
+    auto_sleep: bool = Field(
+        False, description="Start consolidation by itself (threshold, timer); admin always can."
+    )
+    sleep_min_sessions: int = Field(64, ge=1, description="Unconsumed sessions that start one.")
+    sleep_interval_s: float = Field(
+        0.0, ge=0, description="Also start one this often when sessions wait (0: no timer)."
+    )
+    sleep_poll_s: float = Field(5.0, gt=0)
+    sleep_method: Literal["sft", "ppo"] = "sft"
+    sleep_limit: int = Field(1000, ge=1, description="Sessions one consolidation consumes.")
 
 
 class AutoscalingConfig(_Section):

@@ -132,7 +132,23 @@ def deepspeed_steps(
                 ray.train.report(metrics)
     metrics["first_loss"] = sum(losses[:10]) / min(10, len(losses))
     metrics["samples"] = steps * config["batch_size"] * world
+    metrics["peak_rss_mb"] = _peak_rss_mb()
     return engine, metrics
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set, the largest over the ranks."""
+    import resource
+
+    import torch
+    import torch.distributed as dist
+
+    mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if dist.is_available() and dist.is_initialized():
+        t = torch.tensor([mine], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+    return mine
 
 
 def to_device(batch, device):

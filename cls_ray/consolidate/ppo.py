@@ -14,6 +14,7 @@ stored-session tokens by the truncated importance ratio to the behaviour policy.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,10 @@ class ActorCritic(torch.nn.Module):
         out = self.policy(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
         )
-        values = self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype))
+        # The critic reads the actor's features but does not train them: value gradients
+        # through a small shared trunk wreck the language model.
+        hidden = out.hidden_states[-1].detach().to(self.value_head.weight.dtype)
+        values = self.value_head(hidden)
         return out.logits, values.squeeze(-1)
 
 
@@ -44,11 +48,13 @@ def experience_rows(
     doc_texts: dict[str, str],
     template: str = "compact",
     reward_offset: float = 0.5,
+    grounded: bool = True,
 ) -> list[dict]:
     """One row per scored session: (prompt, step) pairs, the step rewards (PRM score minus
-    `reward_offset`, so a step the PRM doubts is penalised), and the behaviour log-probs of each
-    step where the session kept them."""
-    from cls_ray.steps import render_prompt
+    `reward_offset`, so a step the PRM doubts is penalised), the behaviour log-probs of each
+    step where the session kept them, and, for `grounded` decoding, the steps the grammar
+    allowed at each point (the policy being trained is the constrained one)."""
+    from cls_ray.steps import grounded_choices, render_prompt
 
     rows = []
     for s in sessions:
@@ -56,13 +62,16 @@ def experience_rows(
         steps = [st["text"] for st in s["steps"]]
         if not steps or len(scores) != len(steps):
             continue
-        pairs = []
+        pairs, choices = [], []
         for i, st in enumerate(s["steps"]):
             docs = [doc_texts.get(r["id"], "") for r in st.get("retrieved") or []]
             pairs.append((render_prompt(template, None, s["question"], docs, steps[:i]), steps[i]))
+            if grounded:
+                choices.append(grounded_choices(s["question"], docs, steps[:i]))
         rows.append(
             {
                 "pairs": pairs,
+                "choices": choices,
                 "rewards": [float(x) - reward_offset for x in scores],
                 "behaviour": [list(st.get("logprobs") or []) for st in s["steps"]],
             }
@@ -115,11 +124,12 @@ def ppo_loss(model, batch: dict, config: dict) -> tuple[torch.Tensor, dict]:
     ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     tgt = labels[:, 1:].clamp(min=0)
     module = model.module if hasattr(model, "module") else model
+    allowed, temp = batch.get("allowed"), config.get("temperature", 1.0)
     with torch.no_grad(), module.policy.disable_adapter():
         ref_logits = module.policy(input_ids=ids, attention_mask=attn).logits[:, :-1]
-        ref_lp = torch.log_softmax(ref_logits.float(), -1).gather(-1, tgt[..., None])[..., 0]
+        ref_lp = _logprobs(ref_logits, tgt, allowed, temp)
     logits, values = model(ids, attn)
-    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, tgt[..., None])[..., 0]
+    lp = _logprobs(logits[:, :-1], tgt, allowed, temp)
     values = values[:, :-1].float()
     seq, pos, mask, step_ends, step_mask = batch["streams"]
     s_lp, s_ref, s_v = lp[seq, pos], ref_lp[seq, pos], values[seq, pos]
@@ -132,19 +142,74 @@ def ppo_loss(model, batch: dict, config: dict) -> tuple[torch.Tensor, dict]:
         old_lp, old_v = s_lp.detach(), s_v.detach()
         tok_r = token_rewards(placed, old_lp, s_ref, mask, config["kl_beta"], config["kl_kind"])
         adv, ret = gae(tok_r, old_v, mask, config["gamma"], config["lam"])
-        adv = masked_whiten(adv, mask) * mask
+        whiten = config.get("whiten", "full")
+        if whiten == "full":
+            adv = masked_whiten(adv, mask)
+        elif whiten == "scale":  # unit spread, each advantage keeps its sign
+            mean = masked_mean(adv, mask)
+            adv = adv * torch.rsqrt(masked_mean((adv - mean) ** 2, mask) + 1e-8)
+        adv = adv * mask
     has_beh = batch["has_behaviour"][seq, pos] * mask
     beh = torch.where(has_beh > 0, s_beh, old_lp)
     pl, stats = policy_loss(s_lp, old_lp, adv, mask, config["clip"], beh, config["tis_cap"])
     vl = value_loss(s_v, old_v, ret, mask, config["clip"])
     loss = pl + config["vf_coef"] * vl
+    ptx = None
+    if "ptx" in batch and config.get("ptx_coef", 0) > 0:
+        # PPO-ptx: next-step NLL on replayed episodes of what the model knew keeps the policy
+        # from drifting on prompts the KL penalty never sees.
+        p = batch["ptx"]
+        p_logits, _ = model(p["input_ids"], p["attention_mask"])
+        ptx = torch.nn.functional.cross_entropy(
+            p_logits[:, :-1].float().reshape(-1, p_logits.shape[-1]),
+            p["labels"][:, 1:].reshape(-1),
+            ignore_index=-100,
+        )
+        loss = loss + config["ptx_coef"] * ptx
     stats = {
         "policy_loss": float(pl.detach()),
         "value_loss": float(vl.detach()),
         "kl_ref": float(masked_mean(old_lp - s_ref, mask)),
+        **({"ptx_loss": float(ptx.detach())} if ptx is not None else {}),
         **{k: float(v) for k, v in stats.items()},
     }
     return loss, stats
+
+
+def _allowed(tokenizer, rows, owners, labels) -> torch.Tensor:
+    """(sequences, positions, vocab) masks of the tokens grounded decoding allowed where each
+    step token was predicted: the trie of the step's choices, as the engine walks it. Where a
+    step leaves the trie (a step the grammar could not have produced) every token is allowed."""
+    eos = tokenizer.eos_token_id
+    tgt = labels[:, 1:]
+    vocab = len(tokenizer)
+    mask = torch.ones(tgt.shape[0], tgt.shape[1], vocab, dtype=torch.bool)
+    for n, (j, i) in enumerate(owners):
+        opts = rows[j].get("choices") or []
+        if i >= len(opts) or not opts[i]:
+            continue
+        root: dict = {}
+        for seq in tokenizer(list(opts[i]), add_special_tokens=False)["input_ids"]:
+            node = root
+            for t in [*seq, eos]:
+                node = node.setdefault(t, {})
+        node = root
+        for p in (tgt[n] != -100).nonzero().flatten().tolist():
+            token = int(tgt[n, p])
+            if token not in node:
+                break
+            mask[n, p] = False
+            mask[n, p, list(node)] = True
+            node = node[token]
+    return mask
+
+
+def _logprobs(logits: torch.Tensor, tgt: torch.Tensor, allowed, temperature: float):
+    """Log-probs of the taken tokens under the (constrained, tempered) sampling distribution."""
+    x = logits.float() / temperature
+    if allowed is not None:
+        x = x.masked_fill(~allowed, float("-inf"))
+    return torch.log_softmax(x, -1).gather(-1, tgt[..., None])[..., 0]
 
 
 def collate(tokenizer, rows: list[dict], max_len: int) -> dict:
@@ -166,12 +231,18 @@ def collate(tokenizer, rows: list[dict], max_len: int) -> dict:
         if beh and len(beh) == len(where):  # kept log-probs line up with the step's tokens
             behaviour[n, where] = torch.tensor(beh, dtype=behaviour.dtype)
             has[n, where] = 1.0
+    allowed = (
+        _allowed(tokenizer, rows, owners, batch["labels"])
+        if any(r.get("choices") for r in rows)
+        else None
+    )
     n_steps = max(len(r["rewards"]) for r in rows)
     step_rewards = torch.zeros(len(rows), n_steps)
     for j, r in enumerate(rows):
         step_rewards[j, : len(r["rewards"])] = torch.tensor(r["rewards"])
     return {
         **batch,
+        **({"allowed": allowed} if allowed is not None else {}),
         "streams": _streams(resp, owners, len(rows)),
         "behaviour": behaviour,
         "has_behaviour": has,
@@ -186,6 +257,7 @@ def ppo_loop_per_worker(config: dict) -> None:
 
     from cls_ray.consolidate.sft import save_adapter
     from cls_ray.distributed import deepspeed_steps, gathered
+    from cls_ray.model.bootstrap import encode_examples
     from cls_ray.model.loading import load_model_and_tokenizer
 
     base, tok = load_model_and_tokenizer(config["base"])
@@ -198,6 +270,15 @@ def ppo_loop_per_worker(config: dict) -> None:
     )
     model = ActorCritic(get_peft_model(base, lora), base.config.hidden_size)
     last: dict = {}
+    replay = config.get("replay") or []
+    rng = random.Random(config["seed"] + ray.train.get_context().get_world_rank())
+
+    def collate_with_replay(rows):
+        batch = collate(tok, rows, config["max_len"])
+        if replay and config.get("ptx_coef", 0) > 0:
+            picks = [replay[rng.randrange(len(replay))] for _ in range(config["ptx_batch"])]
+            batch["ptx"] = encode_examples(tok, picks, config["max_len"])
+        return batch
 
     def loss_fn(engine, batch):
         loss, stats = ppo_loss(engine, batch, config)
@@ -207,7 +288,7 @@ def ppo_loop_per_worker(config: dict) -> None:
     engine, metrics = deepspeed_steps(
         model,
         config["rows"],
-        lambda rows: collate(tok, rows, config["max_len"]),
+        collate_with_replay,
         loss_fn,
         config,
         "ppo",
@@ -220,9 +301,12 @@ def ppo_loop_per_worker(config: dict) -> None:
     ray.train.report(metrics)
 
 
-def train_ppo(cfg, rows: list[dict], out: str | Path, steps: int | None = None) -> dict:
-    """PPO of a LoRA adapter on `rows` (see `experience_rows`) through Ray Train + DeepSpeed;
-    writes the adapter to `out` and returns the training metrics."""
+def train_ppo(
+    cfg, rows: list[dict], out: str | Path, steps: int | None = None, replay: list | None = None
+) -> dict:
+    """PPO of a LoRA adapter on `rows` (see `experience_rows`) through Ray Train + DeepSpeed,
+    with `replay` (prompt, step) pairs for the ptx term; writes the adapter to `out` and returns
+    the training metrics."""
     from cls_ray.distributed import launch, trainer_options
 
     c = cfg.consolidate
@@ -261,6 +345,11 @@ def train_ppo(cfg, rows: list[dict], out: str | Path, steps: int | None = None) 
         "lam": c.ppo_lam,
         "tis_cap": c.ppo_tis_cap,
         "credit": c.ppo_credit,
+        "whiten": c.ppo_whiten,
+        "temperature": c.ppo_temperature,
+        "replay": list(replay or []),
+        "ptx_coef": c.ppo_ptx_coef,
+        "ptx_batch": c.ppo_ptx_batch,
     }
     seconds = launch(c, ppo_loop_per_worker, config, cfg.state_path, "ppo")
     metrics = json.loads((out / "consolidation.json").read_text())["train"]

@@ -141,6 +141,58 @@ def score_sessions(prm, sessions: Sequence[dict], doc_texts: dict[str, str]) -> 
     return unscored
 
 
+def corrected_sessions(sessions: Sequence[dict], retriever, top_k: int):
+    """Users' corrected steps as trusted sessions: each corrected chain, with the documents RGR
+    retrieves for it step by step, scored 1.0 (a person vouched for it). Returns the sessions
+    and the texts of what they retrieved."""
+    from cls_ray.rgr import step_query
+    from cls_ray.steps import parse_answer
+
+    out, docs = [], {}
+    for s in sessions:
+        fixed = next(
+            (
+                fb["corrected_steps"]
+                for fb in reversed(s.get("feedback") or [])
+                if fb.get("corrected_steps")
+            ),
+            None,
+        )
+        if not fixed:
+            continue
+        queries = [step_query(s["question"], fixed[:i]) for i in range(len(fixed))]
+        got = retriever.retrieve(queries, top_k)
+        steps = []
+        for text, q, hits in zip(fixed, queries, got, strict=True):
+            answer = parse_answer(text) is not None
+            docs.update({d.id: d.text for d in hits})
+            steps.append(
+                {
+                    "text": text,
+                    "query": q,
+                    "retrieved": [] if answer else [{"id": d.id, "score": d.score} for d in hits],
+                    "cited": [],
+                    "token_ids": [],
+                    "logprobs": [],
+                    "is_answer": answer,
+                }
+            )
+        out.append(
+            {
+                **s,
+                "id": f"{s['id']}-corrected",
+                "steps": steps,
+                "answer": parse_answer(fixed[-1]),
+                "model_version": "human",
+                "prm_step_scores": [1.0] * len(steps),
+                "r_tau": 1.0,
+                "prm_version": "human",
+                "feedback": [],
+            }
+        )
+    return out, docs
+
+
 def question_index(world) -> dict:
     """Question text → the world's question, for every family and split."""
     out = {q.text: q for q in world.questions("train", per_family=10**6)}
@@ -196,16 +248,19 @@ def decide(before: dict, after: dict, tolerance: float) -> tuple[bool, str]:
 Method = Literal["sft", "ppo"]
 
 
-def train_candidate(cfg, method: Method, sessions, doc_texts, pairs, out: Path, log) -> dict:
+def train_candidate(cfg, method: Method, sessions, doc_texts, pairs, out: Path, log, world) -> dict:
     """The slow path: an adapter trained on the gated pairs (SFT) or on the scored sessions'
-    step rewards (PPO)."""
+    step rewards with replay (PPO-ptx)."""
     if method == "ppo":
         from cls_ray.consolidate.ppo import experience_rows, train_ppo
 
         c = cfg.consolidate
-        rows = experience_rows(sessions, doc_texts, cfg.model.template, c.ppo_reward_offset)
-        log(f"ppo: {len(rows)} scored trajectories")
-        return train_ppo(cfg, rows, out)
+        rows = experience_rows(
+            sessions, doc_texts, cfg.model.template, c.ppo_reward_offset, cfg.rgr.grounded
+        )
+        replay = replay_pairs(world, 4 * len(rows), cfg.rgr.top_k, c.seed)
+        log(f"ppo: {len(rows)} scored trajectories, {len(replay)} replayed pairs for ptx")
+        return train_ppo(cfg, rows, out, replay=replay)
     return train_sft(cfg, pairs, out)
 
 
@@ -235,13 +290,15 @@ def sleep_once(
     method: Method = "sft",
     retriever=None,
     index: bool = True,
+    broadcast: Callable[[str, str], object] | None = None,
 ) -> dict:
     """Trains a candidate on `sessions`, registers it with its metrics, promotes it if it keeps
     what the model knew. Returns the report.
 
     Before any weight changes, the procedures of A_good go to the episodic collection (the fast
     path, `index`); the candidate is then measured on what its weights alone do. `retriever`
-    (default: the stack's) is how memory is read, e.g. through the serving deployment."""
+    (default: the stack's) is how memory is read, e.g. through the serving deployment;
+    `broadcast(name, reason)`, when given, promotes by pushing the version to the replicas."""
     from actors.deploy import registry_for
     from cls_ray.engine.hf import HFEngine
 
@@ -263,7 +320,7 @@ def sleep_once(
         )
         log(f"sleep: {len(pats)} procedures indexed; new family with them {fast:.3f}")
     out = out or cfg.state_path / "adapters" / f"{method}-{int(time.time())}"
-    train = train_candidate(cfg, method, sessions, doc_texts, pairs, out, log)
+    train = train_candidate(cfg, method, sessions, doc_texts, pairs, out, log, stack.world)
     log(f"sleep: trained {out.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
     cand = HFEngine.from_config(cfg, "candidate", out)
     after = evaluate_version(cfg, cand, retriever, new_qs, retention_qs, episodes)
@@ -286,7 +343,10 @@ def sleep_once(
     }
     v = reg.register(str(out), "lora", parent=current.name, metrics=metrics)
     if ok and promote:
-        reg.promote(v.name, reason=reason)
+        if broadcast is not None:
+            broadcast(v.name, reason)
+        else:
+            reg.promote(v.name, reason=reason)
     else:
         reg.annotate(v.name, reason if not ok else f"not promoted (measured only): {reason}")
     log(f"sleep: {v.name} {'passes' if ok else 'fails'} the retention gate: {reason}")
@@ -417,7 +477,7 @@ def ablation(stack, prm, sessions, docs, new_qs, retention_qs, log) -> list[dict
         pairs, data, _ = sessions_to_pairs(mixed, docs, cfg, world, gate_mode, gold)
         log(f"ablation {arm}: {data['new_pairs']} pairs from {data['sessions']} sessions")
         out = cfg.state_path / "adapters" / f"ablation-{stamp}-{arm}"
-        train = train_candidate(cfg, method, mixed, docs, pairs, out, log)
+        train = train_candidate(cfg, method, mixed, docs, pairs, out, log, world)
         cand = HFEngine.from_config(cfg, arm, out)
         after = evaluate_version(cfg, cand, stack.retriever, new_qs, retention_qs, episodes)
         row = {
@@ -518,6 +578,8 @@ def sleep_from_buffer(
     log: Callable[[str], None] = logger.info,
     method: Method = "sft",
     retriever=None,
+    buffer=None,
+    broadcast: Callable[[str, str], object] | None = None,
 ) -> dict:
     """`cls-ray sleep` / `cls-ray ppo`: the buffer's unconsumed sessions (scored by the PRM
     where the serving stack has not yet), one consolidation, promotion if the candidate keeps
@@ -527,7 +589,7 @@ def sleep_from_buffer(
 
     cfg, world = stack.cfg, stack.world
     retriever = retriever or stack.retriever
-    buf = ReplayBuffer(cfg.replay_path)
+    buf = buffer or ReplayBuffer(cfg.replay_path)
     taken = [s.model_dump() for s in buf.take(limit)]
     if not taken:
         raise ValueError(f"no unconsumed sessions in {cfg.replay_path}")
@@ -543,6 +605,11 @@ def sleep_from_buffer(
     new_qs = world.questions("heldout", families, per_family=c.eval_per_family) if families else []
     retention_qs = world.questions("heldout", world.trained_families, per_family=c.eval_per_family)
     learn = list(taken)
+    fixed, more = corrected_sessions(taken, retriever, cfg.rgr.top_k)
+    if fixed:
+        doc_texts.update(more)
+        learn += fixed
+        log(f"sleep: {len(fixed)} sessions corrected by users join as trusted trajectories")
     if method == "ppo" and c.ppo_fresh_per_family:
         from cls_ray.consolidate.ppo import fresh_rollouts
 
@@ -563,6 +630,7 @@ def sleep_from_buffer(
         log=log,
         method=method,
         retriever=retriever,
+        broadcast=broadcast,
     )
     if result["promoted"]:
         result["acknowledged"] = buf.ack([s["id"] for s in taken])

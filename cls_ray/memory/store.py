@@ -335,5 +335,11 @@ class MilvusStore:
             if self.client.has_collection(self.name(kind)):
                 self.client.drop_collection(self.name(kind))
 
-    def close(self) -> None:
+    def close(self, release: bool = False) -> None:
+        """Closes the client; `release` also stops this process's Milvus Lite server for the
+        file, so another process (a Serve replica) can open it."""
         self.client.close()
+        if release and self.uri.endswith(".db"):
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)

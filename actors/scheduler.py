@@ -1,0 +1,158 @@
+"""The sleep scheduler: a coordinator actor that starts consolidation when enough sessions wait
+in the replay buffer, on a timer, or on an admin request, and never runs two at once.
+
+A consolidation runs as a Ray task (`consolidation_job`) that trains on Ray Train, evaluates,
+and promotes through the serving application (see `cls_ray.consolidate.job`). The actor keeps
+the running task's reference and the history of finished ones; it is detached and holds no
+state that matters across restarts (the buffer and the registry are durable).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import ray
+
+from cls_ray.config import Config
+
+logger = logging.getLogger(__name__)
+
+
+def scheduler_actor_name(app_name: str) -> str:
+    return f"{app_name}-sleep-scheduler"
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def consolidation_job(cfg: dict, method: str, limit: int) -> dict:
+    from cls_ray.consolidate.job import run_consolidation
+
+    logging.basicConfig(level=logging.INFO)
+    return run_consolidation(Config.model_validate(cfg), method, limit)
+
+
+class SleepScheduler:
+    def __init__(self, cfg: dict, buffer_name: str, namespace: str = "cls-ray"):
+        self.cfg = Config.model_validate(cfg)
+        self.cfg_dict = cfg
+        self.buffer_name, self.namespace = buffer_name, namespace
+        self.lock = threading.Lock()
+        self.job = None
+        self.current: dict | None = None
+        self.history: list[dict] = []
+        self.last_end = time.time()
+        c = self.cfg.consolidate
+        if c.auto_sleep:
+            threading.Thread(target=self._loop, daemon=True, name="sleep-scheduler").start()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.cfg.consolidate.sleep_poll_s)
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the loop must outlive a failed poll
+                logger.exception("sleep scheduler: poll failed")
+
+    def _pending(self) -> int:
+        buf = ray.get_actor(self.buffer_name, namespace=self.namespace)
+        return int(ray.get(buf.stats.remote())["pending"])
+
+    def _reap(self) -> None:
+        if self.job is None or not ray.wait([self.job], timeout=0)[0]:
+            return
+        try:
+            result = ray.get(self.job)
+            outcome = {
+                "version": result.get("version"),
+                "promoted": result.get("promoted"),
+                "reason": result.get("reason"),
+            }
+        except Exception as e:  # noqa: BLE001 - a failed job is recorded, not raised
+            last = (str(e).strip().splitlines() or [""])[-1]
+            outcome = {"error": f"{type(e).__name__}: {last[:300]}".rstrip(": ")}
+        self.history.append({**self.current, **outcome, "ended_at": time.time()})
+        self.job, self.current = None, None
+        self.last_end = time.time()
+
+    def _start(self, reason: str, method: str | None = None) -> dict:
+        c = self.cfg.consolidate
+        method = method or c.sleep_method
+        self.job = consolidation_job.remote(self.cfg_dict, method, c.sleep_limit)
+        self.current = {"reason": reason, "method": method, "started_at": time.time()}
+        logger.info("sleep scheduler: started a %s consolidation (%s)", method, reason)
+        return {"started": True, **self.current}
+
+    def tick(self) -> dict:
+        """One poll: reap a finished job; start one if the threshold or the timer says so."""
+        c = self.cfg.consolidate
+        with self.lock:
+            self._reap()
+            if self.job is not None:
+                return {"started": False, "reason": "a consolidation is running"}
+            n = self._pending()
+            if n >= c.sleep_min_sessions:
+                return self._start(f"{n} sessions waiting (threshold {c.sleep_min_sessions})")
+            if c.sleep_interval_s and n and time.time() - self.last_end >= c.sleep_interval_s:
+                return self._start(f"timer ({c.sleep_interval_s:g} s), {n} sessions waiting")
+            return {"started": False, "reason": f"{n} sessions waiting"}
+
+    def trigger(self, reason: str = "admin request", method: str | None = None) -> dict:
+        """Starts a consolidation now unless one is running or no session waits."""
+        with self.lock:
+            self._reap()
+            if self.job is not None:
+                return {"started": False, "reason": "a consolidation is already running"}
+            n = self._pending()
+            if not n:
+                return {"started": False, "reason": "no unconsumed sessions"}
+            return self._start(f"{reason}, {n} sessions waiting", method)
+
+    def cancel(self) -> dict:
+        """Kills the running consolidation (its Ray Train workers die with it). Nothing it did
+        is published: adapters are written whole or not at all, and a version is registered
+        only after evaluation."""
+        with self.lock:
+            if self.job is None:
+                return {"cancelled": False, "reason": "no consolidation is running"}
+            ray.cancel(self.job, force=True)
+        ray.wait([self.job], timeout=60)
+        with self.lock:
+            self._reap()
+        return {"cancelled": True}
+
+    def status(self) -> dict:
+        with self.lock:
+            self._reap()
+            return {
+                "running": self.current,
+                "history": list(self.history[-20:]),
+                "auto": self.cfg.consolidate.auto_sleep,
+            }
+
+    def wait(self, timeout_s: float) -> dict:
+        """Blocks until the running consolidation ends (or `timeout_s`); returns `status`."""
+        job = self.job
+        if job is not None:
+            ray.wait([job], timeout=timeout_s)
+        return self.status()
+
+
+def start_scheduler(cfg: Config, namespace: str = "cls-ray"):
+    """Starts (or finds) the detached scheduler actor of `cfg`'s application."""
+    from actors.replay_buffer import buffer_actor_name
+
+    app = cfg.serve.app_name
+    return (
+        ray.remote(SleepScheduler)
+        .options(
+            name=scheduler_actor_name(app),
+            namespace=namespace,
+            get_if_exists=True,
+            lifetime="detached",
+            num_cpus=0,
+            max_concurrency=4,
+        )
+        .remote(cfg.model_dump(mode="json"), buffer_actor_name(app), namespace)
+    )

@@ -1,0 +1,249 @@
+"""The main job (`cls-ray demo`): the whole loop on the embedded default.
+
+Simulated users talk to the serving application over HTTP: users of the families the model
+knows, and users of the held-back family it cannot yet solve (they ask for the best of N samples,
+and some send the corrected steps when the answer is wrong). The PRM scores every session; the
+sleep scheduler consolidates them (procedures into episodic memory at once, then a LoRA
+candidate), the retention gate decides, and the promoted version is broadcast to every replica.
+Accuracy is measured through the same HTTP API before and after, and a report (Markdown and
+PNG plots) is written under the state directory.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cls_ray.world.verifier import normalize_answer
+
+
+def ask_many(
+    url: str, requests_: Sequence[dict], concurrency: int = 16, timeout_s: float = 600
+) -> list[dict]:
+    """POSTs every body to /v1/rgr, `concurrency` in flight; the replies in order (a failed
+    request's reply is `{"error": ...}`)."""
+    import requests
+
+    local = threading.local()
+
+    def one(body: dict) -> dict:
+        s = getattr(local, "s", None) or requests.Session()
+        local.s = s
+        try:
+            r = s.post(f"{url}/v1/rgr", json=body, timeout=timeout_s)
+        except requests.RequestException as e:
+            return {"error": repr(e)[:200]}
+        return r.json() if r.status_code == 200 else {"error": f"{r.status_code} {r.text[:200]}"}
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(one, requests_))
+
+
+def accuracy(questions, replies) -> float:
+    right = [
+        "error" not in r and normalize_answer(r.get("answer") or "") == normalize_answer(q.answer)
+        for q, r in zip(questions, replies, strict=True)
+    ]
+    return sum(right) / max(1, len(right))
+
+
+def workload(cfg, world, new_per_family: int, old_per_family: int, best_of: int):
+    """The simulated users: (question, request body) pairs, held-back family first."""
+    new = world.questions("train", world.held_back_families, per_family=new_per_family)
+    old = world.questions("train", world.trained_families, per_family=old_per_family)
+    users = [
+        (q, {"question": q.text, "best_of": best_of, "temperature": cfg.prm.sample_temperature})
+        for q in new
+    ]
+    users += [(q, {"question": q.text, "score": True}) for q in old]
+    return users
+
+
+def send_feedback(url: str, users, replies, every: int = 3) -> dict:
+    """Every `every`-th user with a wrong answer sends the corrected steps; users with a right
+    answer rate it."""
+    import requests
+
+    corrected = rated = wrong = 0
+    for (q, _), r in zip(users, replies, strict=True):
+        if "error" in r:
+            continue
+        ok = normalize_answer(r.get("answer") or "") == normalize_answer(q.answer)
+        body = None
+        if ok:
+            body, rated = {"rating": 1.0}, rated + 1
+        else:
+            wrong += 1
+            if wrong % every == 0:
+                body, corrected = {"corrected_steps": q.gold_steps, "rating": -1.0}, corrected + 1
+        if body:
+            requests.post(
+                f"{url}/v1/sessions/{r['session_id']}/feedback", json=body, timeout=60
+            ).raise_for_status()
+    return {"corrected": corrected, "rated": rated}
+
+
+def measure(url: str, new_qs, old_qs) -> dict:
+    """Greedy accuracy of the serving application on held-out questions."""
+    new_r = ask_many(url, [{"question": q.text} for q in new_qs])
+    old_r = ask_many(url, [{"question": q.text} for q in old_qs])
+    versions = sorted({r.get("model_version") for r in new_r + old_r if "error" not in r})
+    return {
+        "new_family": accuracy(new_qs, new_r),
+        "old_families": accuracy(old_qs, old_r),
+        "versions": versions,
+        "failed": sum("error" in r for r in new_r + old_r),
+    }
+
+
+def plot_demo(report: dict, out_dir: Path) -> list[Path]:
+    from cls_ray.eval.plots import _pyplot, _save
+
+    plt = _pyplot()
+    if plt is None:
+        return []
+    paths = []
+    before, after, sleep = report["before"], report["after"], report["sleep"]
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    groups = ["new family", "old families"]
+    bars = [
+        (f"{before['versions'][0]} (served)", [before["new_family"], before["old_families"]]),
+        (f"{after['versions'][-1]} (served)", [after["new_family"], after["old_families"]]),
+        ("weights only, before", [sleep["new_family_before"], sleep["retention_before"]]),
+        ("weights only, after", [sleep["new_family_after"], sleep["retention_after"]]),
+    ]
+    width = 0.8 / len(bars)
+    for i, (label, vals) in enumerate(bars):
+        xs = [g + (i - (len(bars) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, vals, width, label=label)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (held-out questions)")
+    ax.set_title("accuracy per version")
+    ax.legend(fontsize=8)
+    paths.append(_save(plt, fig, out_dir / "accuracy_per_version.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    right = [t for t, ok in report["r_tau"] if ok]
+    wrong = [t for t, ok in report["r_tau"] if not ok]
+    bins = [i / 20 for i in range(21)]
+    ax.hist(right, bins=bins, alpha=0.7, label=f"right answer ({len(right)})")
+    ax.hist(wrong, bins=bins, alpha=0.7, label=f"wrong answer ({len(wrong)})")
+    ax.axvline(report["gate"]["min_r_tau"], color="k", ls="--", label="gate")
+    ax.set_xlabel("R(τ) from the PRM")
+    ax.set_ylabel("sessions")
+    ax.set_title("PRM scores of the served sessions")
+    ax.legend(fontsize=8)
+    paths.append(_save(plt, fig, out_dir / "prm_scores.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    keys = [("retention", "RGR on old families"), ("retention_steps", "next step, frozen suite")]
+    for i, (k, label) in enumerate(keys):
+        b, a = sleep.get(f"{k}_before"), sleep.get(f"{k}_after")
+        if b is None or a is None:
+            continue
+        ax.bar([i - 0.2, i + 0.2], [b, a], 0.4, color=["tab:gray", "tab:blue"])
+        ax.plot([i - 0.4, i + 0.4], [b - report["gate"]["tolerance"]] * 2, "r--")
+        ax.text(i, 0.02, label, ha="center", fontsize=8)
+    ax.set_xticks([])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy: before (gray), candidate (blue)")
+    ax.set_title(f"retention check: {'passed' if sleep['passes_gate'] else 'failed'}")
+    paths.append(_save(plt, fig, out_dir / "retention.png"))
+    return paths
+
+
+def markdown(report: dict, plots: list[Path]) -> str:
+    b, a, s = report["before"], report["after"], report["sleep"]
+    lines = [
+        "# cls-ray demo report",
+        "",
+        f"{report['users']} simulated users ({report['new_users']} of the held-back family, "
+        f"best of {report['best_of']}); {report['feedback']['corrected']} sent corrected "
+        f"steps, {report['feedback']['rated']} rated their answer.",
+        "",
+        "| | new family | old families | version |",
+        "|---|---|---|---|",
+        f"| before sleep (served) | {b['new_family']:.2f} | {b['old_families']:.2f} | "
+        f"{', '.join(b['versions'])} |",
+        f"| after sleep (served) | {a['new_family']:.2f} | {a['old_families']:.2f} | "
+        f"{', '.join(a['versions'])} |",
+        f"| weights only: base → candidate | {s['new_family_before']:.2f} → "
+        f"{s['new_family_after']:.2f} | {s['retention_before']:.2f} → "
+        f"{s['retention_after']:.2f} | {s['version']} |",
+        "",
+        f"Episodic fast path (base weights + indexed procedures): new family "
+        f"{s.get('new_family_fast_path') or float('nan'):.2f}.",
+        f"Retention gate: {'passed' if s['passes_gate'] else 'refused'} ({s['reason']}); "
+        f"KL(base ‖ candidate) {s['kl_base_candidate']:.3f}; "
+        f"{'promoted and broadcast' if s['promoted'] else 'kept as a candidate'}.",
+        f"Sleep data: {json.dumps(s['data'])}.",
+        "",
+    ]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def run_loop(cfg, world, url: str, log: Callable[[str], None]) -> dict:
+    """Users → scores → sleep → promotion → measurement, on a running application."""
+    import ray
+
+    from actors.scheduler import scheduler_actor_name
+
+    c = cfg.consolidate
+    new_qs = world.questions("heldout", world.held_back_families, per_family=c.eval_per_family)
+    old_qs = world.questions("heldout", world.trained_families, per_family=3)
+    log(f"measuring the served base model on {len(new_qs) + len(old_qs)} held-out questions")
+    before = measure(url, new_qs, old_qs)
+    log(f"  new family {before['new_family']:.2f}, old families {before['old_families']:.2f}")
+    best_of = min(8, c.sample_n)
+    users = workload(cfg, world, c.new_per_family, 3, best_of)
+    log(f"{len(users)} simulated users ask (held-back family: best of {best_of})")
+    t0 = time.time()
+    replies = ask_many(url, [b for _, b in users], concurrency=8)
+    failed = sum("error" in r for r in replies)
+    log(f"  answered in {time.time() - t0:.0f} s ({failed} failed)")
+    fb = send_feedback(url, users, replies)
+    log(f"  feedback: {fb['corrected']} corrected, {fb['rated']} ratings")
+    r_tau = [
+        (r["r_tau"], normalize_answer(r.get("answer") or "") == normalize_answer(q.answer))
+        for (q, _), r in zip(users, replies, strict=True)
+        if "error" not in r and r.get("r_tau") is not None
+    ]
+    sched = ray.get_actor(scheduler_actor_name(cfg.serve.app_name), namespace="cls-ray")
+    started = ray.get(sched.trigger.remote("demo", "sft"))
+    if not started["started"]:
+        raise RuntimeError(f"the sleep did not start: {started['reason']}")
+    log(f"sleep started ({started['reason']}); consolidating on Ray Train ...")
+    t0 = time.time()
+    status = ray.get(sched.wait.remote(3600))
+    done = status["history"][-1]
+    if "error" in done:
+        raise RuntimeError(f"the sleep failed: {done['error']}")
+    log(
+        f"  {done['version']}: {'promoted' if done['promoted'] else 'kept as a candidate'} "
+        f"after {time.time() - t0:.0f} s ({done['reason']})"
+    )
+    sleep = json.loads((cfg.state_path / "reports" / "sleep.json").read_text())
+    log("measuring the served model after the sleep")
+    after = measure(url, new_qs, old_qs)
+    log(f"  new family {after['new_family']:.2f}, old families {after['old_families']:.2f}")
+    return {
+        "users": len(users),
+        "new_users": sum(1 for q, _ in users if q.held_back),
+        "best_of": best_of,
+        "failed_requests": failed,
+        "feedback": fb,
+        "r_tau": r_tau,
+        "before": before,
+        "after": after,
+        "sleep": sleep,
+        "gate": {"min_r_tau": c.min_r_tau, "tolerance": c.retention_tolerance},
+        "new_family_questions": len(new_qs),
+        "old_family_questions": len(old_qs),
+    }

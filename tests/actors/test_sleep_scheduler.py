@@ -1,0 +1,169 @@
+"""Consolidation next to the serving application: the sleep scheduler starts one on an admin
+request (never two at once), the promoted version reaches every generator replica, rollback
+restores the previous answers, and a consolidation killed mid-run publishes nothing."""
+
+import os
+import shutil
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+APP = "cls-ray-sleep"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local, tiny_prm):
+    import requests
+    from ray import serve
+
+    from actors.deploy import deploy
+    from cls_ray.config import load_config
+    from tests.conftest import ADMIN_KEY_ENV, TINY_OVERRIDES, free_port
+
+    state = tmp_path_factory.mktemp("sleep-state")
+    shutil.copytree(tiny_cfg.model_path, state / "models" / "base")
+    shutil.copytree(tiny_prm, state / "prm" / "v1")
+    cfg = load_config(
+        None,
+        [
+            *TINY_OVERRIDES,
+            f"state_dir={state}",
+            f"serve.port={free_port()}",
+            f"serve.app_name={APP}",
+            f"serve.admin_key_env={ADMIN_KEY_ENV}",
+            "serve.generator_autoscaling.min_replicas=2",
+            "serve.generator_autoscaling.max_replicas=2",
+            "serve.generator_num_cpus=0.2",
+            "consolidate.steps=40",
+            "consolidate.batch_size=8",
+            "consolidate.eval_per_family=2",
+            "consolidate.min_r_tau=0.0",  # the tiny PRM is weak; the gate is tested elsewhere
+            "consolidate.min_step_score=0.0",
+            "consolidate.retention_tolerance=1.0",
+            # Answers compared across versions come from the weights alone: procedures the
+            # sleep indexes would change retrieval too (tested in test_episodic).
+            "rgr.patterns=false",
+        ],
+    )
+    url = deploy(cfg)
+    docs = [{"id": d.id, "text": d.text} for d in tiny_stack.world.documents]
+    r = requests.post(f"{url}/v1/documents", json={"documents": docs}, timeout=120)
+    assert r.status_code == 200, r.text
+    admin = {"X-API-Key": os.environ[ADMIN_KEY_ENV]}
+    yield {"url": url, "cfg": cfg, "world": tiny_stack.world, "admin": admin}
+    serve.delete(APP)
+    serve.shutdown()
+    from cls_ray.cli import _stop_state_actors
+
+    _stop_state_actors(cfg)
+
+
+def _ask(url, questions):
+    import requests
+
+    out = []
+    for q in questions:
+        r = requests.post(f"{url}/v1/rgr", json={"question": q}, timeout=120)
+        assert r.status_code == 200, r.text
+        out.append(r.json())
+    return out
+
+
+def _replica_versions() -> dict[str, str]:
+    from ray import serve
+
+    h = serve.get_deployment_handle("generator", APP)
+    seen = {}
+    for _ in range(40):  # requests go to random replicas: 40 reach both
+        got = h.replica_version.remote().result()
+        seen[got["replica"]] = got["version"]
+    return seen
+
+
+def _scheduler():
+    import ray
+
+    from actors.scheduler import scheduler_actor_name
+
+    return ray.get_actor(scheduler_actor_name(APP), namespace="cls-ray")
+
+
+def test_admin_sleep_promotes_to_every_replica_and_rollback_restores_answers(served):
+    import ray
+    import requests
+
+    from actors.deploy import registry_for
+
+    url, cfg, world, admin = served["url"], served["cfg"], served["world"], served["admin"]
+    probe = [q.text for q in world.questions("heldout", per_family=1)][:6]
+    base_answers = [(a["model_version"], a["steps"], a["answer"]) for a in _ask(url, probe)]
+    assert {v for v, _, _ in base_answers} == {"base"}
+    _ask(url, [q.text for q in world.questions("train", world.held_back_families, per_family=2)])
+
+    r = requests.post(f"{url}/admin/sleep", json={}, headers=admin, timeout=60)
+    assert r.status_code == 200 and r.json()["started"], r.text
+    again = requests.post(f"{url}/admin/sleep", json={}, headers=admin, timeout=60)
+    assert again.json() == {"started": False, "reason": "a consolidation is already running"}
+    status = ray.get(_scheduler().wait.remote(900))
+    assert status["running"] is None
+    done = status["history"][-1]
+    assert "error" not in done, done
+    assert done["promoted"] and done["version"].startswith("v")
+
+    # The broadcast reached every generator replica, and answers come from the new version.
+    versions = _replica_versions()
+    assert len(versions) == 2 and set(versions.values()) == {done["version"]}
+    assert registry_for(cfg).current().name == done["version"]
+    assert {a["model_version"] for a in _ask(url, probe[:2])} == {done["version"]}
+    stats = requests.get(f"{url}/admin/buffer", headers=admin, timeout=30).json()
+    assert stats["acked"] >= len(probe) + 2  # what the sleep consumed is acknowledged
+
+    back = requests.post(f"{url}/admin/rollback", headers=admin, timeout=300)
+    assert back.status_code == 200 and back.json()["version"] == "base", back.text
+    assert set(_replica_versions().values()) == {"base"}
+    after = [(a["model_version"], a["steps"], a["answer"]) for a in _ask(url, probe)]
+    assert [(v, [s["text"] for s in st], ans) for v, st, ans in after] == [
+        (v, [s["text"] for s in st], ans) for v, st, ans in base_answers
+    ]
+
+
+def test_a_consolidation_killed_mid_run_publishes_nothing(served):
+    import ray
+    import requests
+
+    from actors.deploy import registry_for
+
+    url, cfg, world, admin = served["url"], served["cfg"], served["world"], served["admin"]
+    reg = registry_for(cfg)
+    before = (reg.current().name, [v["name"] for v in reg.list()])
+    probe = [q.text for q in world.questions("heldout", per_family=1)][:3]
+    answers = _ask(url, probe)
+    runs = cfg.state_path / "ray_train"
+    seen = set(runs.iterdir()) if runs.exists() else set()
+    sched = _scheduler()
+    assert ray.get(sched.trigger.remote("test"))["started"]
+    deadline = time.time() + 600
+    while time.time() < deadline:  # wait until the trainer is running
+        if runs.exists() and set(runs.iterdir()) - seen:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the consolidation never started training")
+    time.sleep(5)
+    assert ray.get(sched.cancel.remote())["cancelled"]
+    last = ray.get(sched.status.remote())["history"][-1]
+    assert "error" in last and not last.get("version")
+
+    reg = registry_for(cfg)
+    assert (reg.current().name, [v["name"] for v in reg.list()]) == before
+    assert set(_replica_versions().values()) == {before[0]}
+    again = _ask(url, probe)
+    assert [a["answer"] for a in again] == [a["answer"] for a in answers]
+    for v in reg.list():  # every registered artifact is whole
+        if v["kind"] == "lora":
+            for f in ("consolidation.json", "adapter_model.safetensors"):
+                assert os.path.exists(os.path.join(v["artifact_uri"], f))
+    stats = requests.get(f"{url}/admin/buffer", headers=admin, timeout=30).json()
+    assert stats["pending"] >= len(probe)  # nothing was consumed

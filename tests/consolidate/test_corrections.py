@@ -1,0 +1,33 @@
+"""Users' corrected steps join a sleep as trusted trajectories, grounded in what RGR retrieves
+for them."""
+
+
+def test_a_corrected_session_becomes_a_trusted_grounded_trajectory(tiny_stack):
+    from cls_ray.consolidate.extract import extract, gate
+    from cls_ray.consolidate.sleep import corrected_sessions
+
+    world = tiny_stack.world
+    q = next(q for q in world.questions("train", world.held_back_families) if q.hops == 2)
+    wrong = {
+        "id": "s1",
+        "question": q.text,
+        "steps": [{"text": "the answer is nobody .", "retrieved": [], "is_answer": True}],
+        "answer": "nobody",
+        "model_version": "base",
+        "feedback": [{"corrected_steps": q.gold_steps, "rating": -1}],
+    }
+    untouched = {**wrong, "id": "s2", "feedback": [{"rating": 1}]}
+    out, docs = corrected_sessions([wrong, untouched], tiny_stack.retriever, 5)
+    assert len(out) == 1
+    s = out[0]
+    assert s["id"] == "s1-corrected" and s["model_version"] == "human"
+    assert [st["text"] for st in s["steps"]] == q.gold_steps and s["answer"] == q.answer
+    assert s["prm_step_scores"] == [1.0] * len(q.gold_steps) and s["r_tau"] == 1.0
+    found = [
+        fact.doc_id in {r["id"] for r in st["retrieved"]}
+        for fact, st in zip(q.chain, s["steps"], strict=False)
+    ]
+    assert found[0]  # the question alone finds the first fact
+    assert all(r["id"] in docs for st in s["steps"] for r in st["retrieved"])
+    good = gate(extract(s, docs, world.entities.get), 0.5, 0.5)
+    assert {a.kind for a in good} == {"pattern", "subplan"}

@@ -1,0 +1,51 @@
+"""The main job end to end on a tiny embedded default: `cls-ray demo` builds what is missing,
+serves simulated users over HTTP, sleeps, promotes, measures and writes its report."""
+
+import json
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def test_demo_runs_the_whole_loop_and_writes_the_report(tmp_path, ray_local, capsys):
+    from actors.deploy import registry_for
+    from cls_ray.cli import main
+    from cls_ray.config import load_config
+    from tests.conftest import TINY_OVERRIDES, TINY_PRM_OVERRIDES, free_port
+
+    overrides = [
+        *TINY_OVERRIDES,
+        *TINY_PRM_OVERRIDES,
+        f"state_dir={tmp_path}",
+        "store.collection_prefix=demo",
+        f"serve.port={free_port()}",
+        "serve.app_name=cls-ray-demo",
+        "serve.generator_autoscaling.max_replicas=1",
+        "consolidate.steps=20",
+        "consolidate.batch_size=8",
+        "consolidate.new_per_family=2",
+        "consolidate.eval_per_family=2",
+        "consolidate.sample_n=2",
+        "consolidate.min_r_tau=0.0",  # the tiny PRM is weak; the gate is tested elsewhere
+        "consolidate.min_step_score=0.0",
+        "consolidate.retention_tolerance=1.0",
+    ]
+    args = [x for o in overrides for x in ("--set", o)]
+    assert main(["demo", "--json", "-q", *args]) == 0
+    printed = capsys.readouterr().out
+    out = json.loads(printed.strip().splitlines()[-1])
+    assert "== 5/6 users, scores, sleep, promotion, measurement" in printed
+    assert "report:" in printed and "new family" in printed
+    report_dir = tmp_path / "reports" / "demo"
+    md = (report_dir / "report.md").read_text()
+    for png in ("accuracy_per_version.png", "prm_scores.png", "retention.png"):
+        assert (report_dir / png).stat().st_size > 1000 and f"({png})" in md
+    assert out["failed_requests"] == 0 and out["new_users"] > 0
+    assert out["feedback"]["corrected"] + out["feedback"]["rated"] > 0
+    assert out["before"]["versions"] == ["base"]
+    sleep = out["sleep"]
+    assert sleep["promoted"]
+    assert out["after"]["versions"] == [sleep["version"]]  # the broadcast reached serving
+    cfg = load_config(None, overrides)
+    assert registry_for(cfg).current().name == sleep["version"]
