@@ -54,6 +54,7 @@ def app_spec(
         "route_prefix": "/",
         "import_path": APP_IMPORT_PATH,
         "args": {"config": cfg.model_dump(mode="json")},
+        "logging_config": {"enable_access_log": cfg.serve.access_log},
         "deployments": [
             {"name": "generator", "user_config": version_config(cfg, v, max_batch_size)},
             {

@@ -211,11 +211,19 @@ class Scorer:
 class RemoteEngine:
     """`Engine` over the generator deployment, pinned to the version the session started on."""
 
-    def __init__(self, handle, version: str, template: str = "compact", tokenizer=None):
+    def __init__(
+        self,
+        handle,
+        version: str,
+        template: str = "compact",
+        tokenizer=None,
+        max_group: int | None = None,
+    ):
         self.handle = handle
         self.version = version
         self.template = template
         self.tokenizer = tokenizer
+        self.max_group = max_group
 
     def render(self, question, docs, steps) -> str:
         # Rendering is string formatting (or the tokenizer's chat template): done here, it
@@ -223,15 +231,24 @@ class RemoteEngine:
         return render_prompt(self.template, self.tokenizer, question, docs, steps)
 
     def generate(self, prompts, temperature=0.0, max_new_tokens=None, seed=None, choices=None):
-        """One request for all prompts of a round (the sessions of one ingress batch)."""
-        got = self.handle.generate.remote(
-            {
-                "prompts": list(prompts),
-                "temperature": temperature,
-                "version": self.version,
-                "choices": None if choices is None else [list(c) for c in choices],
-            }
-        ).result()
+        """One request for all prompts of a round (the sessions of one ingress batch); a round
+        larger than the generator batches at once (best-of-N) goes as several requests."""
+        prompts = list(prompts)
+        step = self.max_group or max(1, len(prompts))
+        calls = [
+            self.handle.generate.remote(
+                {
+                    "prompts": prompts[i : i + step],
+                    "temperature": temperature,
+                    "version": self.version,
+                    "choices": None
+                    if choices is None
+                    else [list(c) for c in choices[i : i + step]],
+                }
+            )
+            for i in range(0, len(prompts), step)
+        ]
+        got = [g for call in calls for g in call.result()]
         if got:
             self.version = got[0]["version"]
         return [Generation(g["text"], g["token_ids"], g["logprobs"]) for g in got]
@@ -514,7 +531,13 @@ class Ingress:
     async def _run_group(self, reqs: list[dict], idx: list[int], out: list) -> None:
         r0 = reqs[0]
         version = await self.generator.current_version.remote()
-        engine = RemoteEngine(self.generator, version, self.cfg.model.template, self.tokenizer)
+        engine = RemoteEngine(
+            self.generator,
+            version,
+            self.cfg.model.template,
+            self.tokenizer,
+            self.cfg.serve.max_batch_size,
+        )
         retriever = None if r0["mode"] == "none" else RemoteRetriever(self.retriever)
         started = time.time()
         n = r0["best_of"]

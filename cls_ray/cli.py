@@ -530,6 +530,8 @@ def cmd_demo(args, stack) -> dict:
     for part in ("store", "retriever"):
         stack.__dict__.pop(part, None)
     print("== 4/6 serve: the application on Ray Serve")
+    # The demo prints its own progress; replicas' per-request lines would bury it.
+    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"access_log": False})})
     url = deploy(cfg)
     print(f"   {url}")
     try:

@@ -258,6 +258,7 @@ class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     app_name: str = "cls-ray"
+    access_log: bool = Field(True, description="Serve's per-request access log lines.")
     generator_autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     generator_num_cpus: float = Field(0.5, gt=0)
     max_batch_size: int = Field(16, ge=1, description="Next-step requests per engine call.")

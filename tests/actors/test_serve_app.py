@@ -121,6 +121,9 @@ def test_sessions_carry_prm_scores_in_the_buffer(served, ray_local):
     res = requests.post(f"{url}/v1/rgr", json={"question": qs[3], "best_of": 4}, timeout=120)
     assert res.status_code == 200, res.text
     assert res.json()["r_tau"] is not None
+    # More samples than the generator batches at once: sent as several generation requests.
+    big = requests.post(f"{url}/v1/rgr", json={"question": qs[3], "best_of": 32}, timeout=300)
+    assert big.status_code == 200, big.text
 
 
 def test_openai_client_plain_and_streaming(served):
