@@ -538,7 +538,11 @@ class Ingress:
             self.tokenizer,
             self.cfg.serve.max_batch_size,
         )
-        retriever = None if r0["mode"] == "none" else RemoteRetriever(self.retriever)
+        retriever = (
+            None
+            if r0["mode"] == "none"
+            else RemoteRetriever(self.retriever, self.cfg.serve.retriever_max_batch_size)
+        )
         started = time.time()
         n = r0["best_of"]
         run = functools.partial(
