@@ -82,7 +82,8 @@ def train_trl(cfg, pairs, steps: int, batch_size: int, out: Path) -> dict:
         "seconds": seconds,
         "samples_per_s": steps * batch_size / seconds,
         "first_loss": losses[0] if losses else None,
-        "loss": res.training_loss,
+        "loss": losses[-1] if losses else res.training_loss,  # the last logged window
+        "mean_loss": res.training_loss,
         "threads": torch.get_num_threads(),
     }
 
@@ -128,8 +129,8 @@ def bench_train(
             )
         trl = train_trl(cfg, pairs, steps, global_batch, Path(tmp) / "trl")
     log(
-        f"  trl sft trainer: {trl['samples_per_s']:.1f} samples/s, loss {trl['first_loss']} -> "
-        f"{trl['loss']:.3f}"
+        f"  trl sft trainer: {trl['samples_per_s']:.1f} samples/s, loss "
+        f"{trl['first_loss'] or float('nan'):.3f} -> {trl['loss']:.3f}"
     )
     main_stage = c.zero_stage if c.zero_stage in ray_runs else stages[-1]
     ray_sps = ray_runs[main_stage]["samples_per_s"]
