@@ -253,22 +253,13 @@ def collate(tokenizer, rows: list[dict], max_len: int) -> dict:
 def ppo_loop_per_worker(config: dict) -> None:
     """Runs in every Ray Train worker: actor (LoRA) + value head on DeepSpeed, PPO updates."""
     import ray.train
-    from peft import LoraConfig, get_peft_model
 
-    from cls_ray.consolidate.sft import save_adapter
+    from cls_ray.consolidate.sft import lora_model, save_adapter
     from cls_ray.distributed import deepspeed_steps, gathered
     from cls_ray.model.bootstrap import encode_examples
-    from cls_ray.model.loading import load_model_and_tokenizer
 
-    base, tok = load_model_and_tokenizer(config["base"])
-    lora = LoraConfig(
-        r=config["lora_r"],
-        lora_alpha=config["lora_alpha"],
-        lora_dropout=0.0,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-    model = ActorCritic(get_peft_model(base, lora), base.config.hidden_size)
+    policy, tok = lora_model(config)
+    model = ActorCritic(policy, policy.config.hidden_size)
     last: dict = {}
     replay = config.get("replay") or []
     rng = random.Random(config["seed"] + ray.train.get_context().get_world_rank())

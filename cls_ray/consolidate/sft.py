@@ -58,13 +58,11 @@ def mix(new: list, replay: list, replay_ratio: float, seed: int = 0) -> list:
     return out
 
 
-def sft_loop_per_worker(config: dict) -> None:
-    """Runs in every Ray Train worker: LoRA on the base model, DeepSpeed, save on rank 0."""
-    import ray.train
+def lora_model(config: dict):
+    """The base model (`config["base"]`) with a fresh LoRA adapter on every linear layer, and
+    its tokenizer."""
     from peft import LoraConfig, get_peft_model
 
-    from cls_ray.distributed import deepspeed_steps, gathered
-    from cls_ray.model.bootstrap import encode_examples
     from cls_ray.model.loading import load_model_and_tokenizer
 
     base, tok = load_model_and_tokenizer(config["base"])
@@ -75,7 +73,17 @@ def sft_loop_per_worker(config: dict) -> None:
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(base, lora)
+    return get_peft_model(base, lora), tok
+
+
+def sft_loop_per_worker(config: dict) -> None:
+    """Runs in every Ray Train worker: LoRA on the base model, DeepSpeed, save on rank 0."""
+    import ray.train
+
+    from cls_ray.distributed import deepspeed_steps, gathered
+    from cls_ray.model.bootstrap import encode_examples
+
+    model, tok = lora_model(config)
     engine, metrics = deepspeed_steps(
         model,
         config["pairs"],
