@@ -55,6 +55,12 @@ class ReplayBufferActor:
     def stats(self) -> dict:
         return self.buffer.stats()
 
+    def compact(self, keep_replay: int, seed: int = 0) -> dict:
+        return self.buffer.compact(keep_replay, seed)
+
+    def replay_sample(self, n: int, seed: int = 0) -> list[dict]:
+        return [s.model_dump() for s in self.buffer.replay_sample(n, seed)]
+
     def pid(self) -> int:
         return os.getpid()
 

@@ -187,6 +187,9 @@ class ConsolidateConfig(TrainerConfig):
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1, description="2 x rank forgets least (see ANCHORS.md).")
     replay_ratio: float = Field(0.75, ge=0, lt=1, description="Share of replayed old data.")
+    replay_keep: int = Field(
+        512, ge=0, description="Consumed sessions kept (a random sample) for later replay."
+    )
     min_r_tau: float = Field(0.5, ge=0, le=1, description="PRM gate on whole trajectories.")
     min_step_score: float = Field(0.5, ge=0, le=1, description="PRM gate on single steps.")
     retention_tolerance: float = Field(

@@ -40,6 +40,19 @@ class ActorBuffer:
 
         return ray.get(self.handle.ack.remote(list(ids)))
 
+    def compact(self, keep_replay: int, seed: int = 0) -> dict:
+        import ray
+
+        return ray.get(self.handle.compact.remote(keep_replay, seed))
+
+    def replay_sample(self, n: int, seed: int = 0):
+        import ray
+
+        from cls_ray.session import Session
+
+        got = ray.get(self.handle.replay_sample.remote(n, seed))
+        return [Session.model_validate(s) for s in got]
+
 
 class ServingRetriever:
     """The retriever deployment as RGR's retriever, plus the calls a sleep makes."""

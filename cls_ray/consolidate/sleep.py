@@ -6,6 +6,7 @@ forget.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,13 +81,16 @@ def sessions_to_pairs(
     world,
     gate_mode: GateMode = "prm",
     gold: dict[str, str] | None = None,
+    replayed: Sequence[dict] = (),
 ) -> tuple[list[tuple[str, str]], dict, list]:
     """Supervised pairs from sessions: f(τ), a gate, replay mixed in. Returns the pairs, their
     counts and A_good.
 
     `gate_mode` "prm" keeps what the PRM trusts (the system's gate); "none" keeps every step;
     "outcome" keeps every step of the sessions whose answer matched `gold` (question → answer),
-    ignoring the steps (the ablation's baselines)."""
+    ignoring the steps (the ablation's baselines). `replayed` sessions (consumed by earlier
+    sleeps, kept by the buffer) replay what those sleeps taught, ahead of the episodes the model
+    was built on."""
     from cls_ray.world.verifier import normalize_answer
 
     c = cfg.consolidate
@@ -107,9 +111,19 @@ def sessions_to_pairs(
     else:
         good = gate(arts, 0.0, 0.0)
     new = subplan_pairs(good, cfg.model.template)
-    pairs = mix(
-        new, replay_pairs(world, len(new) * 4, cfg.rgr.top_k, c.seed), c.replay_ratio, c.seed
+    old = subplan_pairs(
+        gate(
+            [a for s in replayed for a in extract(s, doc_texts, world.entities.get)],
+            c.min_r_tau,
+            c.min_step_score,
+        ),
+        cfg.model.template,
     )
+    random.Random(c.seed).shuffle(old)
+    want = round(len(new) * c.replay_ratio / (1 - c.replay_ratio)) if c.replay_ratio else 0
+    old = old[: want // 2]  # at most half the replay: the built skills stay in it
+    replay = old + replay_pairs(world, len(new) * 4, cfg.rgr.top_k, c.seed)
+    pairs = mix(new, replay, c.replay_ratio, c.seed)
     stats = {
         "gate": gate_mode,
         "sessions": len(sessions),
@@ -117,6 +131,7 @@ def sessions_to_pairs(
         "a_good": len(good),
         "new_pairs": len(new),
         "pairs": len(pairs),
+        "replayed_session_pairs": len(old),
         "patterns": sum(a.kind == "pattern" for a in good),
     }
     return pairs, stats, good
@@ -291,6 +306,7 @@ def sleep_once(
     retriever=None,
     index: bool = True,
     broadcast: Callable[[str, str], object] | None = None,
+    replayed: Sequence[dict] = (),
 ) -> dict:
     """Trains a candidate on `sessions`, registers it with its metrics, promotes it if it keeps
     what the model knew. Returns the report.
@@ -303,7 +319,7 @@ def sleep_once(
     from cls_ray.engine.hf import HFEngine
 
     retriever = retriever or stack.retriever
-    pairs, data, good = sessions_to_pairs(sessions, doc_texts, cfg, stack.world)
+    pairs, data, good = sessions_to_pairs(sessions, doc_texts, cfg, stack.world, replayed=replayed)
     log(
         f"sleep: {data['sessions']} sessions -> {data['artifacts']} artifacts, A_good "
         f"{data['a_good']} -> {data['new_pairs']} pairs (+ replay: {data['pairs']})"
@@ -593,15 +609,19 @@ def sleep_from_buffer(
     taken = [s.model_dump() for s in buf.take(limit)]
     if not taken:
         raise ValueError(f"no unconsumed sessions in {cfg.replay_path}")
-    ids = sorted({r["id"] for s in taken for st in s["steps"] for r in st["retrieved"]})
+    c = cfg.consolidate
+    replayed = [s.model_dump() for s in buf.replay_sample(c.replay_keep, c.seed)]
+    ids = sorted({r["id"] for s in taken + replayed for st in s["steps"] for r in st["retrieved"]})
     doc_texts = _doc_texts(stack, retriever, ids)
     scored = score_sessions(prm, taken, doc_texts)
     for s in scored:
         buf.set_scores(s["id"], s["prm_step_scores"], s["r_tau"], s["prm_version"])
-    log(f"sleep: {len(taken)} sessions ({len(scored)} scored now)")
+    log(
+        f"sleep: {len(taken)} sessions ({len(scored)} scored now), {len(replayed)} consumed "
+        "earlier kept for replay"
+    )
     index = question_index(world)
     families = sorted({index[s["question"]].family for s in taken if s["question"] in index})
-    c = cfg.consolidate
     new_qs = world.questions("heldout", families, per_family=c.eval_per_family) if families else []
     retention_qs = world.questions("heldout", world.trained_families, per_family=c.eval_per_family)
     learn = list(taken)
@@ -631,9 +651,12 @@ def sleep_from_buffer(
         method=method,
         retriever=retriever,
         broadcast=broadcast,
+        replayed=replayed,
     )
     if result["promoted"]:
         result["acknowledged"] = buf.ack([s["id"] for s in taken])
+        # The consumed cache is discarded but for the replay sample.
+        result["compaction"] = buf.compact(c.replay_keep, c.seed)
     result["families"] = ["-".join(f) for f in families]
     return result
 

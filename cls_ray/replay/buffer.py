@@ -89,6 +89,7 @@ class ReplayBuffer:
                     self.acked.update(json.loads(line))
                 except json.JSONDecodeError:
                     continue
+        self.acked &= set(self.sessions)  # ids a compaction dropped before rewriting the acks
         logger.info(
             "replay buffer at %s: %d sessions (%d unsealed), %d acked, %d segments",
             self.root,
@@ -162,12 +163,29 @@ class ReplayBuffer:
     # -- segments --------------------------------------------------------------------------
     def seal(self) -> Path | None:
         """Writes the unsealed sessions as one Parquet segment, then truncates the WAL."""
+        if not self.in_wal:
+            return None
+        final = self._write_segment([self.sessions[i] for i in self.in_wal])
+        # Feedback and score records stay in the WAL: they may arrive after their session was
+        # sealed, and the segment holds only what the session had at sealing (recovery dedupes).
+        carry = [
+            line
+            for line in self.wal.read_text(encoding="utf-8").splitlines()
+            if line.startswith(('{"op": "feedback"', '{"op": "scores"'))
+        ]
+        tmp_wal = self.wal.with_suffix(".tmp")
+        tmp_wal.write_text("".join(line + "\n" for line in carry), encoding="utf-8")
+        with tmp_wal.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp_wal.replace(self.wal)
+        self.in_wal = []
+        return final
+
+    def _write_segment(self, rows: list[Session]) -> Path:
+        """The next segment, written whole under a temporary name, fsynced, then renamed."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if not self.in_wal:
-            return None
-        rows = [self.sessions[i] for i in self.in_wal]
         table = pa.table(
             {
                 "id": [s.id for s in rows],
@@ -185,20 +203,44 @@ class ReplayBuffer:
             os.fsync(f.fileno())
         tmp.rename(final)
         self.segments += 1
-        # Feedback and score records stay in the WAL: they may arrive after their session was
-        # sealed, and the segment holds only what the session had at sealing (recovery dedupes).
-        carry = [
-            line
-            for line in self.wal.read_text(encoding="utf-8").splitlines()
-            if line.startswith(('{"op": "feedback"', '{"op": "scores"'))
-        ]
-        tmp_wal = self.wal.with_suffix(".tmp")
-        tmp_wal.write_text("".join(line + "\n" for line in carry), encoding="utf-8")
-        with tmp_wal.open("rb") as f:
-            os.fsync(f.fileno())
-        tmp_wal.replace(self.wal)
-        self.in_wal = []
         return final
+
+    def compact(self, keep_replay: int, seed: int = 0) -> dict:
+        """Discards consumed sessions, keeping `keep_replay` of them (a random sample) as the
+        replay sample for later sleeps. Everything is sealed, the survivors are written as one
+        new segment, then the old segments are deleted and the acks rewritten: a crash at any
+        point leaves every unconsumed session (at worst, some consumed ones stay)."""
+        import random
+
+        self.seal()
+        old = [Path(p) for p in self.segment_paths()]
+        consumed = [i for i in self.sessions if i in self.acked]
+        keep = set(random.Random(seed).sample(consumed, min(keep_replay, len(consumed))))
+        dropped = [i for i in consumed if i not in keep]
+        if not dropped:
+            return {"dropped": 0, "kept_replay": len(keep), "sessions": len(self.sessions)}
+        survivors = [s for i, s in self.sessions.items() if i not in self.acked or i in keep]
+        new = self._write_segment(survivors) if survivors else None
+        for seg in old:
+            if seg != new:
+                seg.unlink()
+        for i in dropped:
+            del self.sessions[i]
+            self.leases.pop(i, None)
+        self.acked = keep
+        tmp = self.acks_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(keep)) + "\n" if keep else "", encoding="utf-8")
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(self.acks_file)
+        return {"dropped": len(dropped), "kept_replay": len(keep), "sessions": len(self.sessions)}
+
+    def replay_sample(self, n: int, seed: int = 0) -> list[Session]:
+        """Up to `n` consumed sessions: what earlier sleeps learned from, to replay."""
+        import random
+
+        consumed = [s for i, s in self.sessions.items() if i in self.acked]
+        return random.Random(seed).sample(consumed, min(n, len(consumed)))
 
     @staticmethod
     def read_segment(path: str | Path) -> list[Session]:

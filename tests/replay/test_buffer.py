@@ -144,3 +144,38 @@ def test_ray_data_reads_the_segments(tmp_path, ray_local):
         buf.add(make_session(i))
     ds = ray_local.data.read_parquet(buf.segment_paths())
     assert sorted(r["id"] for r in ds.take_all()) == [f"s{i:04d}" for i in range(10)]
+
+
+def test_compaction_discards_consumed_sessions_but_the_replay_sample(tmp_path):
+    """After a sleep, consumed sessions go, but for a random replay sample; nothing unconsumed
+    is lost, the result survives a restart, and a compaction that crashed halfway (the new
+    segment written, old ones still there) recovers to a consistent buffer."""
+    import shutil
+
+    buf = ReplayBuffer(tmp_path / "buf", seal_every=4)
+    ids = [buf.add(make_session(i)) for i in range(10)]
+    buf.set_scores(ids[9], [0.9, 0.9], 0.9, "prm-v1")  # a score record for an unsealed session
+    consumed = ids[:7]
+    buf.ack(consumed)
+    snapshot = tmp_path / "before"
+    shutil.copytree(tmp_path / "buf", snapshot)
+    out = buf.compact(keep_replay=2, seed=0)
+    assert out == {"dropped": 5, "kept_replay": 2, "sessions": 5}
+    kept = {s.id for s in buf.replay_sample(10)}
+    assert len(kept) == 2 and kept <= set(consumed)
+    again = ReplayBuffer(tmp_path / "buf")
+    assert set(again.ids()) == set(ids[7:]) | kept
+    assert {s.id for s in again.take(10)} == set(ids[7:])  # the unconsumed, and only them
+    assert again.get(ids[9]).r_tau == 0.9
+    assert again.stats()["acked"] == 2 and again.stats()["pending"] == 3
+    assert len(again.segment_paths()) == 1
+
+    # A crash after the new segment's rename, before the old segments went: old and new
+    # segments both on disk, the old acks file; recovery dedupes and loses nothing.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(snapshot, crashed)
+    ReplayBuffer(crashed).seal()
+    shutil.copy(again.segment_paths()[0], crashed / "segments" / "seg-00000099.parquet")
+    rec = ReplayBuffer(crashed)
+    assert set(ids) <= set(rec.ids())
+    assert {s.id for s in rec.take(10)} == set(ids[7:])
