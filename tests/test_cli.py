@@ -71,12 +71,3 @@ def test_bench_retrieval_reports_every_query_form_and_mode(tiny_state, capsys):
     state = next(r for r in res["rows"] if r["query"] == "state" and r["mode"] == "hybrid")
     alone = next(r for r in res["rows"] if r["query"] == "question" and r["mode"] == "hybrid")
     assert state["recall_hop2"] > alone["recall_hop2"]
-
-
-def test_demo_runs_every_stage_on_a_built_state(tiny_state, capsys):
-    assert main(["demo", "--json", *tiny_state["args"]]) == 0
-    out = capsys.readouterr().out
-    for stage in ("1/4 bootstrap", "2/4 ingest", "3/4 ask", "4/4 bench rgr"):
-        assert stage in out
-    assert "already built" in out and "ingested 0 new documents" in out
-    assert _last_json(out)["rows"]

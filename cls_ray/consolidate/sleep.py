@@ -633,9 +633,9 @@ def sleep_from_buffer(
     if method == "ppo" and c.ppo_fresh_per_family:
         from cls_ray.consolidate.ppo import fresh_rollouts
 
-        replayed = world.questions("train", families, per_family=c.ppo_fresh_per_family)
+        replay_qs = world.questions("train", families, per_family=c.ppo_fresh_per_family)
         fresh, more = fresh_rollouts(
-            stack, prm, [q.text for q in replayed], c.ppo_temperature, c.seed, retriever
+            stack, prm, [q.text for q in replay_qs], c.ppo_temperature, c.seed, retriever
         )
         doc_texts.update(more)
         learn += fresh
