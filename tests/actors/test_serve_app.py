@@ -32,6 +32,7 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local, tiny_prm):
             f"serve.admin_key_env={ADMIN_KEY_ENV}",
         ],
     )
+    serve.shutdown()  # a Serve left by an earlier test would keep its own HTTP port
     url = deploy(cfg)
     docs = [{"id": d.id, "text": d.text} for d in tiny_stack.world.documents]
     r = requests.post(f"{url}/v1/documents", json={"documents": docs}, timeout=120)

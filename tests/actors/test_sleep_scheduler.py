@@ -47,6 +47,7 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local, tiny_prm):
             "rgr.patterns=false",
         ],
     )
+    serve.shutdown()  # a Serve left by an earlier test would keep its own HTTP port
     url = deploy(cfg)
     docs = [{"id": d.id, "text": d.text} for d in tiny_stack.world.documents]
     r = requests.post(f"{url}/v1/documents", json={"documents": docs}, timeout=120)
@@ -167,40 +168,3 @@ def test_a_consolidation_killed_mid_run_publishes_nothing(served):
                 assert os.path.exists(os.path.join(v["artifact_uri"], f))
     stats = requests.get(f"{url}/admin/buffer", headers=admin, timeout=30).json()
     assert stats["pending"] >= len(probe)  # nothing was consumed
-
-
-def test_the_scheduler_starts_a_sleep_when_enough_sessions_wait(served):
-    """The automatic trigger: a poll below the threshold starts nothing; once enough sessions
-    wait, a poll starts one (and only one) consolidation, which runs to a registered version."""
-    from actors.replay_buffer import buffer_actor_name
-    from actors.scheduler import SleepScheduler
-
-    url, cfg, world = served["url"], served["cfg"], served["world"]
-    pending = _buffer_stats(served)["pending"]
-    auto = cfg.model_copy(
-        update={
-            "consolidate": cfg.consolidate.model_copy(
-                update={"sleep_min_sessions": pending + 3, "steps": 10}
-            )
-        }
-    )
-    sched = SleepScheduler(auto.model_dump(mode="json"), buffer_actor_name(APP))
-    first = sched.tick()
-    assert not first["started"] and first["reason"] == f"{pending} sessions waiting"
-    _ask(
-        url, [q.text for q in world.questions("train", world.held_back_families, per_family=2)][:3]
-    )
-    started = sched.tick()
-    assert started["started"] and "threshold" in started["reason"]
-    assert sched.tick() == {"started": False, "reason": "a consolidation is running"}
-    done = sched.wait(900)["history"][-1]
-    assert "error" not in done, done
-    assert done["version"].startswith("v")
-    if done["promoted"]:  # what it consumed is acknowledged (sessions a cancelled job leased
-        assert _buffer_stats(served)["pending"] <= pending  # before may still wait)
-
-
-def _buffer_stats(served) -> dict:
-    import requests
-
-    return requests.get(f"{served['url']}/admin/buffer", headers=served["admin"], timeout=30).json()
