@@ -90,7 +90,17 @@ def _client(cfg: Config):
     # make: start (or find) the controller, then apply a declarative config.
     from ray.serve._private.api import serve_start
 
-    return serve_start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    client = serve_start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    running = client.http_config
+    if running.port != cfg.serve.port:
+        # Serve was already up with other HTTP options; they cannot change while it runs, and
+        # the application would answer on a port nobody is told about.
+        raise DeployError(
+            f"serve.port is {cfg.serve.port} but Serve already runs on this cluster with HTTP "
+            f"on {running.host}:{running.port}: set serve.port={running.port} "
+            "(or shut Serve down with `serve shutdown`)"
+        )
+    return client
 
 
 def _inside_serve() -> bool:

@@ -32,6 +32,13 @@ def consolidation_job(cfg: dict, method: str, limit: int) -> dict:
     return run_consolidation(Config.model_validate(cfg), method, limit)
 
 
+def _live_placement_groups() -> set[str]:
+    """Ids of the cluster's placement groups that still hold or wait for resources (read from
+    the GCS, so it works without the dashboard)."""
+    table = ray.util.placement_group_table()
+    return {k for k, v in table.items() if v["state"] != "REMOVED"}
+
+
 class SleepScheduler:
     def __init__(self, cfg: dict, buffer_name: str, namespace: str = "cls-ray"):
         self.cfg = Config.model_validate(cfg)
@@ -40,6 +47,7 @@ class SleepScheduler:
         self.lock = threading.Lock()
         self.job = None
         self.current: dict | None = None
+        self.current_pgs: set[str] = set()
         self.history: list[dict] = []
         self.last_end = time.time()
         c = self.cfg.consolidate
@@ -79,8 +87,10 @@ class SleepScheduler:
     def _start(self, reason: str, method: str | None = None) -> dict:
         c = self.cfg.consolidate
         method = method or c.sleep_method
+        pgs = _live_placement_groups()
         self.job = consolidation_job.remote(self.cfg_dict, method, c.sleep_limit)
         self.current = {"reason": reason, "method": method, "started_at": time.time()}
+        self.current_pgs = pgs
         logger.info("sleep scheduler: started a %s consolidation (%s)", method, reason)
         return {"started": True, **self.current}
 
@@ -109,18 +119,33 @@ class SleepScheduler:
                 return {"started": False, "reason": "no unconsumed sessions"}
             return self._start(f"{reason}, {n} sessions waiting", method)
 
-    def cancel(self) -> dict:
-        """Kills the running consolidation (its Ray Train workers die with it). Nothing it did
-        is published: adapters are written whole or not at all, and a version is registered
-        only after evaluation."""
+    def cancel(self, grace_s: float = 60.0) -> dict:
+        """Stops the running consolidation. Nothing it did is published: adapters are written
+        whole or not at all, and a version is registered only after evaluation.
+
+        The job is interrupted first: Ray Train's fit() turns the interrupt into an abort of its
+        run, which stops the workers and removes their placement group. Killing the job's process
+        outright would leave that placement group holding its CPUs whenever the state API is
+        unavailable (Train's cleaner asks the dashboard whether the controller lives), and the next
+        consolidation would wait for them forever; so a force-kill is only the fallback, and it
+        removes the placement groups that appeared while the job ran."""
         with self.lock:
             if self.job is None:
                 return {"cancelled": False, "reason": "no consolidation is running"}
-            ray.cancel(self.job, force=True)
-        ray.wait([self.job], timeout=60)
+            job, before = self.job, self.current_pgs
+            ray.cancel(job)
+        forced = not ray.wait([job], timeout=grace_s)[0]
+        if forced:
+            logger.warning("sleep scheduler: the job ignored the interrupt; killing it")
+            ray.cancel(job, force=True)
+            ray.wait([job], timeout=60)
+            for pg_id in _live_placement_groups() - before:
+                from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
         with self.lock:
             self._reap()
-        return {"cancelled": True}
+        return {"cancelled": True, "forced": forced}
 
     def status(self) -> dict:
         with self.lock:

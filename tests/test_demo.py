@@ -32,6 +32,9 @@ def test_demo_runs_the_whole_loop_and_writes_the_report(tmp_path, ray_local, cap
         "consolidate.retention_tolerance=1.0",
     ]
     args = [x for o in overrides for x in ("--set", o)]
+    from ray import serve
+
+    serve.shutdown()  # a Serve left by an earlier test keeps its own HTTP port
     assert main(["demo", "--json", "-q", *args]) == 0
     printed = capsys.readouterr().out
     out = json.loads(printed.strip().splitlines()[-1])

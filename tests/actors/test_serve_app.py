@@ -220,6 +220,16 @@ def test_bad_requests_get_4xx_naming_the_problem_and_the_service_survives(served
     assert ok.status_code == 200
 
 
+def test_deploying_on_another_port_than_the_running_serve_names_serve_port(served):
+    from actors.deploy import DeployError, deploy
+    from tests.conftest import free_port
+
+    cfg = served["cfg"].model_copy(deep=True)
+    cfg.serve.port = free_port()
+    with pytest.raises(DeployError, match=f"serve.port is {cfg.serve.port} but Serve already"):
+        deploy(cfg)
+
+
 def _make_adapter(cfg, out):
     """A LoRA adapter on the served base with non-zero weights, so its answers differ."""
     import torch

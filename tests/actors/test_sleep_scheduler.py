@@ -1,6 +1,7 @@
 """Consolidation next to the serving application: the sleep scheduler starts one on an admin
 request (never two at once), the promoted version reaches every generator replica, rollback
-restores the previous answers, and a consolidation killed mid-run publishes nothing."""
+restores the previous answers, a consolidation killed mid-run publishes nothing and frees its
+CPUs, and enough waiting sessions start one."""
 
 import os
 import shutil
@@ -144,6 +145,7 @@ def test_a_consolidation_killed_mid_run_publishes_nothing(served):
     runs = cfg.state_path / "ray_train"
     seen = set(runs.iterdir()) if runs.exists() else set()
     sched = _scheduler()
+    free_cpus = ray.available_resources().get("CPU", 0)
     assert ray.get(sched.trigger.remote("test"))["started"]
     deadline = time.time() + 600
     while time.time() < deadline:  # wait until the trainer is running
@@ -153,7 +155,13 @@ def test_a_consolidation_killed_mid_run_publishes_nothing(served):
     else:
         pytest.fail("the consolidation never started training")
     time.sleep(5)
-    assert ray.get(sched.cancel.remote())["cancelled"]
+    assert ray.get(sched.cancel.remote()) == {"cancelled": True, "forced": False}
+    # The Train run's workers and placement group are gone: the CPUs are free again for the
+    # next consolidation (a leftover placement group would make it wait forever).
+    deadline = time.time() + 60
+    while ray.available_resources().get("CPU", 0) < free_cpus and time.time() < deadline:
+        time.sleep(1)
+    assert ray.available_resources().get("CPU", 0) >= free_cpus
     last = ray.get(sched.status.remote())["history"][-1]
     assert "error" in last and not last.get("version")
 
@@ -168,3 +176,31 @@ def test_a_consolidation_killed_mid_run_publishes_nothing(served):
                 assert os.path.exists(os.path.join(v["artifact_uri"], f))
     stats = requests.get(f"{url}/admin/buffer", headers=admin, timeout=30).json()
     assert stats["pending"] >= len(probe)  # nothing was consumed
+
+
+def test_the_scheduler_starts_a_sleep_when_enough_sessions_wait(served):
+    import ray
+
+    from actors.replay_buffer import buffer_actor_name
+    from actors.scheduler import SleepScheduler
+
+    url, cfg, world = served["url"], served["cfg"], served["world"]
+    buffer = ray.get_actor(buffer_actor_name(APP), namespace="cls-ray")
+    pending = ray.get(buffer.stats.remote())["pending"]
+    c = cfg.model_dump(mode="json")
+    c["consolidate"]["sleep_min_sessions"] = pending + 3
+    sched = SleepScheduler(c, buffer_actor_name(APP))  # the actor's logic, driven by hand
+    below = sched.tick()
+    assert not below["started"] and below["reason"] == f"{pending} sessions waiting"
+    _ask(url, [q.text for q in world.questions("train", per_family=1)][:3])
+    started = sched.tick()
+    assert started["started"], started
+    assert "threshold" in started["reason"]
+    assert sched.tick() == {"started": False, "reason": "a consolidation is running"}
+    status = sched.wait(900)
+    assert status["running"] is None
+    done = status["history"][-1]
+    assert "error" not in done, done
+    assert done["version"].startswith("v")
+    if done["promoted"]:  # what the sleep consumed is no longer pending
+        assert ray.get(buffer.stats.remote())["pending"] < pending + 3
