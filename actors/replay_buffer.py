@@ -36,6 +36,9 @@ class ReplayBufferActor:
     def take(self, n: int) -> list[dict]:
         return [s.model_dump() for s in self.buffer.take(n)]
 
+    def lease(self, n: int) -> dict:
+        return self.buffer.lease(n)
+
     def ack(self, ids: list[str]) -> int:
         return self.buffer.ack(ids)
 

@@ -208,6 +208,15 @@ class Scorer:
 # ------------------------------------------------------------------------------------------
 # Adapters that let the pure RGR loop (run in a worker thread) call the deployments.
 # ------------------------------------------------------------------------------------------
+def _in_groups(method, n: int, max_group: int | None, body) -> list:
+    """Calls a deployment `method` once per group of at most `max_group` of the `n` items
+    (`body(slice)` builds a group's request; all groups are in flight together) and returns the
+    results in order: a call larger than the deployment batches at once would be refused."""
+    step = max_group or max(1, n)
+    calls = [method.remote(body(slice(i, i + step))) for i in range(0, n, step)]
+    return [x for call in calls for x in call.result()]
+
+
 class RemoteEngine:
     """`Engine` over the generator deployment, pinned to the version the session started on."""
 
@@ -234,21 +243,17 @@ class RemoteEngine:
         """One request for all prompts of a round (the sessions of one ingress batch); a round
         larger than the generator batches at once (best-of-N) goes as several requests."""
         prompts = list(prompts)
-        step = self.max_group or max(1, len(prompts))
-        calls = [
-            self.handle.generate.remote(
-                {
-                    "prompts": prompts[i : i + step],
-                    "temperature": temperature,
-                    "version": self.version,
-                    "choices": None
-                    if choices is None
-                    else [list(c) for c in choices[i : i + step]],
-                }
-            )
-            for i in range(0, len(prompts), step)
-        ]
-        got = [g for call in calls for g in call.result()]
+        got = _in_groups(
+            self.handle.generate,
+            len(prompts),
+            self.max_group,
+            lambda g: {
+                "prompts": prompts[g],
+                "temperature": temperature,
+                "version": self.version,
+                "choices": None if choices is None else [list(c) for c in choices[g]],
+            },
+        )
         if got:
             self.version = got[0]["version"]
         return [Generation(g["text"], g["token_ids"], g["logprobs"]) for g in got]
@@ -264,18 +269,16 @@ class RemoteRetriever:
 
     def retrieve(self, queries, k, exclude=None):
         queries = list(queries)
-        step = self.max_group or max(1, len(queries))
-        calls = [
-            self.handle.retrieve.remote(
-                {
-                    "queries": queries[i : i + step],
-                    "k": k,
-                    "exclude": [sorted(e) for e in exclude[i : i + step]] if exclude else None,
-                }
-            )
-            for i in range(0, len(queries), step)
-        ]
-        got = [docs for call in calls for docs in call.result()]
+        got = _in_groups(
+            self.handle.retrieve,
+            len(queries),
+            self.max_group,
+            lambda g: {
+                "queries": queries[g],
+                "k": k,
+                "exclude": [sorted(e) for e in exclude[g]] if exclude else None,
+            },
+        )
         return [[RetrievedDoc(d["id"], d["score"], d["text"]) for d in docs] for docs in got]
 
     def plans(self, questions):

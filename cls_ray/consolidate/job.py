@@ -30,6 +30,11 @@ class ActorBuffer:
 
         return [Session.model_validate(s) for s in ray.get(self.handle.take.remote(n))]
 
+    def lease(self, n: int) -> dict:
+        import ray
+
+        return ray.get(self.handle.lease.remote(n))
+
     def set_scores(self, session_id, step_scores, r_tau, prm=None) -> None:
         import ray
 

@@ -13,9 +13,7 @@ stored-session tokens by the truncated importance ratio to the behaviour policy.
 
 from __future__ import annotations
 
-import json
 import random
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -298,53 +296,33 @@ def train_ppo(
     """PPO of a LoRA adapter on `rows` (see `experience_rows`) through Ray Train + DeepSpeed,
     with `replay` (prompt, step) pairs for the ptx term; writes the adapter to `out` and returns
     the training metrics."""
-    from cls_ray.distributed import launch, trainer_options
+    from cls_ray.consolidate.sft import adapter_run, launch_adapter_run
 
     c = cfg.consolidate
     if not rows:
         raise ValueError("no scored trajectories: nothing to learn from")
-    out = Path(out).resolve()
-    n_steps = steps or c.ppo_steps
-    meta = {
-        "method": "ppo",
-        "base": str(cfg.model_path),
-        "trajectories": len(rows),
-        "steps": n_steps,
-        "lora_r": c.lora_r,
-        "lora_alpha": c.lora_alpha,
-        "zero_stage": c.zero_stage,
-        "workers": c.num_workers,
-        "created_at": time.time(),
-    }
-    config = {
-        **trainer_options(c),
-        "lr": c.ppo_lr,
-        "batch_size": c.ppo_batch_size,
-        "rows": list(rows),
-        "base": str(cfg.model_path.resolve()),
-        "lora_r": c.lora_r,
-        "lora_alpha": c.lora_alpha,
-        "max_len": cfg.model.arch.max_position,
-        "steps": n_steps,
-        "out": str(out),
-        "meta": meta,
-        "kl_beta": c.ppo_kl_beta,
-        "kl_kind": c.ppo_kl_kind,
-        "clip": c.ppo_clip,
-        "vf_coef": c.ppo_vf_coef,
-        "gamma": 1.0,
-        "lam": c.ppo_lam,
-        "tis_cap": c.ppo_tis_cap,
-        "credit": c.ppo_credit,
-        "whiten": c.ppo_whiten,
-        "temperature": c.ppo_temperature,
-        "replay": list(replay or []),
-        "ptx_coef": c.ppo_ptx_coef,
-        "ptx_batch": c.ppo_ptx_batch,
-    }
-    seconds = launch(c, ppo_loop_per_worker, config, cfg.state_path, "ppo")
-    metrics = json.loads((out / "consolidation.json").read_text())["train"]
-    return {**metrics, "seconds": seconds, "path": str(out), "trajectories": len(rows)}
+    steps = steps or c.ppo_steps
+    config = adapter_run(cfg, Path(out).resolve(), steps, "ppo", trajectories=len(rows))
+    config.update(
+        lr=c.ppo_lr,
+        batch_size=c.ppo_batch_size,
+        rows=list(rows),
+        kl_beta=c.ppo_kl_beta,
+        kl_kind=c.ppo_kl_kind,
+        clip=c.ppo_clip,
+        vf_coef=c.ppo_vf_coef,
+        gamma=1.0,
+        lam=c.ppo_lam,
+        tis_cap=c.ppo_tis_cap,
+        credit=c.ppo_credit,
+        whiten=c.ppo_whiten,
+        temperature=c.ppo_temperature,
+        replay=list(replay or []),
+        ptx_coef=c.ppo_ptx_coef,
+        ptx_batch=c.ppo_ptx_batch,
+    )
+    metrics = launch_adapter_run(cfg, ppo_loop_per_worker, config, "ppo")
+    return {**metrics, "trajectories": len(rows)}
 
 
 def fresh_rollouts(stack, prm, questions, temperature: float, seed: int = 0, retriever=None):

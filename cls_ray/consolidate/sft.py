@@ -109,37 +109,53 @@ def save_adapter(model, out: Path, meta: dict) -> Path:
     return out
 
 
-def train_sft(cfg, pairs: list[tuple[str, str]], out: str | Path, steps: int | None = None):
-    """LoRA SFT of the base model on `pairs` through Ray Train + DeepSpeed; writes the adapter
-    to `out` and returns the training metrics."""
-    from cls_ray.distributed import launch, trainer_options
+def adapter_run(cfg, out: Path, steps: int, method: str, **counts) -> dict:
+    """The worker config every adapter run (SFT, PPO) shares: the trainer options, the base,
+    the LoRA shape, where to write, and the `meta` saved next to the adapter."""
+    from cls_ray.distributed import trainer_options
 
     c = cfg.consolidate
-    if not pairs:
-        raise ValueError("no supervised pairs: nothing passed the PRM gate")
-    out = Path(out).resolve()
-    n_steps = steps or c.steps
     meta = {
+        "method": method,
         "base": str(cfg.model_path),
-        "pairs": len(pairs),
-        "steps": n_steps,
+        **counts,
+        "steps": steps,
         "lora_r": c.lora_r,
         "lora_alpha": c.lora_alpha,
         "zero_stage": c.zero_stage,
         "workers": c.num_workers,
         "created_at": time.time(),
     }
-    config = {
+    return {
         **trainer_options(c),
-        "pairs": list(pairs),
         "base": str(cfg.model_path.resolve()),
         "lora_r": c.lora_r,
         "lora_alpha": c.lora_alpha,
         "max_len": cfg.model.arch.max_position,
-        "steps": n_steps,
+        "steps": steps,
         "out": str(out),
         "meta": meta,
     }
-    seconds = launch(c, sft_loop_per_worker, config, cfg.state_path, "sleep-sft")
-    metrics = json.loads((out / "consolidation.json").read_text())["train"]
-    return {**metrics, "seconds": seconds, "path": str(out), "pairs": len(pairs)}
+
+
+def launch_adapter_run(cfg, loop, config: dict, name: str) -> dict:
+    """Runs `loop` on Ray Train and returns the metrics its rank 0 saved with the adapter."""
+    from cls_ray.distributed import launch
+
+    seconds = launch(cfg.consolidate, loop, config, cfg.state_path, name)
+    meta = json.loads((Path(config["out"]) / "consolidation.json").read_text())
+    return {**meta["train"], "seconds": seconds, "path": config["out"]}
+
+
+def train_sft(cfg, pairs: list[tuple[str, str]], out: str | Path, steps: int | None = None):
+    """LoRA SFT of the base model on `pairs` through Ray Train + DeepSpeed; writes the adapter
+    to `out` and returns the training metrics."""
+    if not pairs:
+        raise ValueError("no supervised pairs: nothing passed the PRM gate")
+    steps = steps or cfg.consolidate.steps
+    config = adapter_run(cfg, Path(out).resolve(), steps, "sft", pairs=len(pairs))
+    config["pairs"] = list(pairs)
+    return {
+        **launch_adapter_run(cfg, sft_loop_per_worker, config, "sleep-sft"),
+        "pairs": len(pairs),
+    }

@@ -602,11 +602,12 @@ def sleep_from_buffer(
     what the model knew. The sessions are acknowledged (consumed) only when the candidate is
     promoted. PPO adds fresh rollouts of the current model on the sessions' questions."""
     from cls_ray.replay.buffer import ReplayBuffer
+    from cls_ray.replay.data import read_leased
 
     cfg, world = stack.cfg, stack.world
     retriever = retriever or stack.retriever
     buf = buffer or ReplayBuffer(cfg.replay_path)
-    taken = [s.model_dump() for s in buf.take(limit)]
+    taken = read_leased(buf.lease(limit))  # the sealed segments, read with Ray Data
     if not taken:
         raise ValueError(f"no unconsumed sessions in {cfg.replay_path}")
     c = cfg.consolidate

@@ -265,6 +265,27 @@ class ReplayBuffer:
             out.append(s)
         return out
 
+    def lease(self, n: int) -> dict:
+        """Like `take`, for a reader of the sealed segments (`cls_ray.replay.data`): seals what
+        the WAL holds, leases up to `n` unconsumed sessions and returns their ids, the segment
+        paths, and what arrived for them after sealing (feedback, PRM scores), which only the
+        WAL holds."""
+        self.seal()
+        taken = self.take(n)
+        return {
+            "ids": [s.id for s in taken],
+            "segments": self.segment_paths(),
+            "late": {
+                s.id: {
+                    "feedback": [f.model_dump() for f in s.feedback],
+                    "prm_step_scores": s.prm_step_scores,
+                    "r_tau": s.r_tau,
+                    "prm_version": s.prm_version,
+                }
+                for s in taken
+            },
+        }
+
     def ack(self, ids: list[str]) -> int:
         new = [i for i in ids if i in self.sessions and i not in self.acked]
         if new:

@@ -146,6 +146,30 @@ def test_ray_data_reads_the_segments(tmp_path, ray_local):
     assert sorted(r["id"] for r in ds.take_all()) == [f"s{i:04d}" for i in range(10)]
 
 
+@pytest.mark.ray
+def test_a_sleep_reads_its_leased_sessions_from_the_segments_with_ray_data(tmp_path, ray_local):
+    """What a lease hands out is read with Ray Data from the sealed segments, with what arrived
+    after sealing (feedback, scores); leased sessions are not handed out twice."""
+    from cls_ray.replay.data import read_leased
+
+    buf = ReplayBuffer(tmp_path, seal_every=4)
+    for i in range(6):  # one sealed segment of 4, two sessions still in the WAL
+        buf.add(make_session(i))
+    buf.add_feedback("s0001", {"rating": 1})
+    buf.set_scores("s0002", [0.9, 0.8], 0.8, "prm-v1")
+    lease = buf.lease(5)
+    assert lease["ids"] == [f"s{i:04d}" for i in range(5)]
+    assert buf.stats()["unsealed"] == 0  # the lease sealed the WAL first
+    got = read_leased(lease)
+    assert [s["id"] for s in got] == lease["ids"]
+    assert got[1]["feedback"][0]["rating"] == 1
+    assert got[2]["prm_step_scores"] == [0.9, 0.8] and got[2]["prm_version"] == "prm-v1"
+    assert got[4] == buf.get("s0004").model_dump()
+    assert buf.lease(5)["ids"] == ["s0005"]
+    with pytest.raises(RuntimeError, match="in no segment"):
+        read_leased({**lease, "segments": lease["segments"][:1], "ids": ["s0005"]})
+
+
 def test_compaction_discards_consumed_sessions_but_the_replay_sample(tmp_path):
     """After a sleep, consumed sessions go, but for a random replay sample; nothing unconsumed
     is lost, the result survives a restart, and a compaction that crashed halfway (the new
