@@ -49,6 +49,8 @@ def app_spec(
 ) -> dict:
     """The application's entry of a Serve deploy config. Batch sizes live in `user_config`, so
     changing them (as `bench serve` does) reconfigures replicas in place, like a version."""
+    from actors.serve_app import generator_options
+
     return {
         "name": cfg.serve.app_name,
         "route_prefix": "/",
@@ -56,7 +58,11 @@ def app_spec(
         "args": {"config": cfg.model_dump(mode="json")},
         "logging_config": {"enable_access_log": cfg.serve.access_log},
         "deployments": [
-            {"name": "generator", "user_config": version_config(cfg, v, max_batch_size)},
+            {
+                "name": "generator",
+                **generator_options(cfg),
+                "user_config": version_config(cfg, v, max_batch_size),
+            },
             {
                 "name": "ingress",
                 "user_config": {
@@ -80,7 +86,9 @@ def start_state_actors(cfg: Config) -> None:
     from actors.replay_buffer import buffer_actor_name, start_replay_buffer
     from actors.scheduler import start_scheduler
 
-    start_replay_buffer(str(cfg.replay_path), buffer_actor_name(cfg.serve.app_name))
+    start_replay_buffer(
+        str(cfg.replay_path), buffer_actor_name(cfg.serve.app_name), segments=cfg.replay_segments
+    )
     start_registry(str(cfg.state_path / "registry.json"), str(cfg.model_path), cfg.serve.app_name)
     start_scheduler(cfg)
 

@@ -14,8 +14,16 @@ from cls_ray.replay.buffer import ReplayBuffer
 
 
 class ReplayBufferActor:
-    def __init__(self, root: str, seal_every: int = 256, lease_seconds: float = 300.0):
-        self.buffer = ReplayBuffer(root, seal_every=seal_every, lease_seconds=lease_seconds)
+    def __init__(
+        self,
+        root: str,
+        seal_every: int = 256,
+        lease_seconds: float = 300.0,
+        segments: str | None = None,
+    ):
+        self.buffer = ReplayBuffer(
+            root, seal_every=seal_every, lease_seconds=lease_seconds, segments=segments
+        )
 
     def add(self, session: dict) -> str:
         return self.buffer.add(session)
@@ -79,6 +87,7 @@ def start_replay_buffer(
     seal_every: int = 256,
     num_cpus: float = 0.1,
     pin_here: bool = True,
+    segments: str | None = None,
 ):
     """Starts (or finds) the named buffer actor. It is detached (it outlives the process that
     started it), restarts forever after crashes, and by default runs on this node, where its
@@ -102,5 +111,5 @@ def start_replay_buffer(
             num_cpus=num_cpus,
             **options,
         )
-        .remote(root, seal_every)
+        .remote(root, seal_every, segments=segments)
     )

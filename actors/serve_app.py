@@ -52,12 +52,19 @@ class Generator:
         """`{"version": name, "path": checkpoint or adapter folder, "max_batch_size": n}`: load
         the version and make it current; set the batch size.
 
+        `"version": "current"` (what a cluster's RayService declares) serves the registry's
+        current version, so a new or restarted cluster comes back on what was promoted.
+
         The previous engine stays loaded: sessions that started on it finish on it."""
         if user_config.get("max_batch_size"):
             self.generate.set_max_batch_size(int(user_config["max_batch_size"]))
-        version = user_config.get("version", "base")
+        version, path = user_config.get("version", "base"), user_config.get("path")
+        if version == "current":
+            from actors.deploy import registry_for
+
+            v = registry_for(self.cfg).current()
+            version, path = v.name, None if v.kind == "base" else v.artifact_uri
         if version not in self.engines:
-            path = user_config.get("path")
             self.engines[version] = self.engine_factory(self.cfg, version, path)
         self.current = version
         keep = {"base", version, *list(self.engines)[-2:]}
@@ -470,7 +477,10 @@ class Ingress:
         self._background: set[asyncio.Task] = set()
         # Started by `deploy` on the node that holds the state directory; found here by name.
         self.buffer = start_replay_buffer(
-            str(self.cfg.replay_path), buffer_actor_name(s.app_name), pin_here=False
+            str(self.cfg.replay_path),
+            buffer_actor_name(s.app_name),
+            pin_here=False,
+            segments=self.cfg.replay_segments,
         )
         self.registry = start_registry(
             str(self.cfg.state_path / "registry.json"), str(self.cfg.model_path), s.app_name
@@ -797,6 +807,27 @@ def generator_user_config(cfg: Config, version: str = "base", path: str | None =
     return {"version": version, "path": path, "max_batch_size": cfg.serve.max_batch_size}
 
 
+def generator_options(cfg: Config) -> dict:
+    """The generator's deployment options (autoscaling, load, resources): bound here and
+    written into a Serve config by `actors.deploy.app_spec`, so both agree."""
+    s = cfg.serve
+    a = s.generator_autoscaling
+    resources = {"num_cpus": s.generator_num_cpus}
+    if s.generator_num_gpus:
+        resources["num_gpus"] = s.generator_num_gpus
+    return {
+        "autoscaling_config": {
+            "min_replicas": a.min_replicas,
+            "max_replicas": a.max_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+            "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s,
+        },
+        "max_ongoing_requests": s.generator_max_ongoing_requests,
+        "ray_actor_options": resources,
+    }
+
+
 def build_app(cfg: Config, engine_factory: Callable | None = None, user_config: dict | None = None):
     """The application graph with deployment options from `cfg`; `user_config` names the
     model version the generator replicas serve."""
@@ -805,15 +836,7 @@ def build_app(cfg: Config, engine_factory: Callable | None = None, user_config: 
     gen = serve.deployment(
         Generator,
         name="generator",
-        autoscaling_config={
-            "min_replicas": s.generator_autoscaling.min_replicas,
-            "max_replicas": s.generator_autoscaling.max_replicas,
-            "target_ongoing_requests": s.generator_autoscaling.target_ongoing_requests,
-            "upscale_delay_s": s.generator_autoscaling.upscale_delay_s,
-            "downscale_delay_s": s.generator_autoscaling.downscale_delay_s,
-        },
-        max_ongoing_requests=s.generator_max_ongoing_requests,
-        ray_actor_options={"num_cpus": s.generator_num_cpus},
+        **generator_options(cfg),
         user_config=user_config or generator_user_config(cfg),
     ).bind(data, engine_factory)
     # Milvus Lite allows one process per file: one retriever replica owns it. Against a Milvus

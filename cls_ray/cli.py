@@ -34,6 +34,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--json", action="store_true", help="print one JSON object last")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a small size of the job, for checks (a cluster's first run, CI); --set still wins",
+    )
 
     p = argparse.ArgumentParser(prog="cls-ray", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -71,16 +76,44 @@ def make_parser() -> argparse.ArgumentParser:
         "ppo", parents=[common], help="PPO on buffered sessions and fresh rollouts (step rewards)"
     )
     pp.add_argument("--limit", type=int, default=1000, help="sessions to consume at most")
+    cl = sub.add_parser("cluster", parents=[common], help="KubeRay manifests from the config")
+    cl.add_argument("action", choices=["render"])
+    cl.add_argument("--out", default="cluster/kuberay", help="folder of the manifests")
+    cl.add_argument("--image", default=None, help="the cls-ray image the pods run")
+    cl.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if the files differ"
+    )
     d = sub.add_parser("demo", parents=[common], help="the main job on the embedded default")
     d.add_argument("--per-family", type=int, default=None, help="bench questions per family")
     return p
+
+
+# `--smoke`: every long job at a size that checks the path end to end in a minute or two.
+SMOKE = [
+    "model.bootstrap.steps=20",
+    "bench.per_family=2",
+    "bench.serve_requests=8",
+    "prm.steps=10",
+    "prm.questions_per_family=4",
+    "prm.eval_per_family=2",
+    "prm.best_of_n=[1,4]",
+    "prm.best_of_n_per_family=1",
+    "consolidate.steps=10",
+    "consolidate.ppo_steps=4",
+    "consolidate.batch_size=8",
+    "consolidate.eval_per_family=2",
+    "consolidate.new_per_family=2",
+    "consolidate.sample_n=2",
+    "consolidate.ppo_fresh_per_family=1",
+]
 
 
 def resolve_config(args) -> Config:
     path = args.config
     if path is None and Path(DEFAULT_CONFIG).exists():
         path = DEFAULT_CONFIG
-    return load_config(path, args.overrides)
+    overrides = [*SMOKE, *args.overrides] if getattr(args, "smoke", False) else args.overrides
+    return load_config(path, overrides)
 
 
 def _emit(args, obj: dict) -> None:
@@ -112,8 +145,10 @@ def _init_ray(cfg: Config, log_to_driver: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=log_to_driver)
+    # Inside `ray job submit` the job's cluster is in RAY_ADDRESS: join it.
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=log_to_driver)
     else:
         for attempt in range(2):  # a loaded machine can miss Ray's start-up deadline once
             try:
@@ -723,6 +758,32 @@ def cmd_rollback(args, stack) -> dict:
     return v.model_dump()
 
 
+def cmd_cluster(args, stack) -> dict:
+    from cls_ray.cluster import IMAGE, manifests, render, render_text
+
+    if not args.config:
+        raise ValueError("--config names the cluster config the manifests are built from")
+    image = args.image or IMAGE
+    out = Path(args.out)
+    if args.check:
+        stale = [
+            name
+            for name, docs in manifests(stack.cfg, args.config, image).items()
+            if not (out / name).exists()
+            or (out / name).read_text() != render_text(docs, args.config)
+        ]
+        for name in stale:
+            print(f"{out / name}: differs from what {args.config} builds", file=sys.stderr)
+        if stale:
+            raise ValueError(f"{len(stale)} manifest(s) drifted: run `cls-ray cluster render`")
+        print(f"{out}: up to date with {args.config}")
+        return {"stale": []}
+    paths = render(stack.cfg, args.config, out, image)
+    for p in paths:
+        print(f"wrote {p}")
+    return {"written": [str(p) for p in paths]}
+
+
 COMMANDS = {
     "up": cmd_up,
     "down": cmd_down,
@@ -737,6 +798,7 @@ COMMANDS = {
     "sleep": cmd_sleep,
     "ppo": cmd_sleep,
     "demo": cmd_demo,
+    "cluster": cmd_cluster,
 }
 
 

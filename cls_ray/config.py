@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cls_ray.world.core import WorldConfig
 
@@ -26,9 +26,13 @@ class StoreConfig(_Section):
     uri: str = Field(
         "",
         description="Milvus server URI (http://host:19530) or a Milvus Lite .db path; empty: "
-        "Milvus Lite at <state_dir>/milvus.db.",
+        "Milvus Lite at <state_dir>/milvus.db; ${VAR} is read from the environment on use.",
     )
-    token: str = Field("", description="Milvus token; ${VAR} reads an environment variable.")
+    token: str = Field(
+        "",
+        description="Milvus token; ${VAR} is read from the environment when the client "
+        "connects (so it never lands in a manifest or a log).",
+    )
     collection_prefix: str = Field("cls", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     index_type: Literal["AUTOINDEX", "FLAT", "HNSW", "IVF_FLAT"] = Field(
         "AUTOINDEX",
@@ -44,11 +48,6 @@ class StoreConfig(_Section):
     stop_words: list[str] | None = Field(
         None, description="BM25 stop words; null: a built-in English list; []: none."
     )
-
-    @field_validator("token")
-    @classmethod
-    def _expand_env(cls, v: str) -> str:
-        return os.path.expandvars(v) if "${" in v else v
 
 
 class EmbedderConfig(_Section):
@@ -148,6 +147,9 @@ class TrainerConfig(_Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     threads_per_worker: int = Field(1, ge=1)
     use_gpu: bool = False
+    gpus_per_worker: float = Field(
+        1.0, gt=0, description="With use_gpu: below 1 shares a GPU with serving replicas."
+    )
     zero_stage: Literal[0, 1, 2, 3] = 2
     bf16: bool = False
 
@@ -264,6 +266,9 @@ class ServeConfig(_Section):
     access_log: bool = Field(True, description="Serve's per-request access log lines.")
     generator_autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     generator_num_cpus: float = Field(0.5, gt=0)
+    generator_num_gpus: float = Field(
+        0.0, ge=0, description="GPUs per generator replica (vLLM: 1, or a share of one)."
+    )
     max_batch_size: int = Field(16, ge=1, description="Next-step requests per engine call.")
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     retriever_max_batch_size: int = Field(32, ge=1, description="Queries per embed + search.")
@@ -300,6 +305,17 @@ class ServeConfig(_Section):
     max_question_chars: int = Field(2000, ge=10)
 
 
+class StorageConfig(_Section):
+    """Durable storage beyond the state folder (see `cls_ray.storage`)."""
+
+    uri: str = Field(
+        "",
+        description="Where sealed replay-buffer segments go: a folder or a URI (s3://bucket/"
+        "prefix, gs://..., hdfs://...; credentials from the environment); empty: under "
+        "state_dir. ${VAR} is read from the environment on use.",
+    )
+
+
 class RayConfig(_Section):
     address: str = Field("", description="Ray cluster address; empty: a local cluster.")
     num_cpus: int | None = Field(None, ge=1)
@@ -316,6 +332,7 @@ class Config(_Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     prm: PRMConfig = Field(default_factory=PRMConfig)
     consolidate: ConsolidateConfig = Field(default_factory=ConsolidateConfig)
@@ -345,8 +362,28 @@ class Config(_Section):
         return self.state_path / "replay"
 
     @property
+    def replay_segments(self) -> str | None:
+        """Where the replay buffer seals its segments (None: `replay_path`/segments)."""
+        uri = expand_env(self.storage.uri, "storage.uri")
+        if not uri:
+            return None
+        base, _, query = uri.partition("?")
+        return base.rstrip("/") + "/replay" + (f"?{query}" if query else "")
+
+    @property
     def store_uri(self) -> str:
         return self.store.uri or str(self.state_path / "milvus.db")
+
+
+def expand_env(value: str, field: str) -> str:
+    """`value` with `${VAR}` read from the environment; a clear error when VAR is unset."""
+    if "${" not in value:
+        return value
+    out = os.path.expandvars(value)
+    if "${" in out:
+        missing = out[out.index("${") + 2 :].split("}")[0]
+        raise ConfigError(f"{field} reads ${{{missing}}} from the environment, which is not set")
+    return out
 
 
 class ConfigError(ValueError):

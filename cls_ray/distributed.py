@@ -198,9 +198,9 @@ def launch(t, loop: Callable[[dict], None], config: dict, state_path: Path, name
         scaling_config=ScalingConfig(
             num_workers=t.num_workers,
             use_gpu=t.use_gpu,
-            resources_per_worker={
-                "GPU" if t.use_gpu else "CPU": 1 if t.use_gpu else t.cpus_per_worker
-            },
+            resources_per_worker={"CPU": t.cpus_per_worker, "GPU": t.gpus_per_worker}
+            if t.use_gpu
+            else {"CPU": t.cpus_per_worker},
         ),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(

@@ -50,7 +50,16 @@ def test_overrides_from_the_command_line(tmp_path):
         load_config(None, ["rgr.top_k=0"])
 
 
-def test_token_reads_the_environment(monkeypatch):
+def test_token_and_uri_read_the_environment_on_use_only(monkeypatch):
+    from cls_ray.config import ConfigError, expand_env
+
     monkeypatch.setenv("MILVUS_TOKEN_FOR_TEST", "root:secret")
-    cfg = load_config(None, ["store.token=${MILVUS_TOKEN_FOR_TEST}"])
-    assert cfg.store.token == "root:secret"
+    cfg = load_config(None, ["store.token=${MILVUS_TOKEN_FOR_TEST}", "store.uri=${NO_SUCH_VAR}"])
+    assert cfg.store.token == "${MILVUS_TOKEN_FOR_TEST}"  # never expanded into a dump
+    assert "root:secret" not in cfg.model_dump_json()
+    assert expand_env(cfg.store.token, "store.token") == "root:secret"
+    monkeypatch.delenv("NO_SUCH_VAR", raising=False)
+    with pytest.raises(
+        ConfigError, match=r"store.uri reads \$\{NO_SUCH_VAR\} from the environment"
+    ):
+        expand_env(cfg.store.uri, "store.uri")

@@ -606,7 +606,7 @@ def sleep_from_buffer(
 
     cfg, world = stack.cfg, stack.world
     retriever = retriever or stack.retriever
-    buf = buffer or ReplayBuffer(cfg.replay_path)
+    buf = buffer or ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments)
     taken = read_leased(buf.lease(limit))  # the sealed segments, read with Ray Data
     if not taken:
         raise ValueError(f"no unconsumed sessions in {cfg.replay_path}")

@@ -131,11 +131,13 @@ class MilvusStore:
 
     @classmethod
     def from_config(cls, cfg, dim: int) -> MilvusStore:
+        from cls_ray.config import expand_env
+
         s = cfg.store
         return cls(
-            cfg.store_uri,
+            expand_env(cfg.store_uri, "store.uri"),
             dim,
-            token=s.token,
+            token=expand_env(s.token, "store.token"),
             prefix=s.collection_prefix,
             index_type=s.index_type,
             index_params=s.index_params,

@@ -56,7 +56,7 @@ def feedback_sessions(cfg) -> list[dict]:
         return []
     from cls_ray.replay.buffer import ReplayBuffer
 
-    return ReplayBuffer(cfg.replay_path).with_feedback()
+    return ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments).with_feedback()
 
 
 def training_examples(stack, log=logger.info) -> tuple[list[StepExample], dict]:

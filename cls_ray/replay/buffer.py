@@ -3,8 +3,10 @@
 Layout under its folder:
 - `wal.jsonl`: one line per added session, appended and fsynced before `add` returns, so an
   acknowledged session survives a crash of the process or of the machine's power;
-- `segments/seg-NNNNNNNN.parquet`: sealed segments (written to a temporary name, fsynced, then
-  renamed; the WAL is truncated only after that), readable by `ray.data.read_parquet`;
+- `segments/seg-NNNNNNNN.parquet`: sealed segments (written whole: a temporary name, fsynced,
+  then renamed, or one object-store upload; the WAL is truncated only after that), readable by
+  Ray Data. They may live elsewhere, in any storage `cls_ray.storage` opens (`s3://...`): the
+  WAL stays on the owner's disk, where an append can be fsynced;
 - `acks.jsonl`: ids consumers acknowledged, appended and fsynced; never handed out again.
 
 Adding is idempotent by session id, so a producer may retry an add whose answer it did not see.
@@ -34,10 +36,21 @@ def _fsync_append(path: Path, lines: list[str]) -> None:
 
 
 class ReplayBuffer:
-    def __init__(self, root: str | Path, seal_every: int = 256, lease_seconds: float = 300.0):
+    def __init__(
+        self,
+        root: str | Path,
+        seal_every: int = 256,
+        lease_seconds: float = 300.0,
+        segments: str | None = None,
+    ):
+        """`root`: the local folder of the WAL and the acks (the owner's disk, fsynced);
+        `segments`: where sealed segments go, a folder or a storage URI (`s3://...`; see
+        `cls_ray.storage`), by default `root/segments`."""
+        from cls_ray.storage import Storage
+
         self.root = Path(root)
-        self.seg_dir = self.root / "segments"
-        self.seg_dir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = Storage(segments or self.root / "segments")
         self.wal = self.root / "wal.jsonl"
         self.acks_file = self.root / "acks.jsonl"
         self.seal_every = seal_every
@@ -51,11 +64,12 @@ class ReplayBuffer:
 
     # -- recovery --------------------------------------------------------------------------
     def _recover(self) -> None:
-        for tmp in self.seg_dir.glob("*.tmp"):
-            tmp.unlink()  # a seal that crashed before its rename: the WAL still has its rows
-        for seg in sorted(self.seg_dir.glob("seg-*.parquet")):
-            self.segments = max(self.segments, int(seg.stem.split("-")[1]) + 1)
-            for s in self.read_segment(seg):
+        if self.store.local:  # a seal that crashed before its rename: the WAL has its rows
+            for tmp in Path(self.store.root).glob("*.tmp*"):
+                tmp.unlink()
+        for name in self._segment_names():
+            self.segments = max(self.segments, int(name[len("seg-") :].split(".")[0]) + 1)
+            for s in self._read(name):
                 self.sessions.setdefault(s.id, s)
         pending_feedback: list[tuple[str, Feedback]] = []
         pending_scores: list[dict] = []
@@ -161,7 +175,7 @@ class ReplayBuffer:
         s.prm_version = rec.get("prm")
 
     # -- segments --------------------------------------------------------------------------
-    def seal(self) -> Path | None:
+    def seal(self) -> str | None:
         """Writes the unsealed sessions as one Parquet segment, then truncates the WAL."""
         if not self.in_wal:
             return None
@@ -181,8 +195,8 @@ class ReplayBuffer:
         self.in_wal = []
         return final
 
-    def _write_segment(self, rows: list[Session]) -> Path:
-        """The next segment, written whole under a temporary name, fsynced, then renamed."""
+    def _write_segment(self, rows: list[Session]) -> str:
+        """The next segment, written whole (see `Storage.write_bytes`); returns its name."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -196,14 +210,12 @@ class ReplayBuffer:
                 "record": [s.model_dump_json() for s in rows],
             }
         )
-        final = self.seg_dir / f"seg-{self.segments:08d}.parquet"
-        tmp = final.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        tmp.rename(final)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        name = f"seg-{self.segments:08d}.parquet"
+        self.store.write_bytes(name, sink.getvalue().to_pybytes())
         self.segments += 1
-        return final
+        return name
 
     def compact(self, keep_replay: int, seed: int = 0) -> dict:
         """Discards consumed sessions, keeping `keep_replay` of them (a random sample) as the
@@ -213,7 +225,7 @@ class ReplayBuffer:
         import random
 
         self.seal()
-        old = [Path(p) for p in self.segment_paths()]
+        old = self._segment_names()
         consumed = [i for i in self.sessions if i in self.acked]
         keep = set(random.Random(seed).sample(consumed, min(keep_replay, len(consumed))))
         dropped = [i for i in consumed if i not in keep]
@@ -223,7 +235,7 @@ class ReplayBuffer:
         new = self._write_segment(survivors) if survivors else None
         for seg in old:
             if seg != new:
-                seg.unlink()
+                self.store.delete(seg)
         for i in dropped:
             del self.sessions[i]
             self.leases.pop(i, None)
@@ -243,13 +255,22 @@ class ReplayBuffer:
         return random.Random(seed).sample(consumed, min(n, len(consumed)))
 
     @staticmethod
-    def read_segment(path: str | Path) -> list[Session]:
-        import pyarrow.parquet as pq
+    def read_segment(uri: str | Path) -> list[Session]:
+        """The sessions of one segment, by path or storage URI."""
+        from cls_ray.storage import read_table
 
-        return [Session.model_validate_json(r) for r in pq.read_table(path)["record"].to_pylist()]
+        rows = read_table(str(uri), columns=["record"])["record"].to_pylist()
+        return [Session.model_validate_json(r) for r in rows]
+
+    def _read(self, name: str) -> list[Session]:
+        return self.read_segment(self.store.url(name))
+
+    def _segment_names(self) -> list[str]:
+        return [n for n in self.store.list("", ".parquet") if n.startswith("seg-")]
 
     def segment_paths(self) -> list[str]:
-        return [str(p) for p in sorted(self.seg_dir.glob("seg-*.parquet"))]
+        """Every segment, as a path or storage URI (`read_segment`, `cls_ray.replay.data`)."""
+        return [self.store.url(n) for n in self._segment_names()]
 
     # -- consumers -------------------------------------------------------------------------
     def take(self, n: int) -> list[Session]:

@@ -32,15 +32,16 @@ class SegmentDatasource(Datasource):
         self.ids = None if ids is None else frozenset(ids)
 
     def estimate_inmemory_data_size(self) -> int | None:
-        return sum(os.path.getsize(p) for p in self.segments if os.path.exists(p)) or None
+        return sum(_size(p) or 0 for p in self.segments) or None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
-        def reader(path: str, ids):
+        def reader(uri: str, ids):
             def read():
                 import pyarrow.compute as pc
-                import pyarrow.parquet as pq
 
-                table = pq.read_table(path, columns=["id", "record"])
+                from cls_ray.storage import read_table
+
+                table = read_table(uri, columns=["id", "record"])
                 if ids is not None:
                     table = table.filter(pc.is_in(table["id"], value_set=_array(ids)))
                 yield table
@@ -52,7 +53,7 @@ class SegmentDatasource(Datasource):
                 reader(p, self.ids),
                 BlockMetadata(
                     num_rows=None,
-                    size_bytes=os.path.getsize(p) if os.path.exists(p) else None,
+                    size_bytes=_size(p),
                     input_files=[p],
                     exec_stats=None,
                 ),
@@ -60,6 +61,13 @@ class SegmentDatasource(Datasource):
             )
             for p in self.segments
         ]
+
+
+def _size(uri: str) -> int | None:
+    """A local segment's size (a remote one is not asked: one request per file)."""
+    if "://" in uri:
+        return None
+    return os.path.getsize(uri) if os.path.exists(uri) else None
 
 
 def _array(ids):

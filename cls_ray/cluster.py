@@ -1,0 +1,288 @@
+"""Cluster manifests generated from a cls-ray config.
+
+The Serve config of the KubeRay `RayService` is the one `actors.deploy.app_spec` builds for
+`cls-ray up` (the same import path, the whole cls-ray config as its arguments, the generator's
+autoscaling and resources), so the cluster serves exactly what the code deploys locally;
+`cls-ray cluster render` writes it and a test fails when the committed manifests drift from it.
+
+Kubernetes objects: the `RayService` (a head pod and autoscaling GPU and CPU worker groups,
+every pod mounting the shared state volume and reading the Milvus URI/token and the admin key
+from a Secret), a `CronJob` that submits the nightly consolidation to the service's cluster with
+`ray job submit` (the job promotes through that cluster's Serve controller, so it has to run
+there), a `RayJob` that trains the PRM on its own short-lived cluster, and the shared-state
+`PersistentVolumeClaim`.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import yaml
+
+from cls_ray.config import Config
+
+IMAGE = "cls-ray:0.1.0"  # built from cluster/Dockerfile; override with --image
+RAY_VERSION = "2.58.0"
+SECRET = "cls-ray-secrets"
+STATE_CLAIM = "cls-ray-state"
+MOUNT = "/mnt/cls-ray"
+WORKDIR = "/app"  # where the image holds the project (configs/ included)
+
+# Environment the processes read `${VAR}` config values and the admin key from.
+SECRET_ENV = {
+    "MILVUS_URI": "milvus-uri",
+    "MILVUS_TOKEN": "milvus-token",
+    "CLS_RAY_ADMIN_KEY": "admin-key",
+}
+
+
+def serve_config(cfg: Config) -> dict:
+    """The Serve deploy config (`serve deploy` / `serveConfigV2`) of `cfg`'s application. The
+    generator declares the version `current`: each replica serves what the registry (on the
+    shared state volume) says is current, so a new cluster of an upgrade, or a restarted one,
+    comes back on the promoted version; promotions and rollbacks on the running cluster push
+    explicit versions to the replicas (see `actors.deploy.promote`)."""
+    from actors.deploy import app_spec
+    from cls_ray.registry import ModelVersion
+
+    current = ModelVersion(id=0, name="current", artifact_uri=str(cfg.model_path), kind="base")
+    return {
+        "http_options": {"host": "0.0.0.0", "port": cfg.serve.port},
+        "applications": [app_spec(cfg, current)],
+    }
+
+
+def _env() -> list[dict]:
+    return [
+        {
+            "name": var,
+            "valueFrom": {"secretKeyRef": {"name": SECRET, "key": key, "optional": True}},
+        }
+        for var, key in SECRET_ENV.items()
+    ]
+
+
+def _container(name: str, image: str, resources: dict, ports: list[dict] | None = None) -> dict:
+    c = {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "workingDir": WORKDIR,
+        "env": _env(),
+        "resources": {"requests": resources, "limits": resources},
+        "volumeMounts": [{"name": "state", "mountPath": MOUNT}],
+    }
+    if ports:
+        c["ports"] = ports
+    return c
+
+
+def _pod(container: dict) -> dict:
+    return {
+        "spec": {
+            "containers": [container],
+            "volumes": [
+                {"name": "state", "persistentVolumeClaim": {"claimName": STATE_CLAIM}},
+            ],
+        }
+    }
+
+
+def ray_cluster_spec(cfg: Config, image: str) -> dict:
+    """A RayCluster spec: a head that runs no work (the Serve controller, the state actors and
+    the dashboard only), GPU workers for generator replicas and training, CPU workers for the
+    retriever, scorer and ingress; KubeRay's autoscaler adds and removes workers as Serve's
+    autoscaling and the training jobs ask for them."""
+    s = cfg.serve
+    head = _container(
+        "ray-head",
+        image,
+        {"cpu": "4", "memory": "16Gi"},
+        ports=[
+            {"containerPort": 6379, "name": "gcs"},
+            {"containerPort": 8265, "name": "dashboard"},
+            {"containerPort": 10001, "name": "client"},
+            {"containerPort": s.port, "name": "serve"},
+        ],
+    )
+    gpu = _container("ray-worker", image, {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"})
+    cpu = _container("ray-worker", image, {"cpu": "4", "memory": "16Gi"})
+    return {
+        "rayVersion": RAY_VERSION,
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {"upscalingMode": "Default", "idleTimeoutSeconds": 300},
+        "headGroupSpec": {
+            "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+            "template": _pod(head),
+        },
+        "workerGroupSpecs": [
+            {
+                "groupName": "gpu",
+                "replicas": max(1, s.generator_autoscaling.min_replicas),
+                "minReplicas": max(1, s.generator_autoscaling.min_replicas),
+                "maxReplicas": max(
+                    s.generator_autoscaling.max_replicas, cfg.consolidate.num_workers
+                ),
+                "rayStartParams": {},
+                "template": _pod(gpu),
+            },
+            {
+                "groupName": "cpu",
+                "replicas": 1,
+                "minReplicas": 1,
+                "maxReplicas": 4,
+                "rayStartParams": {},
+                "template": _pod(cpu),
+            },
+        ],
+    }
+
+
+def rayservice(cfg: Config, image: str = IMAGE) -> dict:
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": cfg.serve.app_name},
+        "spec": {
+            # A new image or cluster spec comes up as a new cluster; traffic moves when it serves.
+            "upgradeStrategy": {"type": "NewCluster"},
+            "serveConfigV2": _dump(serve_config(cfg)),
+            "rayClusterConfig": ray_cluster_spec(cfg, image),
+        },
+    }
+
+
+def head_service_address(cfg: Config) -> str:
+    """The job-submission address of the RayService's cluster (KubeRay's head service)."""
+    return f"http://{cfg.serve.app_name}-head-svc:8265"
+
+
+def sleep_cronjob(cfg: Config, config_path: str, image: str = IMAGE, schedule="0 3 * * *"):
+    """A nightly `ray job submit` of the consolidation to the serving cluster; the scheduler
+    actor (`consolidate.auto_sleep`) does the same on a threshold inside the cluster."""
+    cmd = [
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        head_service_address(cfg),
+        "--submission-id",
+        "sleep-$(date +%Y%m%d-%H%M%S)",
+        "--",
+        "python",
+        "-m",
+        "cls_ray.cli",
+        "sleep",
+        "--config",
+        config_path,
+    ]
+    line = " ".join(c if c.startswith("sleep-$(") else shlex.quote(c) for c in cmd)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": f"{cfg.serve.app_name}-sleep"},
+        "spec": {
+            "schedule": schedule,
+            "concurrencyPolicy": "Forbid",
+            "jobTemplate": {
+                "spec": {
+                    "backoffLimit": 0,
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [
+                                {
+                                    "name": "submit",
+                                    "image": image,
+                                    "workingDir": WORKDIR,
+                                    "command": ["/bin/sh", "-c", line],
+                                    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+                                }
+                            ],
+                        }
+                    },
+                }
+            },
+        },
+    }
+
+
+def prm_rayjob(cfg: Config, config_path: str, image: str = IMAGE) -> dict:
+    """PRM training as a RayJob on its own cluster, deleted when the job ends: it needs no
+    serving, only the shared state (it writes prm/vN there; the scorer loads the newest)."""
+    spec = ray_cluster_spec(cfg, image)
+    spec["workerGroupSpecs"] = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu"]
+    g = spec["workerGroupSpecs"][0]
+    g["replicas"] = g["minReplicas"] = g["maxReplicas"] = max(1, cfg.prm.num_workers)
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": f"{cfg.serve.app_name}-prm-train"},
+        "spec": {
+            "entrypoint": f"python -m cls_ray.cli prm train --config {shlex.quote(config_path)}",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": 600,
+            "rayClusterSpec": spec,
+        },
+    }
+
+
+def state_claim(size: str = "500Gi") -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": STATE_CLAIM},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "resources": {"requests": {"storage": size}},
+        },
+    }
+
+
+HEADER = (
+    "# Generated from {config} by `cls-ray cluster render --config {config}`:\n"
+    "# edit the config and render again (a test fails when this file drifts from the code).\n"
+)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the Serve config, scripts) as literal blocks, readable in review."""
+
+
+def _str(dumper, value: str):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def _dump(doc: dict) -> str:
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100)
+
+
+def manifests(cfg: Config, config_path: str, image: str = IMAGE) -> dict[str, list[dict]]:
+    return {
+        "rayservice.yaml": [rayservice(cfg, image)],
+        "sleep-cronjob.yaml": [sleep_cronjob(cfg, config_path, image)],
+        "prm-rayjob.yaml": [prm_rayjob(cfg, config_path, image)],
+        "storage.yaml": [state_claim()],
+    }
+
+
+def render_text(docs: list[dict], config_path: str) -> str:
+    body = "---\n".join(_dump(d) for d in docs)
+    return HEADER.format(config=config_path) + body
+
+
+def render(cfg: Config, config_path: str, out_dir: str | Path, image: str = IMAGE) -> list[Path]:
+    """Writes the manifests of `cfg` under `out_dir`; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, docs in manifests(cfg, config_path, image).items():
+        p = out / name
+        p.write_text(render_text(docs, config_path))
+        paths.append(p)
+    return paths

@@ -1,0 +1,174 @@
+"""One filesystem abstraction for durable files: a local folder, or an object store or shared
+filesystem by URI (`s3://bucket/prefix`, `gs://...`, `hdfs://...`), through `pyarrow.fs`.
+
+The same calls work on both, so the code that writes replay-buffer segments (and reads them with
+Ray Data) does not know where they live. Credentials and endpoints come from the environment the
+way the cloud SDKs read them (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, ...) or from the URI's
+query (`?endpoint_override=host:port&scheme=http`); never from the config file.
+
+Writes are whole or absent: a local file is written under a temporary name, fsynced and renamed;
+an object store publishes an object only when its upload completes.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+
+def open_uri(uri: str):
+    """(filesystem, path) of a path or storage URI."""
+    import pyarrow.fs as pafs
+
+    if "://" in uri and not uri.startswith("file://"):
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds
+            raise StorageError(f"storage {uri!r}: {e}") from e
+    return pafs.LocalFileSystem(), uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def read_table(uri: str, columns: list[str] | None = None):
+    """A Parquet file by path or storage URI, as an Arrow table."""
+    import pyarrow.parquet as pq
+
+    fs, path = open_uri(uri)
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+class StorageError(ValueError):
+    """A storage URI that cannot be used; the message names it."""
+
+
+class Storage:
+    def __init__(self, uri: str | Path):
+        import pyarrow.fs as pafs
+
+        self.uri = str(uri)
+        if "://" in self.uri and not self.uri.startswith("file://"):
+            try:
+                fs, root = pafs.FileSystem.from_uri(self.uri)
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds
+                raise StorageError(f"storage {self.uri!r}: {e}") from e
+            if not root.strip("/"):
+                raise StorageError(f"storage {self.uri!r}: name a bucket (and a prefix)")
+            self.local = False
+        else:
+            path = self.uri[len("file://") :] if self.uri.startswith("file://") else self.uri
+            fs, root = pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+            self.local = True
+        self.fs, self.root = fs, root.rstrip("/")
+        if self.local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Storage({self.uri!r})"
+
+    def __reduce__(self):  # Ray tasks get the URI and build their own filesystem
+        return (Storage, (self.uri,))
+
+    # -- paths -----------------------------------------------------------------------------
+    def path(self, rel: str = "") -> str:
+        """The filesystem path of `rel` (what `pyarrow` readers take with `self.fs`)."""
+        rel = rel.strip("/")
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def child(self, rel: str) -> Storage:
+        """The storage rooted at `rel` below this one."""
+        base = self.uri.split("?", 1)
+        joined = base[0].rstrip("/") + "/" + rel.strip("/")
+        return Storage(joined + (f"?{base[1]}" if len(base) == 2 else ""))
+
+    # -- files -----------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        target = self.path(rel)
+        if self.local:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            return
+        with self.fs.open_output_stream(target) as f:
+            f.write(data)
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode("utf-8"))
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            if "not exist" in str(e) or "NoSuchKey" in str(e) or "Path does not exist" in str(e):
+                raise FileNotFoundError(f"{self.uri}: no {rel}") from e
+            raise
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode("utf-8")
+
+    def exists(self, rel: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def list(self, rel: str = "", suffix: str = "") -> list[str]:
+        """Names (not paths) of the files directly in `rel`, sorted; temporary files skipped."""
+        import pyarrow.fs as pafs
+
+        sel = pafs.FileSelector(self.path(rel), allow_not_found=True, recursive=False)
+        names = [
+            i.base_name
+            for i in self.fs.get_file_info(sel)
+            if i.type == pafs.FileType.File and ".tmp-" not in i.base_name
+        ]
+        return sorted(n for n in names if n.endswith(suffix))
+
+    def delete(self, rel: str) -> None:
+        """Removes a file or a folder; a missing one is not an error."""
+        import pyarrow.fs as pafs
+
+        info = self.fs.get_file_info(self.path(rel))
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path(rel))
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(self.path(rel))
+
+    # -- folders ---------------------------------------------------------------------------
+    def put_dir(self, local_dir: str | Path, rel: str) -> str:
+        """Copies a local folder (an adapter, a checkpoint) under `rel`; returns its URI. The
+        caller publishes the URI (registers the version) only after this returns."""
+        src = Path(local_dir)
+        for f in sorted(p for p in src.rglob("*") if p.is_file()):
+            self.write_bytes(f"{rel}/{f.relative_to(src).as_posix()}", f.read_bytes())
+        return self.url(rel)
+
+    def get_dir(self, rel: str, local_dir: str | Path) -> Path:
+        """Copies the folder at `rel` to `local_dir` (created); returns it."""
+        import pyarrow.fs as pafs
+
+        out = Path(local_dir)
+        base = self.path(rel)
+        sel = pafs.FileSelector(base, recursive=True)
+        found = [i for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
+        if not found:
+            raise FileNotFoundError(f"{self.uri}: no folder {rel}")
+        for i in found:
+            dest = out / i.path[len(base) :].lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with self.fs.open_input_stream(i.path) as f:
+                dest.write_bytes(f.read())
+        return out
+
+    def url(self, rel: str = "") -> str:
+        """A URI of `rel` that `Storage(...)` opens again (a local path stays a path)."""
+        if self.local:
+            return self.path(rel)
+        base, _, query = self.uri.partition("?")
+        joined = base.rstrip("/") + ("/" + rel.strip("/") if rel.strip("/") else "")
+        return joined + (f"?{query}" if query else "")
