@@ -184,10 +184,17 @@ def deploy(
 
 
 def promote(cfg: Config, name: str, reason: str = "") -> ModelVersion:
-    """Marks `name` promoted in the registry and pushes it to every generator replica."""
-    v = registry_for(cfg).promote(name, reason=reason)
-    deploy(cfg, v)
-    return v
+    """Pushes `name` to every generator replica, then marks it promoted in the registry. If a
+    replica refuses it (its weights fail their checksum, it cannot load), the previous version
+    is pushed back and the registry keeps it: serving and the registry never disagree."""
+    reg = registry_for(cfg)
+    v, before = reg.get(name), reg.current()
+    try:
+        deploy(cfg, v)
+    except DeployError:
+        deploy(cfg, before)
+        raise
+    return registry_for(cfg).promote(name, reason=reason)
 
 
 def rollback(cfg: Config) -> ModelVersion:

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Header, HTTPException, Request
@@ -37,6 +38,20 @@ logger = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------
 # Generator: holds engines by version, batches concurrent next-step calls.
 # ------------------------------------------------------------------------------------------
+def _check_weights(engine, version: str, path: str | None) -> None:
+    """A full checkpoint carries the checksum its trainer computed; a replica refuses weights
+    that differ (a partial copy on shared storage, the wrong folder) rather than serve them."""
+    if path is None or not hasattr(engine, "checksum"):
+        return
+    meta = Path(path) / "consolidation.json"
+    want = json.loads(meta.read_text()).get("checksum") if meta.exists() else None
+    if want and engine.checksum() != want:
+        raise RuntimeError(
+            f"version {version}: the weights at {path} do not match the checksum its trainer "
+            f"recorded ({engine.checksum()[:12]} != {want[:12]}); not serving them"
+        )
+
+
 class Generator:
     def __init__(self, cfg: dict, engine_factory: Callable | None = None):
         from cls_ray.engine import build_engine
@@ -65,7 +80,9 @@ class Generator:
             v = registry_for(self.cfg).current()
             version, path = v.name, None if v.kind == "base" else v.artifact_uri
         if version not in self.engines:
-            self.engines[version] = self.engine_factory(self.cfg, version, path)
+            engine = self.engine_factory(self.cfg, version, path)
+            _check_weights(engine, version, path)
+            self.engines[version] = engine
         self.current = version
         keep = {"base", version, *list(self.engines)[-2:]}
         for v in [v for v in self.engines if v not in keep]:
@@ -74,12 +91,17 @@ class Generator:
     def current_version(self) -> str:
         return self.current
 
-    def replica_version(self) -> dict:
-        """This replica's id and the version it serves (to check a broadcast reached all)."""
-        return {
+    def replica_version(self, checksum: bool = False) -> dict:
+        """This replica's id and the version it serves (to check a broadcast reached all);
+        with `checksum`, the SHA-256 of the weights it serves."""
+        out = {
             "replica": serve.get_replica_context().replica_id.unique_id,
             "version": self.current,
         }
+        engine = self.engines[self.current]
+        if checksum and hasattr(engine, "checksum"):
+            out["checksum"] = engine.checksum()
+        return out
 
     @serve.batch(
         max_batch_size=16,

@@ -186,6 +186,11 @@ class ConsolidateConfig(TrainerConfig):
     steps: int = Field(150, ge=1)
     lr: float = Field(2e-3, gt=0)
     warmup: int = Field(20, ge=0)
+    weights: Literal["lora", "full"] = Field(
+        "lora",
+        description="lora: an adapter (served next to the base); full: every weight trains and "
+        "the version is a full checkpoint replicas reload (SFT only).",
+    )
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1, description="2 x rank forgets least (see ANCHORS.md).")
     replay_ratio: float = Field(0.75, ge=0, lt=1, description="Share of replayed old data.")

@@ -301,6 +301,11 @@ def train_ppo(
     c = cfg.consolidate
     if not rows:
         raise ValueError("no scored trajectories: nothing to learn from")
+    if c.weights != "lora":
+        raise ValueError(
+            "consolidate.weights=full: PPO trains a LoRA adapter (its KL reference is the base "
+            "with the adapter disabled); use sleep (SFT) for full weights"
+        )
     steps = steps or c.ppo_steps
     config = adapter_run(cfg, Path(out).resolve(), steps, "ppo", trajectories=len(rows))
     config.update(

@@ -77,13 +77,18 @@ def lora_model(config: dict):
 
 
 def sft_loop_per_worker(config: dict) -> None:
-    """Runs in every Ray Train worker: LoRA on the base model, DeepSpeed, save on rank 0."""
+    """Runs in every Ray Train worker: LoRA on the base model (or every weight, `weights:
+    full`), DeepSpeed, save on rank 0."""
     import ray.train
 
     from cls_ray.distributed import deepspeed_steps, gathered
     from cls_ray.model.bootstrap import encode_examples
+    from cls_ray.model.loading import load_model_and_tokenizer, weights_checksum
 
-    model, tok = lora_model(config)
+    full = config.get("weights", "lora") == "full"
+    model, tok = load_model_and_tokenizer(config["base"]) if full else lora_model(config)
+    if full:
+        model.train()
     engine, metrics = deepspeed_steps(
         model,
         config["pairs"],
@@ -94,15 +99,21 @@ def sft_loop_per_worker(config: dict) -> None:
     )
     with gathered(engine, config["zero_stage"]):
         if ray.train.get_context().get_world_rank() == 0:
-            save_adapter(engine.module, Path(config["out"]), {**config["meta"], "train": metrics})
+            meta = {**config["meta"], "train": metrics}
+            if full:  # what a replica that loads the checkpoint must hold (see Generator)
+                meta["checksum"] = weights_checksum(engine.module)
+            save_adapter(engine.module, Path(config["out"]), meta, tok if full else None)
     ray.train.report(metrics)
 
 
-def save_adapter(model, out: Path, meta: dict) -> Path:
-    """The adapter folder appears whole or not at all."""
+def save_adapter(model, out: Path, meta: dict, tokenizer=None) -> Path:
+    """The adapter (or, with its tokenizer, full checkpoint) folder appears whole or not at
+    all."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
     (tmp / "consolidation.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -120,6 +131,7 @@ def adapter_run(cfg, out: Path, steps: int, method: str, **counts) -> dict:
         "base": str(cfg.model_path),
         **counts,
         "steps": steps,
+        "weights": c.weights,
         "lora_r": c.lora_r,
         "lora_alpha": c.lora_alpha,
         "zero_stage": c.zero_stage,
@@ -133,6 +145,7 @@ def adapter_run(cfg, out: Path, steps: int, method: str, **counts) -> dict:
         "lora_alpha": c.lora_alpha,
         "max_len": cfg.model.arch.max_position,
         "steps": steps,
+        "weights": c.weights,
         "out": str(out),
         "meta": meta,
     }

@@ -292,6 +292,12 @@ def fast_path(retriever, stack, good) -> list:
     return pats
 
 
+def version_kind(cfg, method: str) -> str:
+    """What a consolidation registers: a LoRA adapter, or a full checkpoint (SFT, `weights:
+    full`)."""
+    return "full" if method == "sft" and cfg.consolidate.weights == "full" else "lora"
+
+
 def sleep_once(
     cfg,
     stack,
@@ -357,7 +363,7 @@ def sleep_once(
         "train": train,
         "data": data,
     }
-    v = reg.register(str(out), "lora", parent=current.name, metrics=metrics)
+    v = reg.register(str(out), version_kind(cfg, method), parent=current.name, metrics=metrics)
     if ok and promote:
         if broadcast is not None:
             broadcast(v.name, reason)
@@ -505,7 +511,9 @@ def ablation(stack, prm, sessions, docs, new_qs, retention_qs, log) -> list[dict
             "pairs": data["new_pairs"],
             "loss": train["loss"],
         }
-        v = reg.register(str(out), "lora", parent=reg.current().name, metrics=row)
+        v = reg.register(
+            str(out), version_kind(cfg, method), parent=reg.current().name, metrics=row
+        )
         reg.annotate(v.name, f"ablation arm {arm} (measured only)")
         rows.append({**row, "version": v.name})
         log(

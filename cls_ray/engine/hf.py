@@ -47,6 +47,14 @@ class HFEngine:
         self.batch_size = batch_size
         self.version = version
 
+    def checksum(self) -> str:
+        """SHA-256 of the weights this engine serves (see `weights_checksum`)."""
+        if getattr(self, "_checksum", None) is None:
+            from cls_ray.model.loading import weights_checksum
+
+            self._checksum = weights_checksum(self.model)
+        return self._checksum
+
     @classmethod
     def from_config(cls, cfg, version: str = "base", path=None) -> HFEngine:
         """The base model, a full checkpoint at `path`, or a PEFT adapter at `path` merged

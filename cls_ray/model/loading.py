@@ -31,6 +31,18 @@ def build_small_model(arch, tokenizer):
     return LlamaForCausalLM(cfg)
 
 
+def weights_checksum(model) -> str:
+    """SHA-256 of a model's weights (every tensor of its state dict, by name, as float32): the
+    same on the trainer that saved a checkpoint and on a replica that loaded it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_model_and_tokenizer(path: str | Path, device: str = "cpu", dtype: str = "float32"):
     """`from_pretrained` on a local checkpoint: the built default or any Hugging Face model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -230,6 +230,54 @@ def test_deploying_on_another_port_than_the_running_serve_names_serve_port(serve
         deploy(cfg)
 
 
+def _make_full_checkpoint(cfg, out, checksum: str | None = None):
+    """A full checkpoint of the served base with perturbed weights, and the checksum a trainer
+    records next to it (`checksum` overrides it: a checkpoint whose files do not match)."""
+    import json
+
+    import torch
+
+    from cls_ray.model.loading import load_model_and_tokenizer, weights_checksum
+
+    torch.manual_seed(1)
+    model, tok = load_model_and_tokenizer(cfg.model_path)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    meta = {"weights": "full", "checksum": checksum or weights_checksum(model)}
+    (out / "consolidation.json").write_text(json.dumps(meta))
+    return meta["checksum"]
+
+
+def test_a_full_checkpoint_reaches_the_replicas_and_a_corrupt_one_is_refused(served, tmp_path):
+    from ray import serve
+
+    from actors.deploy import DeployError, promote, registry_for
+
+    cfg = served["cfg"]
+    reg = registry_for(cfg)
+    before = reg.current().name
+    good = _make_full_checkpoint(cfg, tmp_path / "full")
+    v = reg.register(str(tmp_path / "full"), "full", parent=before)
+    promote(cfg, v.name, "full-weight broadcast test")
+    h = serve.get_deployment_handle("generator", "cls-ray-test")
+    got = h.replica_version.remote(checksum=True).result()
+    assert got["version"] == v.name and got["checksum"] == good
+    assert registry_for(cfg).current().name == v.name
+
+    # A checkpoint whose weights are not what its trainer recorded is not served.
+    _make_full_checkpoint(cfg, tmp_path / "bad", checksum="0" * 64)
+    bad = reg.register(str(tmp_path / "bad"), "full", parent=v.name)
+    with pytest.raises(DeployError):
+        promote(cfg, bad.name, "must be refused")
+    assert registry_for(cfg).current().name == v.name
+    again = h.replica_version.remote(checksum=True).result()
+    assert again["version"] == v.name and again["checksum"] == good
+    promote(cfg, before, "back to the base for the next tests")
+
+
 def _make_adapter(cfg, out):
     """A LoRA adapter on the served base with non-zero weights, so its answers differ."""
     import torch
