@@ -80,6 +80,10 @@ class Generator:
             v = registry_for(self.cfg).current()
             version, path = v.name, None if v.kind == "base" else v.artifact_uri
         if version not in self.engines:
+            from cls_ray.storage import materialize
+
+            # A version published to object storage is copied to this node once.
+            path = materialize(path, self.cfg.state_path / "cache" / "artifacts")
             engine = self.engine_factory(self.cfg, version, path)
             _check_weights(engine, version, path)
             self.engines[version] = engine

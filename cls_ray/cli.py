@@ -834,6 +834,10 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(cfg)
     try:
         result = COMMANDS[args.command](args, stack)
+        if args.command in ("bench", "demo", "prm"):
+            from cls_ray.storage import mirror_reports
+
+            mirror_reports(cfg)  # a no-op without storage.uri
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"cls-ray {args.command}: {e}", file=sys.stderr)
         return 1

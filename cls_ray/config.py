@@ -315,7 +315,8 @@ class StorageConfig(_Section):
 
     uri: str = Field(
         "",
-        description="Where sealed replay-buffer segments go: a folder or a URI (s3://bucket/"
+        description="Where sealed replay-buffer segments (replay/) and the adapters and "
+        "checkpoints of consolidated versions (adapters/) go: a folder or a URI (s3://bucket/"
         "prefix, gs://..., hdfs://...; credentials from the environment); empty: under "
         "state_dir. ${VAR} is read from the environment on use.",
     )
@@ -365,6 +366,14 @@ class Config(_Section):
     @property
     def replay_path(self) -> Path:
         return self.state_path / "replay"
+
+    @property
+    def artifacts(self):
+        """The `Storage` that versions are published to, or None (they stay in state_dir)."""
+        from cls_ray.storage import Storage
+
+        uri = expand_env(self.storage.uri, "storage.uri")
+        return Storage(uri).child("adapters") if uri else None
 
     @property
     def replay_segments(self) -> str | None:

@@ -37,6 +37,38 @@ def read_table(uri: str, columns: list[str] | None = None):
     return pq.read_table(path, columns=columns, filesystem=fs)
 
 
+def materialize(uri: str | None, cache_dir: str | Path) -> str | None:
+    """A local folder holding the artifact at `uri`: the path itself when it is local, else a
+    copy under `cache_dir` (downloaded once, under a temporary name, then renamed, so a reader
+    never sees half a copy)."""
+    import hashlib
+    import shutil
+
+    if uri is None or "://" not in uri or uri.startswith("file://"):
+        return uri[len("file://") :] if uri and uri.startswith("file://") else uri
+    dest = Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:20]
+    if not dest.exists():
+        tmp = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+        Storage(uri).get_dir("", tmp)
+        try:
+            tmp.rename(dest)
+        except OSError:  # another replica on this node got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(dest)
+
+
+def mirror_reports(cfg) -> str | None:
+    """Copies `state_dir/reports` (figures, plots, the gate's decisions) to the storage's
+    `reports/` when `storage.uri` is set; returns where, or None."""
+    from cls_ray.config import expand_env
+
+    uri = expand_env(cfg.storage.uri, "storage.uri")
+    local = cfg.state_path / "reports"
+    if not uri or not local.is_dir():
+        return None
+    return Storage(uri).put_dir(local, "reports")
+
+
 class StorageError(ValueError):
     """A storage URI that cannot be used; the message names it."""
 

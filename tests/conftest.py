@@ -161,3 +161,23 @@ def tiny_prm(tiny_state, tiny_stack, ray_local):
     path = tiny_state["dir"] / "prm" / "v1"
     assert (path / "prm.json").exists()
     return path
+
+
+def buffer_sessions(stack, cfg, questions, **rgr) -> list:
+    """RGR sessions of the base model on `questions`, stored in `cfg`'s replay buffer (what the
+    serving stack would have written); returns their trajectories."""
+    from cls_ray.replay.buffer import ReplayBuffer
+    from cls_ray.rgr import run_rgr
+    from cls_ray.session import Session
+
+    trajs = run_rgr(
+        [q.text for q in questions],
+        stack.engine,
+        stack.retriever,
+        **{**cfg.rgr_options(), **rgr},
+    )
+    buf = ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments)
+    for tr in trajs:
+        tr.model_version = "base"
+        buf.add(Session.from_trajectory(tr))
+    return trajs

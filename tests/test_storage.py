@@ -140,3 +140,46 @@ def test_ray_data_reads_leased_sessions_from_the_storage(store, tmp_path, ray_lo
 def test_a_uri_without_a_bucket_is_refused_naming_it():
     with pytest.raises(StorageError, match="s3://"):
         Storage("s3://")
+
+
+def test_a_version_published_to_the_storage_is_copied_to_a_replica_once(store, tmp_path):
+    """What `sleep` registers with `storage.uri` set, and what a generator replica loads."""
+    from cls_ray.config import load_config
+    from cls_ray.consolidate.sleep import publish
+    from cls_ray.storage import materialize
+
+    out = tmp_path / "sft-123"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_bytes(os.urandom(2048))
+    (out / "consolidation.json").write_text('{"checksum": "abc"}')
+    cfg = load_config(None, [f"state_dir={tmp_path / 'state'}", f"storage.uri={store.uri}"])
+    uri = publish(cfg, out)
+    assert uri == cfg.artifacts.url("sft-123")
+    cache = tmp_path / "cache"
+    local = Path(materialize(uri, cache))
+    assert (local / "adapter_model.safetensors").read_bytes() == (
+        out / "adapter_model.safetensors"
+    ).read_bytes()
+    if store.local:
+        assert local == Path(store.path("adapters/sft-123"))  # a folder is used in place
+    else:
+        assert local.parent == cache
+        stamp = (local / "consolidation.json").stat().st_mtime_ns
+        assert materialize(uri, cache) == str(local)  # copied once
+        assert (local / "consolidation.json").stat().st_mtime_ns == stamp
+    no_storage = load_config(None, [f"state_dir={tmp_path / 'state'}"])
+    assert publish(no_storage, out) == str(out) and materialize(str(out), cache) == str(out)
+
+
+def test_reports_are_mirrored_to_the_storage(store, tmp_path):
+    from cls_ray.config import load_config
+    from cls_ray.storage import mirror_reports
+
+    cfg = load_config(None, [f"state_dir={tmp_path / 'state'}", f"storage.uri={store.uri}"])
+    assert mirror_reports(cfg) is None  # nothing written yet
+    (cfg.state_path / "reports" / "demo").mkdir(parents=True)
+    (cfg.state_path / "reports" / "sleep.json").write_text('{"promoted": true}')
+    (cfg.state_path / "reports" / "demo" / "retention.png").write_bytes(b"\x89PNG...")
+    mirror_reports(cfg)
+    assert store.read_text("reports/sleep.json") == '{"promoted": true}'
+    assert store.read_bytes("reports/demo/retention.png") == b"\x89PNG..."

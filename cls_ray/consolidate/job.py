@@ -153,4 +153,7 @@ def run_consolidation(
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)
     result["report"] = str(out)
+    from cls_ray.storage import mirror_reports
+
+    mirror_reports(cfg)
     return result

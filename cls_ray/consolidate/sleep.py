@@ -292,6 +292,13 @@ def fast_path(retriever, stack, good) -> list:
     return pats
 
 
+def publish(cfg, out: Path) -> str:
+    """Where replicas load a trained version from: its folder, or (with `storage.uri`) a copy
+    in the storage, uploaded whole before the version is registered."""
+    store = cfg.artifacts
+    return str(out) if store is None else store.put_dir(out, out.name)
+
+
 def version_kind(cfg, method: str) -> str:
     """What a consolidation registers: a LoRA adapter, or a full checkpoint (SFT, `weights:
     full`)."""
@@ -363,7 +370,9 @@ def sleep_once(
         "train": train,
         "data": data,
     }
-    v = reg.register(str(out), version_kind(cfg, method), parent=current.name, metrics=metrics)
+    v = reg.register(
+        publish(cfg, out), version_kind(cfg, method), parent=current.name, metrics=metrics
+    )
     if ok and promote:
         if broadcast is not None:
             broadcast(v.name, reason)

@@ -102,10 +102,7 @@ def test_a_smoke_consolidation_submitted_as_a_ray_job_registers_a_candidate(
 ):
     from cls_ray.config import load_config
     from cls_ray.registry import ModelRegistry
-    from cls_ray.replay.buffer import ReplayBuffer
-    from cls_ray.rgr import run_rgr
-    from cls_ray.session import Session
-    from tests.conftest import TINY_OVERRIDES
+    from tests.conftest import TINY_OVERRIDES, buffer_sessions
 
     overrides = [
         *TINY_OVERRIDES,
@@ -121,13 +118,7 @@ def test_a_smoke_consolidation_submitted_as_a_ray_job_registers_a_candidate(
     cfg = load_config(None, overrides)
     world = tiny_stack.world
     qs = world.questions("train", world.held_back_families, per_family=2)
-    trajs = run_rgr(
-        [q.text for q in qs], tiny_stack.engine, tiny_stack.retriever, **cfg.rgr_options()
-    )
-    buf = ReplayBuffer(cfg.replay_path)
-    for tr in trajs:
-        tr.model_version = "base"
-        buf.add(Session.from_trajectory(tr))
+    buffer_sessions(tiny_stack, cfg, qs)
     sets = [x for o in overrides for x in ("--set", o)]
 
     cli = ["python", "-m", "cls_ray.cli"]

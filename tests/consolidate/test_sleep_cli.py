@@ -15,9 +15,7 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
     from cls_ray.config import load_config
     from cls_ray.registry import ModelRegistry
     from cls_ray.replay.buffer import ReplayBuffer
-    from cls_ray.rgr import run_rgr
-    from cls_ray.session import Session
-    from tests.conftest import TINY_OVERRIDES
+    from tests.conftest import TINY_OVERRIDES, buffer_sessions
 
     overrides = [
         *TINY_OVERRIDES,
@@ -36,13 +34,7 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
     cfg = load_config(None, overrides)
     world = tiny_stack.world
     qs = world.questions("train", world.held_back_families, per_family=3)
-    trajs = run_rgr(
-        [q.text for q in qs], tiny_stack.engine, tiny_stack.retriever, **cfg.rgr_options()
-    )
-    buf = ReplayBuffer(cfg.replay_path)
-    for tr in trajs:
-        tr.model_version = "base"
-        buf.add(Session.from_trajectory(tr))
+    buffer_sessions(tiny_stack, cfg, qs)
     args = [x for o in overrides for x in ("--set", o)]
     assert main(["sleep", "--json", "-q", *args]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -70,10 +62,7 @@ def test_ppo_learns_from_buffered_sessions_and_fresh_rollouts(
     from cls_ray.cli import main
     from cls_ray.config import load_config
     from cls_ray.registry import ModelRegistry
-    from cls_ray.replay.buffer import ReplayBuffer
-    from cls_ray.rgr import run_rgr
-    from cls_ray.session import Session
-    from tests.conftest import TINY_OVERRIDES
+    from tests.conftest import TINY_OVERRIDES, buffer_sessions
 
     overrides = [
         *TINY_OVERRIDES,
@@ -91,17 +80,7 @@ def test_ppo_learns_from_buffered_sessions_and_fresh_rollouts(
     cfg = load_config(None, overrides)
     world = tiny_stack.world
     qs = world.questions("train", world.held_back_families[:2], per_family=2)
-    trajs = run_rgr(
-        [q.text for q in qs],
-        tiny_stack.engine,
-        tiny_stack.retriever,
-        temperature=1.0,
-        seed=1,
-        **cfg.rgr_options(),
-    )
-    buf = ReplayBuffer(cfg.replay_path)
-    for tr in trajs:
-        buf.add(Session.from_trajectory(tr))
+    buffer_sessions(tiny_stack, cfg, qs, temperature=1.0, seed=1)
     args = [x for o in overrides for x in ("--set", o)]
     assert main(["ppo", "--json", "-q", *args]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
