@@ -150,16 +150,20 @@ def _init_ray(cfg: Config, log_to_driver: bool = False) -> None:
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
     else:
-        for attempt in range(2):  # a loaded machine can miss Ray's start-up deadline once
+        # A loaded machine can miss Ray's start-up deadline (GCS or raylet); Ray raises a plain
+        # Exception for that, so any failure of the start gets two more tries.
+        for attempt in range(3):
             try:
                 ray.init(
                     num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=log_to_driver
                 )
                 break
-            except RuntimeError:
+            except Exception:  # noqa: BLE001
                 ray.shutdown()
-                if attempt:
+                if attempt == 2:
                     raise
+                logging.getLogger(__name__).warning("Ray did not start; trying again")
+                time.sleep(5)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
     except AttributeError:
@@ -547,6 +551,11 @@ def cmd_demo(args, stack) -> dict:
     print("== 2/6 ingest: the built-in world into Milvus")
     args.paths, args.world, args.no_ray = [], True, True
     cmd_ingest(args, stack)
+    # Milvus Lite's in-process server keeps indexing after an ingest; stop it while Ray starts
+    # (the store reopens on first use).
+    stack.store.close(release=True)
+    stack.__dict__.pop("store", None)
+    stack.__dict__.pop("retriever", None)
     # Serving replicas idle while the sleep trains: logical CPUs beyond the cores let both fit.
     ray_cfg = cfg.model_copy(
         update={"ray": cfg.ray.model_copy(update={"num_cpus": max(4, cfg.ray.num_cpus or 0)})}

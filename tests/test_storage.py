@@ -45,6 +45,19 @@ def s3_server():
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    try:
+        yield from _with_bucket(pafs, port)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _with_bucket(pafs, port):
     fs = pafs.S3FileSystem(
         endpoint_override=f"127.0.0.1:{port}",
         scheme="http",
@@ -53,13 +66,6 @@ def s3_server():
     )
     fs.create_dir("cls-ray")
     yield f"s3://cls-ray/state?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-    proc.terminate()
-    proc.wait(timeout=10)
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -275,6 +275,19 @@ def test_a_full_checkpoint_reaches_the_replicas_and_a_corrupt_one_is_refused(ser
     assert registry_for(cfg).current().name == v.name
     again = h.replica_version.remote(checksum=True).result()
     assert again["version"] == v.name and again["checksum"] == good
+
+    # What a cluster's RayService declares: `current`, resolved from the registry by each
+    # replica (a new cluster comes back on what was promoted).
+    from actors.deploy import deploy
+    from cls_ray.cluster import serve_config
+    from cls_ray.registry import ModelVersion
+
+    assert serve_config(cfg)["applications"][0]["deployments"][0]["user_config"]["version"] == (
+        "current"
+    )
+    registry_for(cfg).promote(before, reason="registry only")
+    deploy(cfg, ModelVersion(id=0, name="current", artifact_uri="", kind="base"))
+    assert h.replica_version.remote().result()["version"] == before
     promote(cfg, before, "back to the base for the next tests")
 
 
