@@ -368,21 +368,23 @@ class Config(_Section):
         return self.state_path / "replay"
 
     @property
+    def storage_uri(self) -> str:
+        """`storage.uri` with its `${VAR}` read from the environment ("" when unset)."""
+        return expand_env(self.storage.uri, "storage.uri")
+
+    @property
     def artifacts(self):
         """The `Storage` that versions are published to, or None (they stay in state_dir)."""
-        from cls_ray.storage import Storage
+        from cls_ray.storage import Storage, join_uri
 
-        uri = expand_env(self.storage.uri, "storage.uri")
-        return Storage(uri).child("adapters") if uri else None
+        return Storage(join_uri(self.storage_uri, "adapters")) if self.storage_uri else None
 
     @property
     def replay_segments(self) -> str | None:
         """Where the replay buffer seals its segments (None: `replay_path`/segments)."""
-        uri = expand_env(self.storage.uri, "storage.uri")
-        if not uri:
-            return None
-        base, _, query = uri.partition("?")
-        return base.rstrip("/") + "/replay" + (f"?{query}" if query else "")
+        from cls_ray.storage import join_uri
+
+        return join_uri(self.storage_uri, "replay") if self.storage_uri else None
 
     @property
     def store_uri(self) -> str:

@@ -17,16 +17,29 @@ import uuid
 from pathlib import Path
 
 
+def is_remote(uri: str) -> bool:
+    """A URI of another filesystem (`s3://`, ...), not a local path or `file://`."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def join_uri(uri: str, rel: str) -> str:
+    """`rel` below `uri`, keeping the URI's query (`?endpoint_override=...`) at the end."""
+    base, _, query = uri.partition("?")
+    rel = rel.strip("/")
+    joined = base.rstrip("/") + (f"/{rel}" if rel else "")
+    return joined + (f"?{query}" if query else "")
+
+
 def open_uri(uri: str):
     """(filesystem, path) of a path or storage URI."""
     import pyarrow.fs as pafs
 
-    if "://" in uri and not uri.startswith("file://"):
+    if is_remote(uri):
         try:
             return pafs.FileSystem.from_uri(uri)
         except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds
             raise StorageError(f"storage {uri!r}: {e}") from e
-    return pafs.LocalFileSystem(), uri[len("file://") :] if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), uri.removeprefix("file://")
 
 
 def read_table(uri: str, columns: list[str] | None = None):
@@ -44,8 +57,8 @@ def materialize(uri: str | None, cache_dir: str | Path) -> str | None:
     import hashlib
     import shutil
 
-    if uri is None or "://" not in uri or uri.startswith("file://"):
-        return uri[len("file://") :] if uri and uri.startswith("file://") else uri
+    if uri is None or not is_remote(uri):
+        return None if uri is None else uri.removeprefix("file://")
     dest = Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:20]
     if not dest.exists():
         tmp = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -60,9 +73,7 @@ def materialize(uri: str | None, cache_dir: str | Path) -> str | None:
 def mirror_reports(cfg) -> str | None:
     """Copies `state_dir/reports` (figures, plots, the gate's decisions) to the storage's
     `reports/` when `storage.uri` is set; returns where, or None."""
-    from cls_ray.config import expand_env
-
-    uri = expand_env(cfg.storage.uri, "storage.uri")
+    uri = cfg.storage_uri
     local = cfg.state_path / "reports"
     if not uri or not local.is_dir():
         return None
@@ -75,21 +86,13 @@ class StorageError(ValueError):
 
 class Storage:
     def __init__(self, uri: str | Path):
-        import pyarrow.fs as pafs
-
         self.uri = str(uri)
-        if "://" in self.uri and not self.uri.startswith("file://"):
-            try:
-                fs, root = pafs.FileSystem.from_uri(self.uri)
-            except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds
-                raise StorageError(f"storage {self.uri!r}: {e}") from e
-            if not root.strip("/"):
-                raise StorageError(f"storage {self.uri!r}: name a bucket (and a prefix)")
-            self.local = False
-        else:
-            path = self.uri[len("file://") :] if self.uri.startswith("file://") else self.uri
-            fs, root = pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
-            self.local = True
+        self.local = not is_remote(self.uri)
+        fs, root = open_uri(self.uri)
+        if self.local:
+            root = str(Path(root).expanduser().resolve())
+        elif not root.strip("/"):
+            raise StorageError(f"storage {self.uri!r}: name a bucket (and a prefix)")
         self.fs, self.root = fs, root.rstrip("/")
         if self.local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
@@ -108,9 +111,7 @@ class Storage:
 
     def child(self, rel: str) -> Storage:
         """The storage rooted at `rel` below this one."""
-        base = self.uri.split("?", 1)
-        joined = base[0].rstrip("/") + "/" + rel.strip("/")
-        return Storage(joined + (f"?{base[1]}" if len(base) == 2 else ""))
+        return Storage(join_uri(self.uri, rel))
 
     # -- files -----------------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes) -> None:
@@ -135,7 +136,7 @@ class Storage:
             with self.fs.open_input_stream(self.path(rel)) as f:
                 return f.read()
         except FileNotFoundError:
-            raise
+            raise  # a local miss is already one
         except OSError as e:
             if "not exist" in str(e) or "NoSuchKey" in str(e) or "Path does not exist" in str(e):
                 raise FileNotFoundError(f"{self.uri}: no {rel}") from e
@@ -199,8 +200,4 @@ class Storage:
 
     def url(self, rel: str = "") -> str:
         """A URI of `rel` that `Storage(...)` opens again (a local path stays a path)."""
-        if self.local:
-            return self.path(rel)
-        base, _, query = self.uri.partition("?")
-        joined = base.rstrip("/") + ("/" + rel.strip("/") if rel.strip("/") else "")
-        return joined + (f"?{query}" if query else "")
+        return self.path(rel) if self.local else join_uri(self.uri, rel)

@@ -65,7 +65,9 @@ class SegmentDatasource(Datasource):
 
 def _size(uri: str) -> int | None:
     """A local segment's size (a remote one is not asked: one request per file)."""
-    if "://" in uri:
+    from cls_ray.storage import is_remote
+
+    if is_remote(uri):
         return None
     return os.path.getsize(uri) if os.path.exists(uri) else None
 
