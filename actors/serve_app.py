@@ -837,18 +837,12 @@ def generator_options(cfg: Config) -> dict:
     """The generator's deployment options (autoscaling, load, resources): bound here and
     written into a Serve config by `actors.deploy.app_spec`, so both agree."""
     s = cfg.serve
-    a = s.generator_autoscaling
     resources = {"num_cpus": s.generator_num_cpus}
     if s.generator_num_gpus:
         resources["num_gpus"] = s.generator_num_gpus
     return {
-        "autoscaling_config": {
-            "min_replicas": a.min_replicas,
-            "max_replicas": a.max_replicas,
-            "target_ongoing_requests": a.target_ongoing_requests,
-            "upscale_delay_s": a.upscale_delay_s,
-            "downscale_delay_s": a.downscale_delay_s,
-        },
+        # The config section has exactly Serve's autoscaling fields.
+        "autoscaling_config": s.generator_autoscaling.model_dump(),
         "max_ongoing_requests": s.generator_max_ongoing_requests,
         "ray_actor_options": resources,
     }
