@@ -32,12 +32,11 @@ def registry_for(cfg: Config) -> ModelRegistry:
 
 
 def version_config(cfg: Config, v: ModelVersion, max_batch_size: int | None = None) -> dict:
-    """The generator's `user_config`: the version to serve, and the batch size."""
-    return {
-        "version": v.name,
-        "path": None if v.kind == "base" else v.artifact_uri,
-        "max_batch_size": max_batch_size or cfg.serve.max_batch_size,
-    }
+    """The generator's `user_config` for a registered version."""
+    from actors.serve_app import generator_user_config
+
+    path = None if v.kind == "base" else v.artifact_uri
+    return generator_user_config(cfg, v.name, path, max_batch_size)
 
 
 def app_spec(

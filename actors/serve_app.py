@@ -829,8 +829,15 @@ class Ingress:
         return await self._switch(lambda: self.registry.rollback.remote())
 
 
-def generator_user_config(cfg: Config, version: str = "base", path: str | None = None) -> dict:
-    return {"version": version, "path": path, "max_batch_size": cfg.serve.max_batch_size}
+def generator_user_config(
+    cfg: Config, version: str = "base", path: str | None = None, max_batch_size: int | None = None
+) -> dict:
+    """The generator's `user_config`: the version to serve (its folder or URI), the batch size."""
+    return {
+        "version": version,
+        "path": path,
+        "max_batch_size": max_batch_size or cfg.serve.max_batch_size,
+    }
 
 
 def generator_options(cfg: Config) -> dict:
