@@ -136,6 +136,22 @@ def _app_status(client, name: str) -> tuple[str, dict[str, str], str, dict[str, 
     return app["status"], deps, app.get("message") or "", targets
 
 
+def _stream(cfg: Config, client, v: ModelVersion) -> None:
+    """Streams full-weight `v` into the running replicas before they are switched to it; a
+    stream that fails leaves them to load it from storage."""
+    from actors.weight_stream import WeightSyncError, stream_version
+
+    status, deps, _, targets = _app_status(client, cfg.serve.app_name)
+    if status != "RUNNING" or (targets.get("generator") or {}).get("version") == v.name:
+        return
+    try:
+        stream_version(cfg, v)
+    except WeightSyncError as e:
+        logger.warning("%s; the replicas load %s from storage", e, v.name)
+    except ValueError as e:
+        raise DeployError(str(e)) from e
+
+
 def deploy(
     cfg: Config,
     version: ModelVersion | None = None,
@@ -161,6 +177,8 @@ def deploy(
             and info.get("deployed_app_config")
         ):
             apps.append(info["deployed_app_config"])
+    if v.kind == "full" and cfg.serve.weight_sync == "stream":
+        _stream(cfg, client, v)
     spec = app_spec(cfg, v, max_batch_size, retriever_max_batch_size, session_batch_size)
     apps.append(spec)
     client.deploy_apps(ServeDeploySchema(applications=apps))

@@ -59,6 +59,8 @@ class Generator:
         self.cfg = Config.model_validate(cfg)
         self.engine_factory = engine_factory or build_engine
         self.engines = {"base": self.engine_factory(self.cfg, "base", None)}
+        self.paths: dict[str, str | None] = {"base": None}
+        self.loaded_by: dict[str, str] = {"base": "storage"}  # or "stream"
         self.current = "base"
         self.generate.set_max_batch_size(self.cfg.serve.max_batch_size)
         self.generate.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_timeout_s)
@@ -80,17 +82,100 @@ class Generator:
             v = registry_for(self.cfg).current()
             version, path = v.name, None if v.kind == "base" else v.artifact_uri
         if version not in self.engines:
-            from cls_ray.storage import materialize
-
-            # A version published to object storage is copied to this node once.
-            path = materialize(path, self.cfg.state_path / "cache" / "artifacts")
-            engine = self.engine_factory(self.cfg, version, path)
-            _check_weights(engine, version, path)
-            self.engines[version] = engine
+            self._load(version, path)
         self.current = version
         keep = {"base", version, *list(self.engines)[-2:]}
         for v in [v for v in self.engines if v not in keep]:
             del self.engines[v]
+
+    def _load(self, version: str, path: str | None) -> None:
+        from cls_ray.storage import materialize
+
+        # A version published to object storage is copied to this node once.
+        local = materialize(path, self.cfg.state_path / "cache" / "artifacts")
+        engine = self.engine_factory(self.cfg, version, local)
+        _check_weights(engine, version, local)
+        self._drop_overwritten(engine)
+        self.engines[version] = engine
+        self.paths[version] = path
+        self.loaded_by[version] = "storage"
+
+    def _drop_overwritten(self, engine) -> None:
+        """An engine that loads weights in place (vLLM: one `LLM` per GPU) overwrites what the
+        engines sharing its model served: those are dropped, and load again when asked for."""
+        model = getattr(engine, "shared_model", None)
+        if model is None:
+            return
+        for v, other in list(self.engines.items()):
+            if other is not engine and getattr(other, "shared_model", None) is model:
+                del self.engines[v]
+
+    def weight_sync_ranks(self, manifest: list | None = None) -> dict:
+        """This replica's id, how many ranks it joins a weight stream with (one per engine
+        worker: a vLLM engine with tensor parallelism has several) and, given the stream's
+        manifest, why it cannot take it (another architecture), before any group forms."""
+        from cls_ray.weight_sync import TensorSpec
+
+        engine = self.engines[self.current]
+        refuses = getattr(engine, "refuses", None)
+        reason = None
+        if manifest is not None and refuses is not None:
+            reason = refuses([TensorSpec.from_json(r) for r in manifest])
+        return {
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "ranks": getattr(engine, "sync_ranks", 0),
+            "refuses": reason,
+        }
+
+    async def receive_weights(self, sync: dict) -> dict:
+        """Joins a weight stream (`actors.weight_stream`): receives a full-weight version from
+        the sender into a new engine (or in place, for vLLM) and checks what arrived against the
+        checksum its trainer recorded. An HF replica receives into a copy and keeps serving the
+        current version: the deploy that follows switches every replica, and these find the new
+        one loaded. A vLLM replica's weights change in place: it serves the new version at once,
+        or, if the stream fails or arrives altered, loads what it served again."""
+        from cls_ray.weight_sync import Rendezvous, TensorSpec
+
+        rid = serve.get_replica_context().replica_id.unique_id
+        rank = sync["ranks"].get(rid)
+        if rank is None:  # started after the group was formed: it loads from storage
+            return {"replica": rid, "joined": False}
+        version, want = sync["version"], sync["checksum"]
+        engine = self.engines[self.current]
+        in_place = getattr(engine, "shared_model", None) is not None
+        t0 = time.perf_counter()
+        new, got, ok = None, {}, False
+        try:
+            new, got = await asyncio.to_thread(
+                engine.stream_in,
+                Rendezvous(**sync["rendezvous"]),
+                rank,
+                [TensorSpec.from_json(r) for r in sync["manifest"]],
+                sync["bucket_bytes"],
+                version,
+            )
+            ok = all(d == want for d in got["stream"]) and got.get("checksum", want) == want
+        finally:
+            if not ok and in_place:
+                # The weights were overwritten part-way or wrongly: serve what was served,
+                # loaded again.
+                current = self.current
+                self.engines.pop(current, None)
+                await asyncio.to_thread(self._load, current, self.paths.get(current))
+        if ok:
+            self._drop_overwritten(new)
+            self.engines[version] = new
+            self.paths[version] = sync.get("path")
+            self.loaded_by[version] = "stream"
+            if in_place:
+                self.current = version  # it serves the new weights from now on
+        return {
+            "replica": rid,
+            "joined": True,
+            "ok": ok,
+            "seconds": time.perf_counter() - t0,
+            **got,
+        }
 
     def current_version(self) -> str:
         return self.current
@@ -101,6 +186,7 @@ class Generator:
         out = {
             "replica": serve.get_replica_context().replica_id.unique_id,
             "version": self.current,
+            "loaded_by": self.loaded_by.get(self.current),
         }
         engine = self.engines[self.current]
         if checksum and hasattr(engine, "checksum"):

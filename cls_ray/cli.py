@@ -59,7 +59,10 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("version")
     sub.add_parser("rollback", parents=[common], help="return to the previously promoted version")
     bench = sub.add_parser("bench", parents=[common], help="benchmarks")
-    bench.add_argument("which", choices=["rgr", "retrieval", "serve", "consolidation", "train"])
+    bench.add_argument(
+        "which", choices=["rgr", "retrieval", "serve", "consolidation", "train", "stream"]
+    )
+    bench.add_argument("--replicas", type=int, default=2, help="stream: receiving processes")
     bench.add_argument("--steps", type=int, default=None, help="train: optimizer steps")
     bench.add_argument("--requests", type=int, default=None, help="serve: sessions per load")
     bench.add_argument("--concurrency", type=int, default=None, help="serve: sessions at once")
@@ -285,6 +288,8 @@ def cmd_bench(args, stack) -> dict:
         return cmd_bench_serve(args, stack)
     if args.which == "train":
         return cmd_bench_train(args, stack)
+    if args.which == "stream":
+        return cmd_bench_stream(args, stack)
     if stack.store.count() == 0:
         raise SystemExit(
             f"cls-ray bench {args.which}: the store is empty; run `cls-ray ingest --world`"
@@ -512,6 +517,19 @@ def cmd_bench_train(args, stack) -> dict:
         f"{result['samples_per_s_trl']:.1f}, ratio {result['ratio']:.2f}; peak RSS per worker "
         + ", ".join(f"zero-{k} {v:.0f} MB" for k, v in result["peak_rss_mb_per_worker"].items())
     )
+    print(f"report: {report}")
+    return result
+
+
+def cmd_bench_stream(args, stack) -> dict:
+    from cls_ray.eval.bench_stream import bench_stream, format_stream
+
+    if args.replicas < 1:
+        raise SystemExit("cls-ray bench stream: --replicas must be at least 1")
+    size = {"hidden": 64, "layers": 2, "vocab": 1000} if args.smoke else {}
+    result = bench_stream(args.replicas, **size, progress=print)
+    report = _write_report(stack.cfg, "bench_stream", result)
+    print(format_stream(result))
     print(f"report: {report}")
     return result
 

@@ -306,6 +306,18 @@ class ServeConfig(_Section):
         "CLS_RAY_ADMIN_KEY",
         description="Environment variable holding the admin API key; unset: admin disabled.",
     )
+    weight_sync: Literal["reload", "stream"] = Field(
+        "reload",
+        description="How a full-weight version reaches running generator replicas: each "
+        "reloads it from storage, or one sender streams it to all of them over a collective "
+        "group (NCCL on GPUs, gloo on CPU) and each checks the checksum of what arrived.",
+    )
+    weight_sync_host: str = Field(
+        "",
+        description="Address the weight stream's sender listens on; empty: its node's address.",
+    )
+    weight_sync_bucket_mb: int = Field(256, ge=1, description="Tensors per broadcast, in MB.")
+    weight_sync_timeout_s: float = Field(600.0, gt=0)
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_question_chars: int = Field(2000, ge=10)
 

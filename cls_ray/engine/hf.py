@@ -55,6 +55,46 @@ class HFEngine:
             self._checksum = weights_checksum(self.model)
         return self._checksum
 
+    sync_ranks = 1  # ranks this engine joins a weight stream with
+
+    def refuses(self, manifest) -> str | None:
+        """Why a weight stream with `manifest` cannot land in this model (None: it can): every
+        tensor of the model, by name and shape, and no other."""
+        state = self.model.state_dict()
+        names = {s.name for s in manifest}
+        for s in manifest:
+            if s.name not in state:
+                return f"this model has no tensor {s.name}"
+            if tuple(state[s.name].shape) != s.shape:
+                return f"{s.name} is {tuple(state[s.name].shape)} here, {s.shape} in the stream"
+        missing = sorted(set(state) - names)
+        return f"the stream lacks {missing[0]} (and {len(missing) - 1} more)" if missing else None
+
+    def stream_in(self, rdv, rank: int, manifest, bucket_bytes: int, version: str):
+        """A new engine for `version` whose weights arrive over the weight-sync group (see
+        `cls_ray.weight_sync`): they land in a copy of this model, so this engine keeps serving
+        while they stream. Returns the engine and what it received (stream hash, checksum)."""
+        import copy
+
+        from cls_ray.weight_sync import Channel, copy_into, receive
+
+        model = copy.deepcopy(self.model)
+        channel = Channel(rdv, rank, device=model.device)
+        try:
+            # The whole model's checksum below is the stricter check: no stream hash.
+            receive(channel, manifest, copy_into(model), bucket_bytes, hash=False)
+        finally:
+            channel.close()
+        engine = HFEngine(
+            model,
+            self.tokenizer,
+            self.template,
+            self.max_new_tokens,
+            self.batch_size,
+            version,
+        )
+        return engine, {"stream": [engine.checksum()], "checksum": engine.checksum()}
+
     @classmethod
     def from_config(cls, cfg, version: str = "base", path=None) -> HFEngine:
         """The base model, a full checkpoint at `path`, or a PEFT adapter at `path` merged

@@ -3,10 +3,17 @@
 Grounded decoding maps to vLLM's structured outputs (`choice`), behaviour log-probs to
 `logprobs=0` (the sampled token's log-prob), and a model version that is a LoRA adapter to a
 `LoRARequest` under a name that is never reused.
+
+A process holds one `LLM` per base model: a full-weight version is loaded into it in place
+(from its checkpoint's files, or streamed in over the weight-sync group), never as a second
+`LLM` beside it, which a GPU sized for one would not hold. Engines that share the `LLM` name
+the weights they need (`weights`); `shared_model` tells the generator that loading one version
+overwrites what the others served.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +21,8 @@ from cls_ray.engine.base import Generation
 from cls_ray.steps import StepTemplate, clean_step, render_prompt
 
 _LLMS: dict[tuple, object] = {}
+_HOLDS: dict[int, str] = {}  # id(LLM) -> the version whose weights it holds
+_LOCKS: dict[int, threading.Lock] = {}  # one caller at a time per LLM
 
 
 def _shared_llm(model_path: str, **kwargs):
@@ -23,8 +32,17 @@ def _shared_llm(model_path: str, **kwargs):
 
     key = (model_path, tuple(sorted(kwargs.items())))
     if key not in _LLMS:
-        _LLMS[key] = LLM(model=model_path, **kwargs)
+        llm = LLM(model=model_path, **kwargs)
+        _LLMS[key], _HOLDS[id(llm)], _LOCKS[id(llm)] = llm, "base", threading.Lock()
     return _LLMS[key]
+
+
+def _hold(llm, weights: str, path: str | Path) -> None:
+    """Makes `llm` hold the weights of version `weights` (the checkpoint at `path`)."""
+    with _LOCKS[id(llm)]:
+        if _HOLDS[id(llm)] != weights:
+            llm.collective_rpc("cls_load_checkpoint", args=(str(path),))
+            _HOLDS[id(llm)] = weights
 
 
 class VLLMEngine:
@@ -36,13 +54,22 @@ class VLLMEngine:
         version: str = "base",
         lora_path: str | Path | None = None,
         lora_int_id: int = 1,
+        weights_path: str | Path | None = None,
         **llm_kwargs,
     ):
         self.template: StepTemplate = template
         self.max_new_tokens = max_new_tokens
         self.version = version
         self.llm = _shared_llm(str(model_path), **llm_kwargs)
+        self.shared_model = self.llm
+        # A full checkpoint's weights go into the shared LLM; base and adapters need the base's.
+        self.weights = version if weights_path is not None else "base"
+        _hold(self.llm, self.weights, weights_path or model_path)
         self.tokenizer = self.llm.get_tokenizer()
+        try:
+            self.sync_ranks = int(self.llm.llm_engine.vllm_config.parallel_config.world_size)
+        except AttributeError:
+            self.sync_ranks = 1
         self._lora = None
         if lora_path is not None:
             from vllm.lora.request import LoRARequest
@@ -60,6 +87,7 @@ class VLLMEngine:
             "gpu_memory_utilization": cfg.engine.gpu_memory_utilization,
             "enable_lora": True,
             "max_lora_rank": cfg.engine.max_lora_rank,
+            "worker_extension_cls": "cls_ray.engine.vllm_worker.WeightSyncExtension",
         }
         if path is not None and (Path(path) / "adapter_config.json").exists():
             return cls(
@@ -72,12 +100,29 @@ class VLLMEngine:
                 **common,
             )
         return cls(
-            path or cfg.model_path,
+            cfg.model_path,
             cfg.model.template,
             cfg.engine.max_new_tokens,
             version,
+            weights_path=path,
             **common,
         )
+
+    def stream_in(self, rdv, rank: int, manifest, bucket_bytes: int, version: str):
+        """Receives `version`'s weights over the weight-sync group into the shared `LLM`, in
+        place (every worker of a tensor-parallel engine joins, from rank `rank` on). Returns an
+        engine for it and the hash each worker computed of what arrived."""
+        with _LOCKS[id(self.llm)]:
+            _HOLDS[id(self.llm)] = f"{version} (incomplete)"
+            digests = self.llm.collective_rpc(
+                "cls_stream_in",
+                args=(rdv.to_json(), rank, [s.to_json() for s in manifest], bucket_bytes),
+            )
+            _HOLDS[id(self.llm)] = version
+        engine = object.__new__(VLLMEngine)
+        engine.__dict__.update(self.__dict__)
+        engine.version, engine.weights, engine._lora = version, version, None
+        return engine, {"stream": list(digests)}
 
     def render(self, question: str, docs: Sequence[str], steps: Sequence[str]) -> str:
         return render_prompt(self.template, self.tokenizer, question, docs, steps)
@@ -106,7 +151,12 @@ class VLLMEngine:
             )
             for i in range(len(prompts))
         ]
-        outs = self.llm.generate(list(prompts), params, lora_request=self._lora, use_tqdm=False)
+        with _LOCKS[id(self.llm)]:
+            if _HOLDS[id(self.llm)] != self.weights:
+                raise RuntimeError(
+                    f"engine {self.version}: its LLM now holds {_HOLDS[id(self.llm)]}'s weights"
+                )
+            outs = self.llm.generate(list(prompts), params, lora_request=self._lora, use_tqdm=False)
         result = []
         for o in outs:
             c = o.outputs[0]

@@ -34,12 +34,11 @@ def build_small_model(arch, tokenizer):
 def weights_checksum(model) -> str:
     """SHA-256 of a model's weights (every tensor of its state dict, by name, as float32): the
     same on the trainer that saved a checkpoint and on a replica that loaded it."""
-    import hashlib
+    from cls_ray.weight_sync import StreamHash
 
-    h = hashlib.sha256()
+    h = StreamHash()
     for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        h.update(name, t)
     return h.hexdigest()
 
 

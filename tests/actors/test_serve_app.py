@@ -27,7 +27,13 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local, tiny_prm):
             *TINY_OVERRIDES,
             f"state_dir={state}",
             f"serve.port={port}",
-            "serve.generator_autoscaling.max_replicas=1",
+            # Two generator replicas: a promote must reach both.
+            "serve.generator_autoscaling.min_replicas=2",
+            "serve.generator_autoscaling.max_replicas=2",
+            "serve.generator_num_cpus=0.25",
+            # Full-weight versions stream to the replicas, over loopback.
+            "serve.weight_sync=stream",
+            "serve.weight_sync_host=127.0.0.1",
             "serve.app_name=cls-ray-test",
             f"serve.admin_key_env={ADMIN_KEY_ENV}",
         ],
@@ -230,17 +236,22 @@ def test_deploying_on_another_port_than_the_running_serve_names_serve_port(serve
         deploy(cfg)
 
 
-def _make_full_checkpoint(cfg, out, checksum: str | None = None):
+def _make_full_checkpoint(cfg, out, checksum: str | None = None, extra_layer: bool = False):
     """A full checkpoint of the served base with perturbed weights, and the checksum a trainer
-    records next to it (`checksum` overrides it: a checkpoint whose files do not match)."""
+    records next to it (`checksum` overrides it: a checkpoint whose files do not match;
+    `extra_layer`: a deeper model, another architecture on the same tokenizer)."""
     import json
 
     import torch
+    from transformers import AutoModelForCausalLM
 
     from cls_ray.model.loading import load_model_and_tokenizer, weights_checksum
 
     torch.manual_seed(1)
     model, tok = load_model_and_tokenizer(cfg.model_path)
+    if extra_layer:
+        model.config.num_hidden_layers += 1
+        model = AutoModelForCausalLM.from_config(model.config)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -251,7 +262,7 @@ def _make_full_checkpoint(cfg, out, checksum: str | None = None):
     return meta["checksum"]
 
 
-def test_a_full_checkpoint_reaches_the_replicas_and_a_corrupt_one_is_refused(served, tmp_path):
+def test_a_full_checkpoint_streams_to_every_replica_and_a_corrupt_one_is_refused(served, tmp_path):
     from ray import serve
 
     from actors.deploy import DeployError, promote, registry_for
@@ -259,22 +270,36 @@ def test_a_full_checkpoint_reaches_the_replicas_and_a_corrupt_one_is_refused(ser
     cfg = served["cfg"]
     reg = registry_for(cfg)
     before = reg.current().name
+    h = serve.get_deployment_handle("generator", "cls-ray-test")
+
+    def replicas() -> list[dict]:
+        return h.broadcast("replica_version", checksum=True).results(timeout_s=60)
+
     good = _make_full_checkpoint(cfg, tmp_path / "full")
     v = reg.register(str(tmp_path / "full"), "full", parent=before)
     promote(cfg, v.name, "full-weight broadcast test")
-    h = serve.get_deployment_handle("generator", "cls-ray-test")
-    got = h.replica_version.remote(checksum=True).result()
-    assert got["version"] == v.name and got["checksum"] == good
+    got = replicas()
+    assert len(got) == 2 and len({g["replica"] for g in got}) == 2
+    for g in got:  # each replica holds the trainer's weights, and got them from the stream
+        assert (g["version"], g["checksum"], g["loaded_by"]) == (v.name, good, "stream")
     assert registry_for(cfg).current().name == v.name
 
     # A checkpoint whose weights are not what its trainer recorded is not served.
     _make_full_checkpoint(cfg, tmp_path / "bad", checksum="0" * 64)
     bad = reg.register(str(tmp_path / "bad"), "full", parent=v.name)
-    with pytest.raises(DeployError):
+    with pytest.raises(DeployError, match="do not match the checksum its trainer recorded"):
         promote(cfg, bad.name, "must be refused")
     assert registry_for(cfg).current().name == v.name
-    again = h.replica_version.remote(checksum=True).result()
-    assert again["version"] == v.name and again["checksum"] == good
+    for g in replicas():
+        assert (g["version"], g["checksum"]) == (v.name, good)
+
+    # Another architecture cannot land in the replicas' models: they say so before any group
+    # forms, and load it from storage instead.
+    deeper = _make_full_checkpoint(cfg, tmp_path / "deeper", extra_layer=True)
+    w = reg.register(str(tmp_path / "deeper"), "full", parent=v.name)
+    promote(cfg, w.name, "a deeper model")
+    for g in replicas():
+        assert (g["version"], g["checksum"], g["loaded_by"]) == (w.name, deeper, "storage")
 
     # What a cluster's RayService declares: `current`, resolved from the registry by each
     # replica (a new cluster comes back on what was promoted).
@@ -287,7 +312,7 @@ def test_a_full_checkpoint_reaches_the_replicas_and_a_corrupt_one_is_refused(ser
     )
     registry_for(cfg).promote(before, reason="registry only")
     deploy(cfg, ModelVersion(id=0, name="current", artifact_uri="", kind="base"))
-    assert h.replica_version.remote().result()["version"] == before
+    assert {g["version"] for g in replicas()} == {before}
     promote(cfg, before, "back to the base for the next tests")
 
 
