@@ -82,6 +82,53 @@ def test_a_model_streams_to_two_receivers_and_each_holds_the_senders_weights():
     assert by[1] == (want, want) and by[2] == (want, want)
 
 
+def _dying_sender(rdv: dict):
+    import os
+
+    from cls_ray.weight_sync import Channel, send
+
+    specs = [TensorSpec(f"t{i}", "float32", (1000,)) for i in range(10)]
+
+    def progress(done: int, total: int) -> None:
+        if done == 3:  # the sender's process dies part-way through the stream
+            os._exit(3)
+
+    send(Channel(Rendezvous(**rdv), 0), specs, lambda name: torch.ones(1000), 4000, progress)
+
+
+def _patient_receiver(rdv: dict, rank: int, out):
+    import time
+
+    from cls_ray.weight_sync import Channel, receive
+
+    specs = [TensorSpec(f"t{i}", "float32", (1000,)) for i in range(10)]
+    got = []
+    t0 = time.perf_counter()
+    try:
+        receive(Channel(Rendezvous(**rdv), rank), specs, got.extend, 4000)
+        out.put((rank, "complete", len(got), 0.0))
+    except RuntimeError:
+        out.put((rank, "failed", len(got), time.perf_counter() - t0))
+
+
+def test_receivers_fail_at_once_when_the_sender_dies_mid_stream():
+    """No receiver waits out the group's timeout (600 s by default) for a sender that is gone:
+    the replicas report the failure and the promotion falls back to storage."""
+    rdv = Rendezvous("127.0.0.1", free_port("127.0.0.1"), 3, "gloo", timeout_s=120).to_json()
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_dying_sender, args=(rdv,))]
+    procs += [ctx.Process(target=_patient_receiver, args=(rdv, r, out)) for r in (1, 2)]
+    for p in procs:
+        p.start()
+    got = sorted(out.get(timeout=90) for _ in (1, 2))
+    for p in procs:
+        p.join(30)
+    assert procs[0].exitcode == 3
+    for rank, outcome, received, seconds in got:
+        assert outcome == "failed" and received < 10 and seconds < 30, (rank, received, seconds)
+
+
 def test_buckets_keep_dtypes_apart_and_respect_the_size():
     specs = [
         TensorSpec("a", "float32", (10,)),
