@@ -167,6 +167,7 @@ def stream_version(cfg: Config, v: ModelVersion) -> dict:
             backend,
             s.weight_sync_timeout_s,
             hosted=opened["hosted"],
+            join_timeout_s=s.weight_sync_join_timeout_s,
         )
         sent = actor.send.remote(rdv.to_json())
         got = handle.broadcast(

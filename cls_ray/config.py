@@ -317,7 +317,10 @@ class ServeConfig(_Section):
         description="Address the weight stream's sender listens on; empty: its node's address.",
     )
     weight_sync_bucket_mb: int = Field(256, ge=1, description="Tensors per broadcast, in MB.")
-    weight_sync_timeout_s: float = Field(600.0, gt=0)
+    weight_sync_timeout_s: float = Field(600.0, gt=0, description="The whole transfer, at most.")
+    weight_sync_join_timeout_s: float = Field(
+        60.0, gt=0, description="Every replica in the group, at most (a replica gone meanwhile)."
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_question_chars: int = Field(2000, ge=10)
 

@@ -128,9 +128,10 @@ class Rendezvous:
     port: int
     world: int
     backend: Backend = "gloo"
-    timeout_s: float = 600.0
+    timeout_s: float = 600.0  # a transfer
     name: str = "cls-ray-weights"
     hosted: bool = False  # the store is already served (`host_store`): every rank is a client
+    join_timeout_s: float = 60.0  # every rank in the group (a replica gone since: all fail)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -159,6 +160,7 @@ class Channel:
     def __init__(self, rdv: Rendezvous, rank: int, device: str | torch.device = "cpu", store=None):
         self.rdv, self.rank, self.device = rdv, rank, torch.device(device)
         timeout = datetime.timedelta(seconds=rdv.timeout_s)
+        join = datetime.timedelta(seconds=min(rdv.join_timeout_s, rdv.timeout_s))
         if rdv.backend == "pynccl":
             from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
             from vllm.distributed.utils import StatelessProcessGroup
@@ -177,7 +179,7 @@ class Channel:
                 rdv.port,
                 rdv.world,
                 is_master=rank == 0 and not rdv.hosted,
-                timeout=timeout,
+                timeout=join,
             )
         prefixed = dist.PrefixStore(rdv.name, store)
         self._store = store  # the master's server lives as long as this object
@@ -186,8 +188,9 @@ class Channel:
             # On one machine the group stays on loopback; across nodes each rank binds the
             # address its node resolves to.
             opts._devices = [dist.ProcessGroupGloo.create_device(hostname=_local_address(rdv))]
-            opts._timeout = timeout
+            opts._timeout = join  # gloo's rendezvous waits this long for the other ranks
             self._pg = dist.ProcessGroupGloo(prefixed, rank, rdv.world, opts)
+            self._pg._set_default_timeout(timeout)
         elif rdv.backend == "nccl":
             self._pg = dist.ProcessGroupNCCL(prefixed, rank, rdv.world)
         else:

@@ -129,6 +129,41 @@ def test_receivers_fail_at_once_when_the_sender_dies_mid_stream():
         assert outcome == "failed" and received < 10 and seconds < 30, (rank, received, seconds)
 
 
+def _joiner(rdv: dict, rank: int, out):
+    import time
+
+    from cls_ray.weight_sync import Channel
+
+    t0 = time.perf_counter()
+    try:
+        Channel(Rendezvous(**rdv), rank)
+        out.put((rank, "formed", 0.0))
+    except Exception as e:  # noqa: BLE001 - torch raises DistStoreError or RuntimeError
+        out.put((rank, type(e).__name__, time.perf_counter() - t0))
+
+
+def test_a_group_missing_a_rank_fails_after_the_join_timeout_not_the_transfer_timeout():
+    """A replica counted in the group that never joins (gone since): the others give up after
+    `join_timeout_s` and the promotion falls back to storage, instead of waiting out the
+    transfer's timeout."""
+    from cls_ray.weight_sync import host_store
+
+    store = host_store("127.0.0.1", 60)
+    rdv = Rendezvous(
+        "127.0.0.1", store.port, 3, "gloo", timeout_s=600, hosted=True, join_timeout_s=3
+    ).to_json()
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_joiner, args=(rdv, r, out)) for r in (0, 1)]  # rank 2 is gone
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    for _, outcome, seconds in got:
+        assert outcome != "formed" and 2 < seconds < 30, got
+
+
 def test_buckets_keep_dtypes_apart_and_respect_the_size():
     specs = [
         TensorSpec("a", "float32", (10,)),
