@@ -110,10 +110,11 @@ class Generator:
             if other is not engine and getattr(other, "shared_model", None) is model:
                 del self.engines[v]
 
-    def weight_sync_ranks(self, manifest: list | None = None) -> dict:
+    def weight_sync_ranks(self, manifest: list | None = None, version: str | None = None) -> dict:
         """This replica's id, how many ranks it joins a weight stream with (one per engine
-        worker: a vLLM engine with tensor parallelism has several) and, given the stream's
-        manifest, why it cannot take it (another architecture), before any group forms."""
+        worker: a vLLM engine with tensor parallelism has several; none when it holds `version`
+        already) and, given the stream's manifest, why it cannot take it (another
+        architecture), before any group forms."""
         from cls_ray.weight_sync import TensorSpec
 
         engine = self.engines[self.current]
@@ -121,9 +122,11 @@ class Generator:
         reason = None
         if manifest is not None and refuses is not None:
             reason = refuses([TensorSpec.from_json(r) for r in manifest])
+        holds = version is not None and version in self.engines
         return {
             "replica": serve.get_replica_context().replica_id.unique_id,
-            "ranks": getattr(engine, "sync_ranks", 0),
+            "ranks": 0 if holds else getattr(engine, "sync_ranks", 0),
+            "holds": holds,
             "refuses": reason,
         }
 

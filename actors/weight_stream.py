@@ -53,25 +53,28 @@ class WeightSender:
 
     def open(self) -> dict:
         """The stream's manifest, the checksum of the weights to send (the trainer's definition)
-        and the checksum the trainer recorded, and where the group meets."""
+        and the checksum the trainer recorded."""
         from cls_ray.model.loading import weights_checksum
-        from cls_ray.weight_sync import free_port, host_store
+        from cls_ray.weight_sync import host_store
 
         s = self.cfg.serve
-        host = s.weight_sync_host or ray.util.get_node_ip_address()
-        if sync_backend(self.cfg) == "pynccl":  # vLLM's group serves its own store
-            self.store, port = None, free_port(host)
-        else:
-            self.store = host_store(host, s.weight_sync_timeout_s)
-            port = self.store.port
+        self.host = s.weight_sync_host or ray.util.get_node_ip_address()
+        # vLLM's group serves its own store (a new port per wave); the others share this one.
+        pynccl = sync_backend(self.cfg) == "pynccl"
+        self.store = None if pynccl else host_store(self.host, s.weight_sync_timeout_s)
         return {
-            "host": host,
-            "port": port,
-            "hosted": self.store is not None,
             "manifest": [t.to_json() for t in self.source.manifest],
             "checksum": weights_checksum(self.source.model),
             "recorded": self.recorded,
         }
+
+    def meet(self) -> dict:
+        """Where the next group meets."""
+        from cls_ray.weight_sync import free_port
+
+        if self.store is None:
+            return {"host": self.host, "port": free_port(self.host), "hosted": False}
+        return {"host": self.host, "port": self.store.port, "hosted": True}
 
     def send(self, rendezvous: dict) -> dict:
         from cls_ray.weight_sync import Channel, Rendezvous, send
@@ -95,13 +98,17 @@ class WeightSender:
         return {"seconds": time.perf_counter() - t0, "bytes": nbytes}
 
 
-def _members(handle, client, cfg: Config, manifest: list, timeout_s: float) -> list[dict]:
+def _members(
+    handle, client, cfg: Config, manifest: list, version: str, timeout_s: float
+) -> list[dict]:
     """Every running generator replica, each once: a handle's router learns the replicas from
     the controller shortly after it is made, so ask until the replicas that answer are the ones
     the controller reports running."""
     deadline = time.monotonic() + timeout_s
     while True:
-        members = handle.broadcast("weight_sync_ranks", manifest).results(timeout_s=timeout_s)
+        members = handle.broadcast("weight_sync_ranks", manifest, version).results(
+            timeout_s=timeout_s
+        )
         app = client.get_serve_details()["applications"][cfg.serve.app_name]
         running = {
             r["replica_id"]
@@ -116,6 +123,15 @@ def _members(handle, client, cfg: Config, manifest: list, timeout_s: float) -> l
                 f"{len(running)} running"
             )
         time.sleep(0.5)
+
+
+def _check(v: ModelVersion, results: list) -> None:
+    failed = [g for g in results if isinstance(g, BaseException)]
+    if failed:
+        raise WeightSyncError(f"{len(failed)} replica(s) failed to receive {v.name}: {failed[0]}")
+    bad = [g["replica"] for g in results if g["joined"] and not g["ok"]]
+    if bad:
+        raise WeightSyncError(f"the weights of {v.name} arrived altered at replicas {bad}")
 
 
 def stream_version(cfg: Config, v: ModelVersion) -> dict:
@@ -146,68 +162,75 @@ def stream_version(cfg: Config, v: ModelVersion) -> dict:
                 f"version {v.name}: the weights at {v.artifact_uri} do not match the checksum "
                 f"its trainer recorded ({opened['checksum'][:12]} != {opened['recorded'][:12]})"
             )
-        members = _members(handle, serve_start(), cfg, opened["manifest"], s.weight_sync_timeout_s)
+        members = _members(
+            handle, serve_start(), cfg, opened["manifest"], v.name, s.weight_sync_timeout_s
+        )
         refused = [m for m in members if m["refuses"]]
         if refused:
             raise WeightSyncError(
                 f"replica {refused[0]['replica']} cannot take {v.name} as a stream: "
                 f"{refused[0]['refuses']}"
             )
-        ranks, world = {}, 1
-        for m in members:
-            if m["ranks"]:
+        streaming = [m for m in members if m["ranks"]]
+        if not streaming and not all(m["holds"] for m in members):
+            raise WeightSyncError("no generator replica can receive a weight stream")
+        n = min(s.weight_sync_waves, len(streaming))
+        got, out = [], {"seconds": 0.0, "bytes": 0}  # every replica holds it already: n = 0
+        for wave in range(n):
+            # Rolling: a vLLM replica pauses while its weights stream, so the replicas go in
+            # waves and the others keep serving.
+            ranks, world = {}, 1
+            for m in streaming[wave::n]:
                 ranks[m["replica"]] = world
                 world += m["ranks"]
-        if world == 1:
-            raise WeightSyncError("no generator replica can receive a weight stream")
-        rdv = Rendezvous(
-            opened["host"],
-            opened["port"],
-            world,
-            backend,
-            s.weight_sync_timeout_s,
-            hosted=opened["hosted"],
-            join_timeout_s=s.weight_sync_join_timeout_s,
-        )
-        sent = actor.send.remote(rdv.to_json())
-        got = handle.broadcast(
-            "receive_weights",
-            {
-                "version": v.name,
-                "path": v.artifact_uri,
-                "rendezvous": rdv.to_json(),
-                "ranks": ranks,
-                "manifest": opened["manifest"],
-                "bucket_bytes": s.weight_sync_bucket_mb << 20,
-                "checksum": opened["checksum"],
-            },
-        ).results(timeout_s=s.weight_sync_timeout_s, return_exceptions=True)
-        try:
-            out = ray.get(sent, timeout=s.weight_sync_timeout_s)
-        except Exception as e:  # noqa: BLE001 - the group failed; the replicas say why
-            raise WeightSyncError(f"the weight stream of {v.name} failed: {e}") from e
+            meet = ray.get(actor.meet.remote(), timeout=s.weight_sync_timeout_s)
+            rdv = Rendezvous(
+                meet["host"],
+                meet["port"],
+                world,
+                backend,
+                s.weight_sync_timeout_s,
+                name=f"cls-ray-weights-{wave}",
+                hosted=meet["hosted"],
+                join_timeout_s=s.weight_sync_join_timeout_s,
+            )
+            sent = actor.send.remote(rdv.to_json())
+            results = handle.broadcast(
+                "receive_weights",
+                {
+                    "version": v.name,
+                    "path": v.artifact_uri,
+                    "rendezvous": rdv.to_json(),
+                    "ranks": ranks,
+                    "manifest": opened["manifest"],
+                    "bucket_bytes": s.weight_sync_bucket_mb << 20,
+                    "checksum": opened["checksum"],
+                },
+            ).results(timeout_s=s.weight_sync_timeout_s, return_exceptions=True)
+            _check(v, results)
+            got += [g for g in results if g["joined"]]
+            try:
+                done = ray.get(sent, timeout=s.weight_sync_timeout_s)
+            except Exception as e:  # noqa: BLE001 - the group failed; the replicas say why
+                raise WeightSyncError(f"the weight stream of {v.name} failed: {e}") from e
+            out = {"seconds": out["seconds"] + done["seconds"], "bytes": done["bytes"]}
     finally:
         ray.kill(actor)
-    failed = [g for g in got if isinstance(g, BaseException)]
-    if failed:
-        raise WeightSyncError(f"{len(failed)} replica(s) failed to receive {v.name}: {failed[0]}")
-    joined = [g for g in got if g["joined"]]
-    bad = [g["replica"] for g in joined if not g["ok"]]
-    if bad:
-        raise WeightSyncError(f"the weights of {v.name} arrived altered at replicas {bad}")
     report = {
         "version": v.name,
-        "replicas": len(joined),
-        "ranks": world - 1,
+        "replicas": len(got),
+        "waves": n,
+        "ranks": sum(m["ranks"] for m in streaming),
         "checksum": opened["checksum"],
         "megabytes": out["bytes"] / 1e6,
         "send_seconds": out["seconds"],
         "seconds": time.perf_counter() - t0,
     }
     logger.info(
-        "streamed %s to %d replica(s): %.1f MB in %.2f s (%.2f s with set-up)",
+        "streamed %s to %d replica(s) in %d wave(s): %.1f MB in %.2f s (%.2f s with set-up)",
         v.name,
         report["replicas"],
+        report["waves"],
         report["megabytes"],
         report["send_seconds"],
         report["seconds"],

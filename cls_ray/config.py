@@ -316,6 +316,12 @@ class ServeConfig(_Section):
         "",
         description="Address the weight stream's sender listens on; empty: its node's address.",
     )
+    weight_sync_waves: int = Field(
+        1,
+        ge=1,
+        description="Replicas stream in this many waves, the others serving meanwhile (a vLLM "
+        "replica pauses while its weights stream in place).",
+    )
     weight_sync_bucket_mb: int = Field(256, ge=1, description="Tensors per broadcast, in MB.")
     weight_sync_timeout_s: float = Field(600.0, gt=0, description="The whole transfer, at most.")
     weight_sync_join_timeout_s: float = Field(

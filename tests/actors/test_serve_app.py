@@ -33,6 +33,7 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local, tiny_prm):
             "serve.generator_num_cpus=0.25",
             # Full-weight versions stream to the replicas, over loopback.
             "serve.weight_sync=stream",
+            "serve.weight_sync_waves=2",  # one replica at a time
             "serve.weight_sync_host=127.0.0.1",
             "serve.app_name=cls-ray-test",
             f"serve.admin_key_env={ADMIN_KEY_ENV}",
@@ -277,6 +278,15 @@ def test_a_full_checkpoint_streams_to_every_replica_and_a_corrupt_one_is_refused
 
     good = _make_full_checkpoint(cfg, tmp_path / "full")
     v = reg.register(str(tmp_path / "full"), "full", parent=before)
+    # The stream a promotion starts, on its own: both replicas, one wave each; they keep
+    # serving the current version until the deploy switches them.
+    from actors.weight_stream import stream_version
+
+    report = stream_version(cfg, v)
+    assert (report["replicas"], report["waves"], report["checksum"]) == (2, 2, good)
+    assert {g["version"] for g in replicas()} == {before}
+    # Replicas that hold it already take no second stream.
+    assert stream_version(cfg, v)["replicas"] == 0
     promote(cfg, v.name, "full-weight broadcast test")
     got = replicas()
     assert len(got) == 2 and len({g["replica"] for g in got}) == 2
