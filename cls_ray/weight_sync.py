@@ -6,9 +6,11 @@ buckets of same-dtype tensors packed into one flat buffer per broadcast. Sender 
 plan the buckets from the same manifest (name, dtype, shape in name order), so nothing but the
 tensors travels on the group.
 
-Both sides hash the stream as they go, with the definition of `weights_checksum` (every tensor
-by name, in name order, as float32): the sender's hash of a checkpoint's state dict equals the
-checksum its trainer recorded, and each receiver's hash proves it got exactly those tensors.
+Either side can hash the stream as it goes, with the definition of `weights_checksum` (every
+tensor by name, in name order, as float32), so a hash of a checkpoint's state dict equals the
+checksum its trainer recorded. In cls-ray the sender checksums its state before anything moves,
+an HF receiver checksums the whole model it loaded the tensors into, and a vLLM worker (whose
+parameters are named and fused its own way) hashes what arrived.
 
 The group is stateless: it is built from its own TCP store, next to whatever default group the
 process has (a Ray Train worker's, a vLLM worker's). Backends: `gloo` (CPU tensors), `nccl`
