@@ -41,10 +41,11 @@ logger = logging.getLogger(__name__)
 def _check_weights(engine, version: str, path: str | None) -> None:
     """A full checkpoint carries the checksum its trainer computed; a replica refuses weights
     that differ (a partial copy on shared storage, the wrong folder) rather than serve them."""
+    from cls_ray.model.loading import recorded_checksum
+
     if path is None or not hasattr(engine, "checksum"):
         return
-    meta = Path(path) / "consolidation.json"
-    want = json.loads(meta.read_text()).get("checksum") if meta.exists() else None
+    want = recorded_checksum(path)
     if want and engine.checksum() != want:
         raise RuntimeError(
             f"version {version}: the weights at {path} do not match the checksum its trainer "
@@ -310,7 +311,6 @@ class Retriever:
 # ------------------------------------------------------------------------------------------
 class Scorer:
     def __init__(self, cfg: dict, path: str):
-        from pathlib import Path
 
         from cls_ray.prm.model import ProcessRewardModel
 

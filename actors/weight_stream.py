@@ -14,10 +14,8 @@ did not pass it. The deploy that follows only switches replicas to an engine the
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 
 import ray
 
@@ -41,13 +39,13 @@ class WeightSender:
     """Rank 0 of a weight stream: one version's state dict, loaded once."""
 
     def __init__(self, cfg: dict, uri: str):
+        from cls_ray.model.loading import recorded_checksum
         from cls_ray.storage import materialize
         from cls_ray.weight_sync import CheckpointSource
 
         self.cfg = Config.model_validate(cfg)
         path = materialize(uri, self.cfg.state_path / "cache" / "artifacts")
-        meta = Path(path) / "consolidation.json"
-        self.recorded = json.loads(meta.read_text()).get("checksum") if meta.exists() else None
+        self.recorded = recorded_checksum(path)
         device = "cuda" if sync_backend(self.cfg) != "gloo" else "cpu"
         self.source = CheckpointSource(str(path), device)
 

@@ -87,6 +87,29 @@ def ray_local():
     ray.shutdown()
 
 
+def make_full_checkpoint(
+    model_path, out, seed: int = 1, checksum: str | None = None, extra_layer: bool = False
+) -> str:
+    """A full checkpoint of the model at `model_path` with perturbed weights and the checksum a
+    trainer records next to it, which it returns (`checksum` overrides it: a checkpoint whose
+    files do not match; `extra_layer`: a deeper model, another architecture on the same
+    tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cls_ray.model.loading import load_model_and_tokenizer, save_full_checkpoint
+
+    torch.manual_seed(seed)
+    model, tok = load_model_and_tokenizer(model_path)
+    if extra_layer:
+        model.config.num_hidden_layers += 1
+        model = AutoModelForCausalLM.from_config(model.config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return save_full_checkpoint(model, out, tok, {"checksum": checksum} if checksum else None)
+
+
 TINY_OVERRIDES = [
     "world.scale=0.02",
     "model.arch.hidden_size=64",

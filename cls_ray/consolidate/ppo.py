@@ -252,9 +252,10 @@ def ppo_loop_per_worker(config: dict) -> None:
     """Runs in every Ray Train worker: actor (LoRA) + value head on DeepSpeed, PPO updates."""
     import ray.train
 
-    from cls_ray.consolidate.sft import lora_model, save_adapter
+    from cls_ray.consolidate.sft import lora_model
     from cls_ray.distributed import deepspeed_steps, gathered
     from cls_ray.model.bootstrap import encode_examples
+    from cls_ray.model.loading import save_version
 
     policy, tok = lora_model(config)
     model = ActorCritic(policy, policy.config.hidden_size)
@@ -286,7 +287,7 @@ def ppo_loop_per_worker(config: dict) -> None:
     with gathered(engine, config["zero_stage"]):
         if ray.train.get_context().get_world_rank() == 0:
             out = Path(config["out"])
-            save_adapter(engine.module.policy, out, {**config["meta"], "train": metrics})
+            save_version(engine.module.policy, out, {**config["meta"], "train": metrics})
     ray.train.report(metrics)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,7 +82,7 @@ def sft_loop_per_worker(config: dict) -> None:
 
     from cls_ray.distributed import deepspeed_steps, gathered
     from cls_ray.model.bootstrap import encode_examples
-    from cls_ray.model.loading import load_model_and_tokenizer, weights_checksum
+    from cls_ray.model.loading import load_model_and_tokenizer, save_full_checkpoint, save_version
 
     full = config.get("weights", "lora") == "full"
     model, tok = load_model_and_tokenizer(config["base"]) if full else lora_model(config)
@@ -99,25 +98,12 @@ def sft_loop_per_worker(config: dict) -> None:
     )
     with gathered(engine, config["zero_stage"]):
         if ray.train.get_context().get_world_rank() == 0:
-            meta = {**config["meta"], "train": metrics}
-            if full:  # what a replica that loads the checkpoint must hold (see Generator)
-                meta["checksum"] = weights_checksum(engine.module)
-            save_adapter(engine.module, Path(config["out"]), meta, tok if full else None)
+            meta, out = {**config["meta"], "train": metrics}, Path(config["out"])
+            if full:  # with the checksum a replica that loads it must reproduce
+                save_full_checkpoint(engine.module, out, tok, meta)
+            else:
+                save_version(engine.module, out, meta)
     ray.train.report(metrics)
-
-
-def save_adapter(model, out: Path, meta: dict, tokenizer=None) -> Path:
-    """The adapter (or, with its tokenizer, full checkpoint) folder appears whole or not at
-    all."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    (tmp / "consolidation.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
 
 
 def adapter_run(cfg, out: Path, steps: int, method: str, **counts) -> dict:

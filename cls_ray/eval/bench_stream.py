@@ -13,7 +13,6 @@ storage. The checkpoint is a Llama built in code at the size asked for.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import time
 from pathlib import Path
@@ -73,7 +72,7 @@ def _send(path: str, rdv: dict, bucket: int, ready, go, out) -> None:
     import torch
     from transformers import AutoModelForCausalLM  # noqa: F401 - imported before the clock
 
-    from cls_ray.model.loading import weights_checksum
+    from cls_ray.model.loading import recorded_checksum, weights_checksum
     from cls_ray.weight_sync import Channel, CheckpointSource, Rendezvous, send
 
     torch.set_num_threads(1)
@@ -81,7 +80,7 @@ def _send(path: str, rdv: dict, bucket: int, ready, go, out) -> None:
     ready.put(1)  # a started sender process
     go.wait()
     src = CheckpointSource(path)
-    recorded = json.loads((Path(path) / "consolidation.json").read_text())["checksum"]
+    recorded = recorded_checksum(path)
     if weights_checksum(src.model) != recorded:
         raise RuntimeError("the checkpoint is not what its trainer recorded")
     ch = Channel(Rendezvous(**rdv), 0)
@@ -131,16 +130,14 @@ def bench_stream(
 ) -> dict:
     import tempfile
 
-    from cls_ray.model.loading import weights_checksum
+    from cls_ray.model.loading import save_full_checkpoint
     from cls_ray.weight_sync import Rendezvous, host_store, manifest_of
 
     shape = {"hidden": hidden, "layers": layers, "vocab": vocab}
     tmp = tempfile.TemporaryDirectory(dir=workdir)
     path = Path(tmp.name) / "v1"
     model = _llama(**shape, seed=1)
-    model.save_pretrained(path)
-    want = weights_checksum(model)
-    (path / "consolidation.json").write_text(json.dumps({"weights": "full", "checksum": want}))
+    want = save_full_checkpoint(model, path)
     size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
     manifest = [s.to_json() for s in manifest_of(model.state_dict())]
     params = sum(p.numel() for p in model.parameters())

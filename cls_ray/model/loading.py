@@ -42,6 +42,40 @@ def weights_checksum(model) -> str:
     return h.hexdigest()
 
 
+def save_version(model, out: Path, meta: dict, tokenizer=None) -> Path:
+    """A version's folder (an adapter, or with its tokenizer a full checkpoint) and its
+    `consolidation.json`, appearing whole or not at all."""
+    import json
+    import shutil
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    (tmp / "consolidation.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def save_full_checkpoint(model, out: Path, tokenizer=None, meta: dict | None = None) -> str:
+    """A full checkpoint with the checksum of its weights recorded next to it (what a replica
+    that loads or receives it must hold); returns the checksum. `meta` adds to the record."""
+    meta = {"weights": "full", "checksum": weights_checksum(model), **(meta or {})}
+    save_version(model, out, meta, tokenizer)
+    return meta["checksum"]
+
+
+def recorded_checksum(path: str | Path) -> str | None:
+    """The checksum the trainer recorded next to a checkpoint (None: an adapter, or none)."""
+    import json
+
+    meta = Path(path) / "consolidation.json"
+    return json.loads(meta.read_text()).get("checksum") if meta.exists() else None
+
+
 def load_model_and_tokenizer(path: str | Path, device: str = "cpu", dtype: str = "float32"):
     """`from_pretrained` on a local checkpoint: the built default or any Hugging Face model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -237,36 +237,11 @@ def test_deploying_on_another_port_than_the_running_serve_names_serve_port(serve
         deploy(cfg)
 
 
-def _make_full_checkpoint(cfg, out, checksum: str | None = None, extra_layer: bool = False):
-    """A full checkpoint of the served base with perturbed weights, and the checksum a trainer
-    records next to it (`checksum` overrides it: a checkpoint whose files do not match;
-    `extra_layer`: a deeper model, another architecture on the same tokenizer)."""
-    import json
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from cls_ray.model.loading import load_model_and_tokenizer, weights_checksum
-
-    torch.manual_seed(1)
-    model, tok = load_model_and_tokenizer(cfg.model_path)
-    if extra_layer:
-        model.config.num_hidden_layers += 1
-        model = AutoModelForCausalLM.from_config(model.config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    meta = {"weights": "full", "checksum": checksum or weights_checksum(model)}
-    (out / "consolidation.json").write_text(json.dumps(meta))
-    return meta["checksum"]
-
-
 def test_a_full_checkpoint_streams_to_every_replica_and_a_corrupt_one_is_refused(served, tmp_path):
     from ray import serve
 
     from actors.deploy import DeployError, promote, registry_for
+    from tests.conftest import make_full_checkpoint
 
     cfg = served["cfg"]
     reg = registry_for(cfg)
@@ -276,7 +251,7 @@ def test_a_full_checkpoint_streams_to_every_replica_and_a_corrupt_one_is_refused
     def replicas() -> list[dict]:
         return h.broadcast("replica_version", checksum=True).results(timeout_s=60)
 
-    good = _make_full_checkpoint(cfg, tmp_path / "full")
+    good = make_full_checkpoint(cfg.model_path, tmp_path / "full")
     v = reg.register(str(tmp_path / "full"), "full", parent=before)
     # The stream a promotion starts, on its own: both replicas, one wave each; they keep
     # serving the current version until the deploy switches them.
@@ -295,7 +270,7 @@ def test_a_full_checkpoint_streams_to_every_replica_and_a_corrupt_one_is_refused
     assert registry_for(cfg).current().name == v.name
 
     # A checkpoint whose weights are not what its trainer recorded is not served.
-    _make_full_checkpoint(cfg, tmp_path / "bad", checksum="0" * 64)
+    make_full_checkpoint(cfg.model_path, tmp_path / "bad", checksum="0" * 64)
     bad = reg.register(str(tmp_path / "bad"), "full", parent=v.name)
     with pytest.raises(DeployError, match="do not match the checksum its trainer recorded"):
         promote(cfg, bad.name, "must be refused")
@@ -305,7 +280,7 @@ def test_a_full_checkpoint_streams_to_every_replica_and_a_corrupt_one_is_refused
 
     # Another architecture cannot land in the replicas' models: they say so before any group
     # forms, and load it from storage instead.
-    deeper = _make_full_checkpoint(cfg, tmp_path / "deeper", extra_layer=True)
+    deeper = make_full_checkpoint(cfg.model_path, tmp_path / "deeper", extra_layer=True)
     w = reg.register(str(tmp_path / "deeper"), "full", parent=v.name)
     promote(cfg, w.name, "a deeper model")
     for g in replicas():

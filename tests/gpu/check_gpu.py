@@ -116,7 +116,7 @@ def check_zero3_and_full_weights(cfg, world, work: Path) -> tuple[str, str]:
 
     from cls_ray.engine.hf import HFEngine
     from cls_ray.model.bootstrap import encode_examples
-    from cls_ray.model.loading import load_model_and_tokenizer, weights_checksum
+    from cls_ray.model.loading import load_model_and_tokenizer, save_full_checkpoint
 
     os.environ.setdefault("MASTER_PORT", "29533")
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", WORLD_SIZE="1")
@@ -152,10 +152,7 @@ def check_zero3_and_full_weights(cfg, world, work: Path) -> tuple[str, str]:
 
     out = work / "full"
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-        engine.module.save_pretrained(out)
-        checksum = weights_checksum(engine.module)
-    tok.save_pretrained(out)
-    (out / "consolidation.json").write_text(json.dumps({"weights": "full", "checksum": checksum}))
+        checksum = save_full_checkpoint(engine.module, out, tok)
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "from cls_ray.config import load_config; from cls_ray.engine.hf import HFEngine;"

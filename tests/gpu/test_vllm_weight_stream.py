@@ -14,23 +14,6 @@ pytest.importorskip("vllm")
 pytestmark = pytest.mark.gpu
 
 
-def _perturbed(src, out, seed):
-    import json
-
-    from cls_ray.model.loading import load_model_and_tokenizer, weights_checksum
-
-    torch.manual_seed(seed)
-    model, tok = load_model_and_tokenizer(src)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    checksum = weights_checksum(model)
-    (out / "consolidation.json").write_text(json.dumps({"weights": "full", "checksum": checksum}))
-    return checksum
-
-
 def _send(path, rdv, bucket_bytes, out):
     from cls_ray.weight_sync import Channel, CheckpointSource, Rendezvous, send
 
@@ -52,13 +35,14 @@ def test_a_streamed_version_serves_like_its_checkpoint_and_files_load_in_place(
     from cls_ray.engine.hf import HFEngine
     from cls_ray.engine.vllm import VLLMEngine
     from cls_ray.weight_sync import CheckpointSource, Rendezvous, free_port
+    from tests.conftest import make_full_checkpoint
 
     cfg = tiny_cfg.model_copy(
         update={"engine": tiny_cfg.engine.model_copy(update={"kind": "vllm"})}
     )
     qs = [q.text for q in tiny_stack.world.questions("heldout", per_family=1)][:8]
     base = VLLMEngine.from_config(cfg)
-    want = _perturbed(cfg.model_path, tmp_path / "v1", 1)
+    want = make_full_checkpoint(cfg.model_path, tmp_path / "v1", 1)
     manifest = CheckpointSource(str(tmp_path / "v1")).manifest
 
     rdv = Rendezvous("127.0.0.1", free_port("127.0.0.1"), 2, "pynccl", timeout_s=120)
@@ -78,7 +62,7 @@ def test_a_streamed_version_serves_like_its_checkpoint_and_files_load_in_place(
         base.generate(["x"])  # the base engine's weights were overwritten
 
     # A full checkpoint loaded from its files goes into the same LLM, in place.
-    _perturbed(cfg.model_path, tmp_path / "v2", 2)
+    make_full_checkpoint(cfg.model_path, tmp_path / "v2", 2)
     v2 = VLLMEngine.from_config(cfg, "v2", tmp_path / "v2")
     assert v2.llm is base.llm
     ref2 = HFEngine.from_config(
