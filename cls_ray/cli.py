@@ -143,6 +143,34 @@ def cmd_bootstrap(args, stack) -> dict:
     return {"path": str(stack.cfg.model_path), "built": True, **metrics}
 
 
+def start_local_ray(num_cpus: int | None, log_to_driver: bool = False) -> None:
+    """Starts a Ray instance on this machine (no dashboard), quiet Ray Data progress bars."""
+    import ray
+
+    # A loaded machine can miss Ray's start-up deadline (GCS or raylet); Ray raises a plain
+    # Exception for that, so any failure of the start gets two more tries.
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
+            break
+        except Exception:  # noqa: BLE001
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            logging.getLogger(__name__).warning("Ray did not start; trying again")
+            time.sleep(5)
+    _quiet_data()
+
+
+def _quiet_data() -> None:
+    import ray
+
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    except AttributeError:
+        pass
+
+
 def _init_ray(cfg: Config, log_to_driver: bool = False) -> None:
     import ray
 
@@ -152,25 +180,9 @@ def _init_ray(cfg: Config, log_to_driver: bool = False) -> None:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
+        _quiet_data()
     else:
-        # A loaded machine can miss Ray's start-up deadline (GCS or raylet); Ray raises a plain
-        # Exception for that, so any failure of the start gets two more tries.
-        for attempt in range(3):
-            try:
-                ray.init(
-                    num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=log_to_driver
-                )
-                break
-            except Exception:  # noqa: BLE001
-                ray.shutdown()
-                if attempt == 2:
-                    raise
-                logging.getLogger(__name__).warning("Ray did not start; trying again")
-                time.sleep(5)
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = False
-    except AttributeError:
-        pass
+        start_local_ray(cfg.ray.num_cpus, log_to_driver)
 
 
 def cmd_ingest(args, stack) -> dict:

@@ -74,15 +74,9 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        for attempt in range(2):  # a loaded machine can miss Ray's start-up deadline once
-            try:
-                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-                break
-            except RuntimeError:
-                ray.shutdown()
-                if attempt:
-                    raise
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        from cls_ray.cli import start_local_ray
+
+        start_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 
@@ -109,6 +103,14 @@ def make_full_checkpoint(
             p.add_(0.05 * torch.randn_like(p))
     return save_full_checkpoint(model, out, tok, {"checksum": checksum} if checksum else None)
 
+
+# A sleep whose gate lets every candidate through: the tiny PRM is weak, and the gate itself is
+# tested on its own (tests/consolidate/test_gate_promotion.py); these check the path.
+OPEN_GATE = [
+    "consolidate.min_r_tau=0.0",
+    "consolidate.min_step_score=0.0",
+    "consolidate.retention_tolerance=1.0",
+]
 
 TINY_OVERRIDES = [
     "world.scale=0.02",

@@ -12,7 +12,7 @@ def test_demo_runs_the_whole_loop_and_writes_the_report(tmp_path, ray_local, cap
     from actors.deploy import registry_for
     from cls_ray.cli import main
     from cls_ray.config import load_config
-    from tests.conftest import TINY_OVERRIDES, TINY_PRM_OVERRIDES, free_port
+    from tests.conftest import OPEN_GATE, TINY_OVERRIDES, TINY_PRM_OVERRIDES, free_port
 
     overrides = [
         *TINY_OVERRIDES,
@@ -27,9 +27,7 @@ def test_demo_runs_the_whole_loop_and_writes_the_report(tmp_path, ray_local, cap
         "consolidate.new_per_family=2",
         "consolidate.eval_per_family=2",
         "consolidate.sample_n=2",
-        "consolidate.min_r_tau=0.0",  # the tiny PRM is weak; the gate is tested elsewhere
-        "consolidate.min_step_score=0.0",
-        "consolidate.retention_tolerance=1.0",
+        *OPEN_GATE,
     ]
     args = [x for o in overrides for x in ("--set", o)]
     from ray import serve

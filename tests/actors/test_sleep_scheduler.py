@@ -21,7 +21,7 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local, tiny_prm):
 
     from actors.deploy import deploy
     from cls_ray.config import load_config
-    from tests.conftest import ADMIN_KEY_ENV, TINY_OVERRIDES, free_port
+    from tests.conftest import ADMIN_KEY_ENV, OPEN_GATE, TINY_OVERRIDES, free_port
 
     state = tmp_path_factory.mktemp("sleep-state")
     shutil.copytree(tiny_cfg.model_path, state / "models" / "base")
@@ -40,9 +40,7 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local, tiny_prm):
             "consolidate.steps=40",
             "consolidate.batch_size=8",
             "consolidate.eval_per_family=2",
-            "consolidate.min_r_tau=0.0",  # the tiny PRM is weak; the gate is tested elsewhere
-            "consolidate.min_step_score=0.0",
-            "consolidate.retention_tolerance=1.0",
+            *OPEN_GATE,
             # Answers compared across versions come from the weights alone: procedures the
             # sleep indexes would change retrieval too (tested in test_episodic).
             "rgr.patterns=false",

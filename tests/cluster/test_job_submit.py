@@ -102,7 +102,7 @@ def test_a_smoke_consolidation_submitted_as_a_ray_job_registers_a_candidate(
 ):
     from cls_ray.config import load_config
     from cls_ray.registry import ModelRegistry
-    from tests.conftest import TINY_OVERRIDES, buffer_sessions
+    from tests.conftest import OPEN_GATE, TINY_OVERRIDES, buffer_sessions
 
     overrides = [
         *TINY_OVERRIDES,
@@ -110,10 +110,7 @@ def test_a_smoke_consolidation_submitted_as_a_ray_job_registers_a_candidate(
         f"model.path={tiny_state['dir'] / 'models' / 'base'}",
         f"prm.path={tiny_prm}",
         "consolidate.cpus_per_worker=0.5",
-        # The tiny PRM is weak and the gate is tested elsewhere: here, the path.
-        "consolidate.min_r_tau=0.0",
-        "consolidate.min_step_score=0.0",
-        "consolidate.retention_tolerance=1.0",
+        *OPEN_GATE,
     ]
     cfg = load_config(None, overrides)
     world = tiny_stack.world

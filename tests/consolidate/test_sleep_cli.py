@@ -15,7 +15,7 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
     from cls_ray.config import load_config
     from cls_ray.registry import ModelRegistry
     from cls_ray.replay.buffer import ReplayBuffer
-    from tests.conftest import TINY_OVERRIDES, buffer_sessions
+    from tests.conftest import OPEN_GATE, TINY_OVERRIDES, buffer_sessions
 
     overrides = [
         *TINY_OVERRIDES,
@@ -27,9 +27,7 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
         "consolidate.batch_size=8",
         "consolidate.cpus_per_worker=0.5",
         "consolidate.eval_per_family=2",
-        "consolidate.min_r_tau=0.0",  # the tiny PRM is weak; the gate itself is tested elsewhere
-        "consolidate.min_step_score=0.0",
-        "consolidate.retention_tolerance=1.0",
+        *OPEN_GATE,
     ]
     cfg = load_config(None, overrides)
     world = tiny_stack.world
