@@ -1,13 +1,12 @@
 """Deploying the Serve application and moving it between model versions.
 
 The app is deployed from a config (the path `serve deploy config.yaml` and Serve's REST API
-take): an import path, the cls-ray config as its args, and the generator's `user_config` naming
-the model version. Serve derives each deployment's code version from that config without its
-`user_config`, so deploying the same application with another version changes nothing but the
-generator's `user_config`: every running generator replica gets `reconfigure()` in place (no
-restart, no reload of the retriever's Milvus file) and replicas that autoscaling adds later
-start on it. (Serve's imperative `serve.run` gives every deployment a fresh random version on
-each call, which would restart all replicas, the retriever too, on every promote.)
+take; see `cls_ray.serving.spec.app_spec`): an import path, the cls-ray config as its args, and
+the generator's `user_config` naming the model version. Deploying the same application with
+another version changes nothing but that `user_config`, so every running generator replica gets
+`reconfigure()` in place (no restart, no reload of the retriever's Milvus file). (Serve's
+imperative `serve.run` gives every deployment a fresh random version on each call, which would
+restart all replicas, the retriever too, on every promote.)
 """
 
 from __future__ import annotations
@@ -15,88 +14,25 @@ from __future__ import annotations
 import logging
 import time
 
+from ray.serve._private.api import serve_start
+from ray.serve.schema import ServeDeploySchema
+
+from actors.weight_stream import WeightSyncError, stream_version
 from cls_ray.config import Config
-from cls_ray.registry import ModelRegistry, ModelVersion
+from cls_ray.registry import ModelVersion, registry_for
+from cls_ray.serving.names import GENERATOR
+from cls_ray.serving.spec import app_spec
 
 logger = logging.getLogger(__name__)
-
-APP_IMPORT_PATH = "actors.serve_app:app_from_args"
 
 
 class DeployError(RuntimeError):
     pass
 
 
-def registry_for(cfg: Config) -> ModelRegistry:
-    return ModelRegistry(cfg.state_path / "registry.json", base_uri=str(cfg.model_path))
-
-
-def version_config(cfg: Config, v: ModelVersion, max_batch_size: int | None = None) -> dict:
-    """The generator's `user_config` for a registered version."""
-    from actors.serve_app import generator_user_config
-
-    path = None if v.kind == "base" else v.artifact_uri
-    return generator_user_config(cfg, v.name, path, max_batch_size)
-
-
-def app_spec(
-    cfg: Config,
-    v: ModelVersion,
-    max_batch_size: int | None = None,
-    retriever_max_batch_size: int | None = None,
-    session_batch_size: int | None = None,
-) -> dict:
-    """The application's entry of a Serve deploy config. Batch sizes live in `user_config`, so
-    changing them (as `bench serve` does) reconfigures replicas in place, like a version."""
-    from actors.serve_app import generator_options
-
-    return {
-        "name": cfg.serve.app_name,
-        "route_prefix": "/",
-        "import_path": APP_IMPORT_PATH,
-        "args": {"config": cfg.model_dump(mode="json")},
-        "logging_config": {"enable_access_log": cfg.serve.access_log},
-        "deployments": [
-            {
-                "name": "generator",
-                **generator_options(cfg),
-                "user_config": version_config(cfg, v, max_batch_size),
-            },
-            {
-                "name": "ingress",
-                "user_config": {
-                    "session_batch_size": session_batch_size or cfg.serve.session_batch_size
-                },
-            },
-            {
-                "name": "retriever",
-                "user_config": {
-                    "max_batch_size": retriever_max_batch_size or cfg.serve.retriever_max_batch_size
-                },
-            },
-        ],
-    }
-
-
-def start_state_actors(cfg: Config) -> None:
-    """The replay buffer and the registry actors, on this node (it holds the state directory),
-    and the sleep scheduler."""
-    from actors.registry import start_registry
-    from actors.replay_buffer import buffer_actor_name, start_replay_buffer
-    from actors.scheduler import start_scheduler
-
-    start_replay_buffer(
-        str(cfg.replay_path), buffer_actor_name(cfg.serve.app_name), segments=cfg.replay_segments
-    )
-    start_registry(str(cfg.state_path / "registry.json"), str(cfg.model_path), cfg.serve.app_name)
-    start_scheduler(cfg)
-
-
 def _client(cfg: Config):
     # The same calls `serve deploy` / `serve run config.yaml` and the dashboard's REST handler
     # make: start (or find) the controller, then apply a declarative config.
-    from ray.serve._private.api import serve_start
-
     client = serve_start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     running = client.http_config
     if running.port != cfg.serve.port:
@@ -108,16 +44,6 @@ def _client(cfg: Config):
             "(or shut Serve down with `serve shutdown`)"
         )
     return client
-
-
-def _inside_serve() -> bool:
-    from ray import serve
-
-    try:
-        serve.get_replica_context()
-    except Exception:  # noqa: BLE001 - raises outside a replica
-        return False
-    return True
 
 
 def _app_status(client, name: str) -> tuple[str, dict[str, str], str, dict[str, dict]]:
@@ -139,10 +65,8 @@ def _app_status(client, name: str) -> tuple[str, dict[str, str], str, dict[str, 
 def _stream(cfg: Config, client, v: ModelVersion) -> None:
     """Streams full-weight `v` into the running replicas before they are switched to it; a
     stream that fails leaves them to load it from storage."""
-    from actors.weight_stream import WeightSyncError, stream_version
-
     status, deps, _, targets = _app_status(client, cfg.serve.app_name)
-    if status != "RUNNING" or (targets.get("generator") or {}).get("version") == v.name:
+    if status != "RUNNING" or (targets.get(GENERATOR) or {}).get("version") == v.name:
         return
     try:
         stream_version(cfg, v)
@@ -161,13 +85,10 @@ def deploy(
     session_batch_size: int | None = None,
 ) -> str:
     """Deploys the app on `version` (default: the registry's current one) next to any other
-    declaratively deployed apps, and waits until every replica serves it. Returns the URL."""
-    from ray.serve.schema import ServeDeploySchema
-
+    declaratively deployed apps, and waits until every replica serves it. Returns the URL.
+    The actors next to the app (buffer, registry, scheduler) are `actors.runtime.up`'s."""
     v = version or registry_for(cfg).current()
     client = _client(cfg)
-    if not _inside_serve():
-        start_state_actors(cfg)
     name = cfg.serve.app_name
     apps = []
     for other, info in (client.get_serve_details().get("applications") or {}).items():
@@ -177,7 +98,7 @@ def deploy(
             and info.get("deployed_app_config")
         ):
             apps.append(info["deployed_app_config"])
-    if v.kind == "full" and cfg.serve.weight_sync == "stream":
+    if v.kind == "full" and cfg.serve.weight_sync.mode == "stream":
         _stream(cfg, client, v)
     spec = app_spec(cfg, v, max_batch_size, retriever_max_batch_size, session_batch_size)
     apps.append(spec)
@@ -214,8 +135,22 @@ def promote(cfg: Config, name: str, reason: str = "") -> ModelVersion:
     return registry_for(cfg).promote(name, reason=reason)
 
 
-def rollback(cfg: Config) -> ModelVersion:
+def rollback(cfg: Config, reason: str = "rollback") -> ModelVersion:
     """Rolls back to the previously promoted version and pushes it to every replica."""
-    v = registry_for(cfg).rollback()
+    v = registry_for(cfg).rollback(reason)
     deploy(cfg, v)
     return v
+
+
+class ServingPublisher:
+    """`Publisher` of a running application: a version reaches every generator replica before
+    the registry calls it current (see `promote`)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def promote(self, name: str, reason: str = "") -> ModelVersion:
+        return promote(self.cfg, name, reason)
+
+    def rollback(self, reason: str = "rollback") -> ModelVersion:
+        return rollback(self.cfg, reason)

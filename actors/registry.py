@@ -5,8 +5,10 @@ and restarts after a crash; the registry file it fronts is the durable state."""
 from __future__ import annotations
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cls_ray.registry import ModelRegistry
+from cls_ray.serving.names import NAMESPACE, registry_actor_name
 
 
 class ModelRegistryActor:
@@ -32,14 +34,8 @@ class ModelRegistryActor:
         return self.registry.rollback(reason).model_dump()
 
 
-def registry_actor_name(app_name: str) -> str:
-    return f"{app_name}-model-registry"
-
-
-def start_registry(path: str, base_uri: str | None, app_name: str, namespace: str = "cls-ray"):
+def start_registry(path: str, base_uri: str | None, app_name: str, namespace: str = NAMESPACE):
     """Starts (or finds) the named registry actor, pinned to this node (it owns the file)."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     return (
         ray.remote(ModelRegistryActor)
         .options(

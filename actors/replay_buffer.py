@@ -7,10 +7,14 @@ in flight are retried (`max_task_retries`), which is safe because `add` is idemp
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cls_ray.replay.buffer import ReplayBuffer
+from cls_ray.serving.names import NAMESPACE, buffer_actor_name
+from cls_ray.session import Session
 
 
 class ReplayBufferActor:
@@ -76,14 +80,10 @@ class ReplayBufferActor:
         return os.getpid()
 
 
-def buffer_actor_name(app_name: str) -> str:
-    return f"{app_name}-replay-buffer"
-
-
 def start_replay_buffer(
     root: str,
     name: str = "cls-ray-replay-buffer",
-    namespace: str = "cls-ray",
+    namespace: str = NAMESPACE,
     seal_every: int = 256,
     num_cpus: float = 0.1,
     pin_here: bool = True,
@@ -92,8 +92,6 @@ def start_replay_buffer(
     """Starts (or finds) the named buffer actor. It is detached (it outlives the process that
     started it), restarts forever after crashes, and by default runs on this node, where its
     write-ahead log is."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     options: dict = {}
     if pin_here:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
@@ -113,3 +111,42 @@ def start_replay_buffer(
         )
         .remote(root, seal_every, segments=segments)
     )
+
+
+class ActorBuffer:
+    """The buffer actor as a `Buffer` (see `cls_ray.ports`): what a sleep, PPO and the PRM's
+    human labels read from the process that owns the write-ahead log."""
+
+    def __init__(self, handle, timeout_s: float = 300.0):
+        self.handle = handle
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def of_app(cls, app_name: str, timeout_s: float = 300.0) -> ActorBuffer:
+        """The buffer of a running application (a `ValueError` when it has none)."""
+        return cls(ray.get_actor(buffer_actor_name(app_name), namespace=NAMESPACE), timeout_s)
+
+    def _get(self, ref):
+        return ray.get(ref, timeout=self.timeout_s)
+
+    def lease(self, n: int) -> dict:
+        return self._get(self.handle.lease.remote(n))
+
+    def set_scores(self, session_id, step_scores, r_tau, prm=None) -> None:
+        self._get(self.handle.set_scores.remote(session_id, step_scores, r_tau, prm))
+
+    def ack(self, ids: Sequence[str]) -> int:
+        return self._get(self.handle.ack.remote(list(ids)))
+
+    def compact(self, keep_replay: int, seed: int = 0) -> dict:
+        return self._get(self.handle.compact.remote(keep_replay, seed))
+
+    def replay_sample(self, n: int, seed: int = 0) -> list[Session]:
+        got = self._get(self.handle.replay_sample.remote(n, seed))
+        return [Session.model_validate(s) for s in got]
+
+    def with_feedback(self) -> list[dict]:
+        return self._get(self.handle.with_feedback.remote())
+
+    def stats(self) -> dict:
+        return self._get(self.handle.stats.remote())

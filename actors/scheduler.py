@@ -2,7 +2,7 @@
 in the replay buffer, on a timer, or on an admin request, and never runs two at once.
 
 A consolidation runs as a Ray task (`consolidation_job`) that trains on Ray Train, evaluates,
-and promotes through the serving application (see `cls_ray.consolidate.job`). The actor keeps
+and promotes through the serving application (see `actors.consolidation`). The actor keeps
 the running task's reference and the history of finished ones; it is detached and holds no
 state that matters across restarts (the buffer and the registry are durable).
 """
@@ -14,20 +14,17 @@ import threading
 import time
 
 import ray
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 
+from actors.consolidation import run_consolidation
 from cls_ray.config import Config
+from cls_ray.serving.names import NAMESPACE, buffer_actor_name, scheduler_actor_name
 
 logger = logging.getLogger(__name__)
 
 
-def scheduler_actor_name(app_name: str) -> str:
-    return f"{app_name}-sleep-scheduler"
-
-
 @ray.remote(num_cpus=0, max_retries=0)
 def consolidation_job(cfg: dict, method: str, limit: int) -> dict:
-    from cls_ray.consolidate.job import run_consolidation
-
     logging.basicConfig(level=logging.INFO)
     return run_consolidation(Config.model_validate(cfg), method, limit)
 
@@ -40,7 +37,7 @@ def _live_placement_groups() -> set[str]:
 
 
 class SleepScheduler:
-    def __init__(self, cfg: dict, buffer_name: str, namespace: str = "cls-ray"):
+    def __init__(self, cfg: dict, buffer_name: str, namespace: str = NAMESPACE):
         self.cfg = Config.model_validate(cfg)
         self.cfg_dict = cfg
         self.buffer_name, self.namespace = buffer_name, namespace
@@ -51,13 +48,13 @@ class SleepScheduler:
         self.history: list[dict] = []
         self.last_end = time.time()
         c = self.cfg.consolidate
-        if c.auto_sleep:
+        if c.schedule.auto:
             threading.Thread(target=self._loop, daemon=True, name="sleep-scheduler").start()
 
     # -- the loop ----------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            time.sleep(self.cfg.consolidate.sleep_poll_s)
+            time.sleep(self.cfg.consolidate.schedule.poll_s)
             try:
                 self.tick()
             except Exception:  # noqa: BLE001 - the loop must outlive a failed poll
@@ -86,9 +83,9 @@ class SleepScheduler:
 
     def _start(self, reason: str, method: str | None = None) -> dict:
         c = self.cfg.consolidate
-        method = method or c.sleep_method
+        method = method or c.schedule.method
         pgs = _live_placement_groups()
-        self.job = consolidation_job.remote(self.cfg_dict, method, c.sleep_limit)
+        self.job = consolidation_job.remote(self.cfg_dict, method, c.schedule.limit)
         self.current = {"reason": reason, "method": method, "started_at": time.time()}
         self.current_pgs = pgs
         logger.info("sleep scheduler: started a %s consolidation (%s)", method, reason)
@@ -102,10 +99,10 @@ class SleepScheduler:
             if self.job is not None:
                 return {"started": False, "reason": "a consolidation is running"}
             n = self._pending()
-            if n >= c.sleep_min_sessions:
-                return self._start(f"{n} sessions waiting (threshold {c.sleep_min_sessions})")
-            if c.sleep_interval_s and n and time.time() - self.last_end >= c.sleep_interval_s:
-                return self._start(f"timer ({c.sleep_interval_s:g} s), {n} sessions waiting")
+            if n >= c.schedule.min_sessions:
+                return self._start(f"{n} sessions waiting (threshold {c.schedule.min_sessions})")
+            if c.schedule.interval_s and n and time.time() - self.last_end >= c.schedule.interval_s:
+                return self._start(f"timer ({c.schedule.interval_s:g} s), {n} sessions waiting")
             return {"started": False, "reason": f"{n} sessions waiting"}
 
     def trigger(self, reason: str = "admin request", method: str | None = None) -> dict:
@@ -140,8 +137,6 @@ class SleepScheduler:
             ray.cancel(job, force=True)
             ray.wait([job], timeout=60)
             for pg_id in _live_placement_groups() - before:
-                from ray.util.placement_group import PlacementGroup, remove_placement_group
-
                 remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
         with self.lock:
             self._reap()
@@ -153,7 +148,7 @@ class SleepScheduler:
             return {
                 "running": self.current,
                 "history": list(self.history[-20:]),
-                "auto": self.cfg.consolidate.auto_sleep,
+                "auto": self.cfg.consolidate.schedule.auto,
             }
 
     def wait(self, timeout_s: float) -> dict:
@@ -164,10 +159,8 @@ class SleepScheduler:
         return self.status()
 
 
-def start_scheduler(cfg: Config, namespace: str = "cls-ray"):
+def start_scheduler(cfg: Config, namespace: str = NAMESPACE):
     """Starts (or finds) the detached scheduler actor of `cfg`'s application."""
-    from actors.replay_buffer import buffer_actor_name
-
     app = cfg.serve.app_name
     return (
         ray.remote(SleepScheduler)

@@ -18,9 +18,15 @@ import logging
 import time
 
 import ray
+from ray import serve
+from ray.serve._private.api import serve_start
 
 from cls_ray.config import Config
+from cls_ray.model.loading import recorded_checksum, weights_checksum
 from cls_ray.registry import ModelVersion
+from cls_ray.serving.names import GENERATOR
+from cls_ray.storage import materialize
+from cls_ray.weight_sync import Channel, CheckpointSource, Rendezvous, free_port, host_store, send
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +45,6 @@ class WeightSender:
     """Rank 0 of a weight stream: one version's state dict, loaded once."""
 
     def __init__(self, cfg: dict, uri: str):
-        from cls_ray.model.loading import recorded_checksum
-        from cls_ray.storage import materialize
-        from cls_ray.weight_sync import CheckpointSource
-
         self.cfg = Config.model_validate(cfg)
         path = materialize(uri, self.cfg.state_path / "cache" / "artifacts")
         self.recorded = recorded_checksum(path)
@@ -52,14 +54,11 @@ class WeightSender:
     def open(self) -> dict:
         """The stream's manifest, the checksum of the weights to send (the trainer's definition)
         and the checksum the trainer recorded."""
-        from cls_ray.model.loading import weights_checksum
-        from cls_ray.weight_sync import host_store
-
         s = self.cfg.serve
-        self.host = s.weight_sync_host or ray.util.get_node_ip_address()
+        self.host = s.weight_sync.host or ray.util.get_node_ip_address()
         # vLLM's group serves its own store (a new port per wave); the others share this one.
         pynccl = sync_backend(self.cfg) == "pynccl"
-        self.store = None if pynccl else host_store(self.host, s.weight_sync_timeout_s)
+        self.store = None if pynccl else host_store(self.host, s.weight_sync.timeout_s)
         return {
             "manifest": [t.to_json() for t in self.source.manifest],
             "checksum": weights_checksum(self.source.model),
@@ -68,15 +67,11 @@ class WeightSender:
 
     def meet(self) -> dict:
         """Where the next group meets."""
-        from cls_ray.weight_sync import free_port
-
         if self.store is None:
             return {"host": self.host, "port": free_port(self.host), "hosted": False}
         return {"host": self.host, "port": self.store.port, "hosted": True}
 
     def send(self, rendezvous: dict) -> dict:
-        from cls_ray.weight_sync import Channel, Rendezvous, send
-
         t0 = time.perf_counter()
         channel = Channel(
             Rendezvous(**rendezvous), 0, device=self.source.model.device, store=self.store
@@ -87,7 +82,7 @@ class WeightSender:
                 channel,
                 self.source.manifest,
                 self.source.tensor,
-                self.cfg.serve.weight_sync_bucket_mb << 20,
+                self.cfg.serve.weight_sync.bucket_mb << 20,
                 hash=False,
             )
         finally:
@@ -110,7 +105,7 @@ def _members(
         app = client.get_serve_details()["applications"][cfg.serve.app_name]
         running = {
             r["replica_id"]
-            for r in app["deployments"]["generator"]["replicas"]
+            for r in app["deployments"][GENERATOR]["replicas"]
             if r["state"] == "RUNNING"
         }
         if running and {m["replica"] for m in members} == running:
@@ -136,14 +131,9 @@ def stream_version(cfg: Config, v: ModelVersion) -> dict:
     """Streams full-weight version `v` into every running generator replica of the app. Raises
     `WeightSyncError` when it did not reach all of them intact (they then load from storage)
     and `ValueError` when the checkpoint is not what its trainer recorded."""
-    from ray import serve
-    from ray.serve._private.api import serve_start
-
-    from cls_ray.weight_sync import Rendezvous
-
     s = cfg.serve
     t0 = time.perf_counter()
-    handle = serve.get_deployment_handle("generator", s.app_name)
+    handle = serve.get_deployment_handle(GENERATOR, s.app_name)
     backend = sync_backend(cfg)
     actor = (
         ray.remote(WeightSender)
@@ -152,7 +142,7 @@ def stream_version(cfg: Config, v: ModelVersion) -> dict:
     )
     try:
         try:
-            opened = ray.get(actor.open.remote(), timeout=s.weight_sync_timeout_s)
+            opened = ray.get(actor.open.remote(), timeout=s.weight_sync.timeout_s)
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
             raise WeightSyncError(f"the sender of {v.name} did not start: {e}") from e
         if opened["recorded"] and opened["checksum"] != opened["recorded"]:
@@ -161,7 +151,7 @@ def stream_version(cfg: Config, v: ModelVersion) -> dict:
                 f"its trainer recorded ({opened['checksum'][:12]} != {opened['recorded'][:12]})"
             )
         members = _members(
-            handle, serve_start(), cfg, opened["manifest"], v.name, s.weight_sync_timeout_s
+            handle, serve_start(), cfg, opened["manifest"], v.name, s.weight_sync.timeout_s
         )
         refused = [m for m in members if m["refuses"]]
         if refused:
@@ -172,7 +162,7 @@ def stream_version(cfg: Config, v: ModelVersion) -> dict:
         streaming = [m for m in members if m["ranks"]]
         if not streaming and not all(m["holds"] for m in members):
             raise WeightSyncError("no generator replica can receive a weight stream")
-        n = min(s.weight_sync_waves, len(streaming))
+        n = min(s.weight_sync.waves, len(streaming))
         got, out = [], {"seconds": 0.0, "bytes": 0}  # every replica holds it already: n = 0
         for wave in range(n):
             # Rolling: a vLLM replica pauses while its weights stream, so the replicas go in
@@ -181,16 +171,16 @@ def stream_version(cfg: Config, v: ModelVersion) -> dict:
             for m in streaming[wave::n]:
                 ranks[m["replica"]] = world
                 world += m["ranks"]
-            meet = ray.get(actor.meet.remote(), timeout=s.weight_sync_timeout_s)
+            meet = ray.get(actor.meet.remote(), timeout=s.weight_sync.timeout_s)
             rdv = Rendezvous(
                 meet["host"],
                 meet["port"],
                 world,
                 backend,
-                s.weight_sync_timeout_s,
+                s.weight_sync.timeout_s,
                 name=f"cls-ray-weights-{wave}",
                 hosted=meet["hosted"],
-                join_timeout_s=s.weight_sync_join_timeout_s,
+                join_timeout_s=s.weight_sync.join_timeout_s,
             )
             sent = actor.send.remote(rdv.to_json())
             results = handle.broadcast(
@@ -201,14 +191,14 @@ def stream_version(cfg: Config, v: ModelVersion) -> dict:
                     "rendezvous": rdv.to_json(),
                     "ranks": ranks,
                     "manifest": opened["manifest"],
-                    "bucket_bytes": s.weight_sync_bucket_mb << 20,
+                    "bucket_bytes": s.weight_sync.bucket_mb << 20,
                     "checksum": opened["checksum"],
                 },
-            ).results(timeout_s=s.weight_sync_timeout_s, return_exceptions=True)
+            ).results(timeout_s=s.weight_sync.timeout_s, return_exceptions=True)
             _check(v, results)
             got += [g for g in results if g["joined"]]
             try:
-                done = ray.get(sent, timeout=s.weight_sync_timeout_s)
+                done = ray.get(sent, timeout=s.weight_sync.timeout_s)
             except Exception as e:  # noqa: BLE001 - the group failed; the replicas say why
                 raise WeightSyncError(f"the weight stream of {v.name} failed: {e}") from e
             out = {"seconds": out["seconds"] + done["seconds"], "bytes": done["bytes"]}

@@ -1,6 +1,6 @@
 """Cluster manifests generated from a cls-ray config.
 
-The Serve config of the KubeRay `RayService` is the one `actors.deploy.app_spec` builds for
+The Serve config of the KubeRay `RayService` is the one `cls_ray.serving.spec.app_spec` builds for
 `cls-ray up` (the same import path, the whole cls-ray config as its arguments, the generator's
 autoscaling and resources), so the cluster serves exactly what the code deploys locally;
 `cls-ray cluster render` writes it and a test fails when the committed manifests drift from it.
@@ -21,6 +21,8 @@ from pathlib import Path
 import yaml
 
 from cls_ray.config import Config
+from cls_ray.registry import ModelVersion
+from cls_ray.serving.spec import app_spec
 
 IMAGE = "cls-ray:0.1.0"  # built from cluster/Dockerfile; override with --image
 RAY_VERSION = "2.58.0"
@@ -43,9 +45,6 @@ def serve_config(cfg: Config) -> dict:
     shared state volume) says is current, so a new cluster of an upgrade, or a restarted one,
     comes back on the promoted version; promotions and rollbacks on the running cluster push
     explicit versions to the replicas (see `actors.deploy.promote`)."""
-    from actors.deploy import app_spec
-    from cls_ray.registry import ModelVersion
-
     current = ModelVersion(id=0, name="current", artifact_uri=str(cfg.model_path), kind="base")
     return {
         "http_options": {"host": "0.0.0.0", "port": cfg.serve.port},
@@ -119,10 +118,10 @@ def ray_cluster_spec(cfg: Config, image: str) -> dict:
         "workerGroupSpecs": [
             {
                 "groupName": "gpu",
-                "replicas": max(1, s.generator_autoscaling.min_replicas),
-                "minReplicas": max(1, s.generator_autoscaling.min_replicas),
+                "replicas": max(1, s.generator.autoscaling.min_replicas),
+                "minReplicas": max(1, s.generator.autoscaling.min_replicas),
                 "maxReplicas": max(
-                    s.generator_autoscaling.max_replicas, cfg.consolidate.num_workers
+                    s.generator.autoscaling.max_replicas, cfg.consolidate.num_workers
                 ),
                 "rayStartParams": {},
                 "template": _pod(gpu),
@@ -160,7 +159,7 @@ def head_service_address(cfg: Config) -> str:
 
 def sleep_cronjob(cfg: Config, config_path: str, image: str = IMAGE, schedule="0 3 * * *"):
     """A nightly `ray job submit` of the consolidation to the serving cluster; the scheduler
-    actor (`consolidate.auto_sleep`) does the same on a threshold inside the cluster."""
+    actor (`consolidate.schedule.auto`) does the same on a threshold inside the cluster."""
     cmd = [
         "ray",
         "job",

@@ -18,7 +18,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import requests
+
+from cls_ray.bootstrap import describe, ensure_model
+from cls_ray.eval.plots import plt, save
+from cls_ray.eval.reports import write_report
+from cls_ray.memory.ingest import ingest_paths
+from cls_ray.ports import Buffer, Scheduler, ServingRuntime
+from cls_ray.prm.pipeline import describe_training, latest_prm, train_new_prm
+from cls_ray.replay.buffer import ReplayBuffer
+from cls_ray.stack import Stack
+from cls_ray.world.core import World
 from cls_ray.world.verifier import normalize_answer
+
+Log = Callable[[str], None]
 
 
 def ask_many(
@@ -26,8 +39,6 @@ def ask_many(
 ) -> list[dict]:
     """POSTs every body to /v1/rgr, `concurrency` in flight; the replies in order (a failed
     request's reply is `{"error": ...}`)."""
-    import requests
-
     local = threading.local()
 
     def one(body: dict) -> dict:
@@ -66,8 +77,6 @@ def workload(cfg, world, new_per_family: int, old_per_family: int, best_of: int)
 def send_feedback(url: str, users, replies, every: int = 3) -> dict:
     """Every `every`-th user with a wrong answer sends the corrected steps; users with a right
     answer rate it."""
-    import requests
-
     corrected = rated = wrong = 0
     for (q, _), r in zip(users, replies, strict=True):
         if "error" in r:
@@ -102,11 +111,6 @@ def measure(url: str, new_qs, old_qs) -> dict:
 
 
 def plot_demo(report: dict, out_dir: Path) -> list[Path]:
-    from cls_ray.eval.plots import _pyplot, _save
-
-    plt = _pyplot()
-    if plt is None:
-        return []
     paths = []
     before, after, sleep = report["before"], report["after"], report["sleep"]
 
@@ -125,7 +129,7 @@ def plot_demo(report: dict, out_dir: Path) -> list[Path]:
     ax.set_ylabel("accuracy (held-out questions)")
     ax.set_title("accuracy per version")
     ax.legend(fontsize=8)
-    paths.append(_save(plt, fig, out_dir / "accuracy_per_version.png"))
+    paths.append(save(fig, out_dir / "accuracy_per_version.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     right = [t for t, ok in report["r_tau"] if ok]
@@ -138,7 +142,7 @@ def plot_demo(report: dict, out_dir: Path) -> list[Path]:
     ax.set_ylabel("sessions")
     ax.set_title("PRM scores of the served sessions")
     ax.legend(fontsize=8)
-    paths.append(_save(plt, fig, out_dir / "prm_scores.png"))
+    paths.append(save(fig, out_dir / "prm_scores.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     keys = [
@@ -160,7 +164,7 @@ def plot_demo(report: dict, out_dir: Path) -> list[Path]:
     ax.set_title(
         f"retention check: {'passed' if sleep['passes_gate'] else 'failed'} (red: the floor)"
     )
-    paths.append(_save(plt, fig, out_dir / "retention.png"))
+    paths.append(save(fig, out_dir / "retention.png"))
     return paths
 
 
@@ -199,13 +203,8 @@ def markdown(report: dict, plots: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_loop(cfg, world, url: str, log: Callable[[str], None]) -> dict:
+def run_loop(cfg, world: World, url: str, buffer: Buffer, scheduler: Scheduler, log: Log) -> dict:
     """Users → scores → sleep → promotion → measurement, on a running application."""
-    import ray
-
-    from actors.replay_buffer import buffer_actor_name
-    from actors.scheduler import scheduler_actor_name
-
     c = cfg.consolidate
     new_qs = world.questions("heldout", world.held_back_families, per_family=c.eval_per_family)
     old_qs = world.questions("heldout", world.trained_families, per_family=3)
@@ -214,8 +213,7 @@ def run_loop(cfg, world, url: str, log: Callable[[str], None]) -> dict:
     log(f"  new family {before['new_family']:.2f}, old families {before['old_families']:.2f}")
     # The held-out probes are stored like any session; acknowledging them now keeps them out
     # of the sleep's training data.
-    buffer = ray.get_actor(buffer_actor_name(cfg.serve.app_name), namespace="cls-ray")
-    ray.get(buffer.ack.remote(before.pop("session_ids")))
+    buffer.ack(before.pop("session_ids"))
     best_of = min(8, c.sample_n)
     users = workload(cfg, world, c.new_per_family, 3, best_of)
     log(f"{len(users)} simulated users ask (held-back family: best of {best_of})")
@@ -230,13 +228,12 @@ def run_loop(cfg, world, url: str, log: Callable[[str], None]) -> dict:
         for (q, _), r in zip(users, replies, strict=True)
         if "error" not in r and r.get("r_tau") is not None
     ]
-    sched = ray.get_actor(scheduler_actor_name(cfg.serve.app_name), namespace="cls-ray")
-    started = ray.get(sched.trigger.remote("demo", "sft"))
+    started = scheduler.trigger("demo", "sft")
     if not started["started"]:
         raise RuntimeError(f"the sleep did not start: {started['reason']}")
     log(f"sleep started ({started['reason']}); consolidating on Ray Train ...")
     t0 = time.time()
-    status = ray.get(sched.wait.remote(3600))
+    status = scheduler.wait(3600)
     done = status["history"][-1]
     if "error" in done:
         raise RuntimeError(f"the sleep failed: {done['error']}")
@@ -247,7 +244,7 @@ def run_loop(cfg, world, url: str, log: Callable[[str], None]) -> dict:
     sleep = json.loads((cfg.state_path / "reports" / "sleep.json").read_text())
     log("measuring the served model after the sleep")
     after = measure(url, new_qs, old_qs)
-    ray.get(buffer.ack.remote(after.pop("session_ids")))
+    buffer.ack(after.pop("session_ids"))
     log(f"  new family {after['new_family']:.2f}, old families {after['old_families']:.2f}")
     return {
         "users": len(users),
@@ -263,3 +260,68 @@ def run_loop(cfg, world, url: str, log: Callable[[str], None]) -> dict:
         "new_family_questions": len(new_qs),
         "old_family_questions": len(old_qs),
     }
+
+
+def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = True) -> dict:
+    """The main job: build what is missing (model, memory, PRM), serve simulated users, sleep,
+    promote, measure, and write the report. Returns the report (with `report_path`)."""
+    cfg = stack.cfg
+    t_start = time.time()
+    log("== 1/6 bootstrap: the small default model")
+    log(describe(ensure_model(cfg, stack.world, progress=progress)))
+    log("== 2/6 ingest: the built-in world into Milvus")
+    ingest = ingest_paths([stack.export_world()], cfg, stack.store, progress, use_ray=False)
+    log(ingest.describe(stack.store.count(), stack.store.name()))
+    # Milvus Lite's in-process server keeps indexing after an ingest; stop it while Ray starts
+    # (the store reopens on first use).
+    stack.release_store()
+    # Serving replicas idle while the sleep trains: logical CPUs beyond the cores let both fit.
+    runtime.start(num_cpus=max(4, cfg.ray.num_cpus or 0))
+    if latest_prm(cfg) is None:
+        log("== 3/6 prm train: the process reward model (Ray Train + DeepSpeed)")
+        feedback = (
+            ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments).with_feedback()
+            if cfg.replay_path.exists()
+            else []
+        )
+        out, result = train_new_prm(stack, feedback, log=log)
+        write_report(cfg, "prm_train", result)
+        log(describe_training(out, result))
+    else:
+        log(f"== 3/6 prm: using {latest_prm(cfg)}")
+    # The serving retriever owns the Milvus Lite file from here on.
+    stack.release_store()
+    log("== 4/6 serve: the application on Ray Serve")
+    # The demo prints its own progress; replicas' per-request lines would bury it.
+    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"access_log": False})})
+    try:
+        url = runtime.deploy(cfg)
+        log(f"   {url}")
+        log("== 5/6 users, scores, sleep, promotion, measurement")
+        report = run_loop(cfg, stack.world, url, runtime.buffer(), runtime.scheduler(), log)
+    finally:
+        runtime.stop()
+    log("== 6/6 report")
+    out_dir = cfg.state_path / "reports" / "demo"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["seconds"] = time.time() - t_start
+    (out_dir / "demo.json").write_text(json.dumps(report, indent=2))
+    md = out_dir / "report.md"
+    md.write_text(markdown(report, plot_demo(report, out_dir)))
+    report["report_path"] = str(md)
+    return report
+
+
+def summary(report: dict) -> list[str]:
+    """The demo's closing lines: accuracy before and after, the gate's decision."""
+    b, a, s = report["before"], report["after"], report["sleep"]
+    before = f"before ({', '.join(b['versions'])})"
+    after = f"after ({', '.join(a['versions'])})"
+    return [
+        f"{'':<26}{'new family':>12}{'old families':>14}",
+        f"{before:<26}{b['new_family']:>12.2f}{b['old_families']:>14.2f}",
+        f"{after:<26}{a['new_family']:>12.2f}{a['old_families']:>14.2f}",
+        f"retention gate {'passed' if s['passes_gate'] else 'refused'}: {s['reason']}; "
+        f"{s['version']} {'promoted' if s['promoted'] else 'kept as a candidate'}",
+        f"report: {report['report_path']} ({report['seconds'] / 60:.0f} min)",
+    ]

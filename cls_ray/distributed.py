@@ -14,9 +14,17 @@ import logging
 import math
 import os
 import random
+import resource
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
+
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +70,9 @@ def deepspeed_steps(
 ):
     """Trains `model` for `config["steps"]` steps inside a Ray Train worker. Returns the
     DeepSpeed engine and the final metrics (which the caller reports, after saving)."""
+    # DeepSpeed picks its accelerator when it is imported: here, in the worker, after
+    # `launch` set DS_ACCELERATOR (a driver never needs it, and its import takes seconds).
     import deepspeed
-    import ray.train
-    import torch
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ctx = ray.train.get_context()
@@ -138,11 +146,6 @@ def deepspeed_steps(
 
 def _peak_rss_mb() -> float:
     """This process's peak resident set, the largest over the ranks."""
-    import resource
-
-    import torch
-    import torch.distributed as dist
-
     mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     if dist.is_available() and dist.is_initialized():
         t = torch.tensor([mine], dtype=torch.float64)
@@ -153,8 +156,6 @@ def _peak_rss_mb() -> float:
 
 def to_device(batch, device):
     """Tensors of a (nested) batch moved to `device`."""
-    import torch
-
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
     if isinstance(batch, dict):
@@ -167,11 +168,9 @@ def to_device(batch, device):
 def gathered(engine, zero_stage: int):
     """A context in which every rank sees whole parameters (ZeRO-3 partitions them); every
     rank must enter it."""
-    from contextlib import nullcontext
-
     if zero_stage != 3:
         return nullcontext()
-    import deepspeed
+    import deepspeed  # in the worker only (see `deepspeed_steps`)
 
     return deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
 
@@ -186,9 +185,6 @@ def full_state_dict(engine, zero_stage: int) -> dict:
 def launch(t, loop: Callable[[dict], None], config: dict, state_path: Path, name: str) -> float:
     """Runs `loop` on `t.num_workers` Ray Train workers (`t`: a training section of the config)
     and returns the wall-clock seconds."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     env = {} if t.use_gpu else {"DS_ACCELERATOR": "cpu"}
     if os.environ.get("TORCH_EXTENSIONS_DIR"):  # where DeepSpeed caches its compiled ops
         env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]

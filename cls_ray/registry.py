@@ -158,3 +158,8 @@ class ModelRegistry:
         self._load()
         cur = self.history[-1] if self.history else None
         return [{**v.model_dump(), "current": v.name == cur} for v in self.versions]
+
+
+def registry_for(cfg) -> ModelRegistry:
+    """The registry of a config's state directory (version 0 is its base model)."""
+    return ModelRegistry(cfg.state_path / "registry.json", base_uri=str(cfg.model_path))

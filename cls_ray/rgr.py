@@ -17,9 +17,13 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
+from cls_ray.memory.procedures import hint_query
+from cls_ray.ports import Engine, Memory, RetrievedDoc, Retriever
 from cls_ray.steps import cite, grounded_choices, parse_answer
+
+__all__ = ["RGRMode", "RetrievedDoc", "StepRecord", "Trajectory", "run_rgr", "step_query"]
 
 RGRMode = Literal["rgr", "single", "none"]
 
@@ -50,13 +54,6 @@ def step_query(question: str, steps: Sequence[str]) -> str:
     new = [w for w in steps[-1].split() if _norm(w) and _norm(w) not in prior]
     rest = [w for w in question.split() if _norm(w) not in covered]
     return " ".join(new + rest) or question
-
-
-@dataclass
-class RetrievedDoc:
-    id: str
-    score: float
-    text: str
 
 
 @dataclass
@@ -93,41 +90,9 @@ class Trajectory:
         return asdict(self)
 
 
-class Retriever(Protocol):
-    def retrieve(
-        self, queries: Sequence[str], k: int, exclude: Sequence[set[str]] | None = None
-    ) -> list[list[RetrievedDoc]]:
-        """Top-k documents for every query, in one batched call."""
-        ...
-
-
-class StoreRetriever:
-    """Embedder + Milvus store: one embedding call and one search call per batch of queries."""
-
-    def __init__(self, embedder, store, kind: str = "documents"):
-        self.embedder = embedder
-        self.store = store
-        self.kind = kind
-
-    def retrieve(
-        self, queries: Sequence[str], k: int, exclude: Sequence[set[str]] | None = None
-    ) -> list[list[RetrievedDoc]]:
-        if not queries:
-            return []
-        vectors = self.embedder.embed(list(queries)) if self.store.search_mode != "bm25" else None
-        hits = self.store.search(vectors, list(queries), k, exclude=exclude, kind=self.kind)
-        return [[RetrievedDoc(h.id, h.score, h.text) for h in row] for row in hits]
-
-    def plans(self, questions: Sequence[str]) -> list:
-        """The episodic procedure each question has the shape of, or None."""
-        from cls_ray.consolidate.episodic import lookup
-
-        return lookup(self.store, self.embedder, questions)
-
-
 def run_rgr(
     questions: Sequence[str],
-    engine,
+    engine: Engine,
     retriever: Retriever | None,
     mode: RGRMode = "rgr",
     top_k: int = 4,
@@ -144,22 +109,20 @@ def run_rgr(
     `grounded` decodes each step inside `grounded_choices` (restate a context document or
     answer from the steps so far), the same for every mode. `prefixes[i]`, when given, are steps
     question i starts from (a rollout from a partial trajectory); `max_steps` counts them.
-    `patterns` (rgr mode, a retriever with `plans`) looks up an episodic procedure per question
+    `patterns` (rgr mode, a retriever that is a `Memory`) looks up an episodic procedure per question
     once and, while the steps follow it, retrieves with its next step (`hint_query`).
     """
     if mode not in ("rgr", "single", "none"):
         raise ValueError(f"unknown mode {mode!r}; expected rgr, single or none")
     if mode != "none" and retriever is None:
         raise ValueError(f"mode {mode!r} needs a retriever")
-    version = getattr(engine, "version", "")
+    version = engine.version
     trajs = [Trajectory(q, mode, model_version=version) for q in questions]
     context: list[list[RetrievedDoc]] = [[] for _ in questions]
     start = time.perf_counter()
     active = list(range(len(questions)))
     plans: list = [None] * len(questions)
-    if patterns and mode == "rgr" and hasattr(retriever, "plans"):
-        from cls_ray.consolidate.episodic import hint_query
-
+    if patterns and mode == "rgr" and isinstance(retriever, Memory):
         plans = retriever.plans(list(questions))
     if prefixes is not None:
         if len(prefixes) != len(questions):

@@ -1,6 +1,7 @@
 """The embedded stack a config describes: world, embedder, store, retriever and engine.
 
-Each part is built on first use, so a command pays only for what it touches.
+Each part is built on first use, so a command pays only for what it touches. `release_store`
+closes the Milvus Lite file so another process (a Serve replica) can open it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from functools import cached_property
 from pathlib import Path
 
 from cls_ray.config import Config
+from cls_ray.engine.base import StreamableEngine
+from cls_ray.engine.factory import build_engine
+from cls_ray.memory import Embedder, MilvusStore
+from cls_ray.memory.retriever import StoreRetriever
+from cls_ray.world import World, build_world
 
 
 class Stack:
@@ -17,37 +23,35 @@ class Stack:
         self.cfg = cfg
 
     @cached_property
-    def world(self):
-        from cls_ray.world import build_world
-
+    def world(self) -> World:
         return build_world(self.cfg.world)
 
     @cached_property
-    def embedder(self):
-        from cls_ray.memory import Embedder
-
+    def embedder(self) -> Embedder:
         return Embedder.from_config(self.cfg.embedder)
 
     @cached_property
-    def store(self):
-        from cls_ray.memory import MilvusStore
-
+    def store(self) -> MilvusStore:
         return MilvusStore.from_config(self.cfg, self.embedder.dim)
 
     @cached_property
-    def retriever(self):
-        from cls_ray.rgr import StoreRetriever
-
+    def retriever(self) -> StoreRetriever:
         return StoreRetriever(self.embedder, self.store)
 
     @cached_property
-    def engine(self):
-        from cls_ray.engine import build_engine
-
+    def engine(self) -> StreamableEngine:
         return build_engine(self.cfg)
 
     def model_ready(self) -> bool:
         return (self.cfg.model_path / "config.json").exists()
+
+    def release_store(self) -> None:
+        """Closes the store (and Milvus Lite's in-process server for its file): the next use
+        opens it again. A Serve replica cannot open a Lite file this process holds."""
+        if "store" in self.__dict__:
+            self.store.close(release=True)
+        for part in ("store", "retriever"):
+            self.__dict__.pop(part, None)
 
     def export_world(self) -> Path:
         """Writes the world's documents as JSONL under the state dir; returns the file."""

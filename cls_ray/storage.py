@@ -12,9 +12,14 @@ an object store publishes an object only when its upload completes.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import uuid
 from pathlib import Path
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 
 def is_remote(uri: str) -> bool:
@@ -32,8 +37,6 @@ def join_uri(uri: str, rel: str) -> str:
 
 def open_uri(uri: str):
     """(filesystem, path) of a path or storage URI."""
-    import pyarrow.fs as pafs
-
     if is_remote(uri):
         try:
             return pafs.FileSystem.from_uri(uri)
@@ -44,8 +47,6 @@ def open_uri(uri: str):
 
 def read_table(uri: str, columns: list[str] | None = None):
     """A Parquet file by path or storage URI, as an Arrow table."""
-    import pyarrow.parquet as pq
-
     fs, path = open_uri(uri)
     return pq.read_table(path, columns=columns, filesystem=fs)
 
@@ -54,9 +55,6 @@ def materialize(uri: str | None, cache_dir: str | Path) -> str | None:
     """A local folder holding the artifact at `uri`: the path itself when it is local, else a
     copy under `cache_dir` (downloaded once, under a temporary name, then renamed, so a reader
     never sees half a copy)."""
-    import hashlib
-    import shutil
-
     if uri is None or not is_remote(uri):
         return None if uri is None else uri.removeprefix("file://")
     dest = Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:20]
@@ -146,14 +144,10 @@ class Storage:
         return self.read_bytes(rel).decode("utf-8")
 
     def exists(self, rel: str) -> bool:
-        import pyarrow.fs as pafs
-
         return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
 
     def list(self, rel: str = "", suffix: str = "") -> list[str]:
         """Names (not paths) of the files directly in `rel`, sorted; temporary files skipped."""
-        import pyarrow.fs as pafs
-
         sel = pafs.FileSelector(self.path(rel), allow_not_found=True, recursive=False)
         names = [
             i.base_name
@@ -164,8 +158,6 @@ class Storage:
 
     def delete(self, rel: str) -> None:
         """Removes a file or a folder; a missing one is not an error."""
-        import pyarrow.fs as pafs
-
         info = self.fs.get_file_info(self.path(rel))
         if info.type == pafs.FileType.Directory:
             self.fs.delete_dir(self.path(rel))
@@ -183,8 +175,6 @@ class Storage:
 
     def get_dir(self, rel: str, local_dir: str | Path) -> Path:
         """Copies the folder at `rel` to `local_dir` (created); returns it."""
-        import pyarrow.fs as pafs
-
         out = Path(local_dir)
         base = self.path(rel)
         sel = pafs.FileSelector(base, recursive=True)

@@ -28,7 +28,10 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import ray
 import torch
+import torch.distributed as dist
+from transformers import AutoModelForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +120,6 @@ def _local_address(rdv: Rendezvous) -> str:
     machine), else this node's address as Ray knows it."""
     if is_loopback(rdv.host):
         return "127.0.0.1"
-    import ray
 
     return ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostname()
 
@@ -143,8 +145,6 @@ def host_store(host: str, timeout_s: float = 600.0):
     """The group's TCP store, served on a port the system picks before anyone is told where to
     meet (no window in which another process takes the port). The ranks join with
     `Rendezvous(host, store.port, world, hosted=True)`; the store lives as long as the object."""
-    import torch.distributed as dist
-
     return dist.TCPStore(
         host,
         0,
@@ -164,6 +164,7 @@ class Channel:
         timeout = datetime.timedelta(seconds=rdv.timeout_s)
         join = datetime.timedelta(seconds=min(rdv.join_timeout_s, rdv.timeout_s))
         if rdv.backend == "pynccl":
+            # vLLM is the optional `gpu` extra; only its own workers ask for this backend.
             from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
             from vllm.distributed.utils import StatelessProcessGroup
 
@@ -173,7 +174,6 @@ class Channel:
             self._pynccl = PyNcclCommunicator(pg, device=self.device)
             self._pg = None
             return
-        import torch.distributed as dist
 
         if store is None:
             store = dist.TCPStore(
@@ -203,7 +203,6 @@ class Channel:
         if self._pg is None:
             self._pynccl.broadcast(t, src=0, stream=torch.cuda.current_stream())
             return
-        import torch.distributed as dist
 
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
@@ -298,8 +297,6 @@ class CheckpointSource:
     trainer hashed, tied weights under each of their names included."""
 
     def __init__(self, path: str, device: str = "cpu"):
-        from transformers import AutoModelForCausalLM
-
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device).eval()
         self.state = self.model.state_dict()
         self.manifest = manifest_of(self.state)

@@ -4,16 +4,17 @@ serves simulated users over HTTP, sleeps, promotes, measures and writes its repo
 import json
 
 import pytest
+from ray import serve
+
+from cls_ray.cli import main
+from cls_ray.config import load_config
+from cls_ray.registry import registry_for
+from tests.helpers import OPEN_GATE, TINY_OVERRIDES, TINY_PRM_OVERRIDES, free_port, set_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def test_demo_runs_the_whole_loop_and_writes_the_report(tmp_path, ray_local, capsys):
-    from actors.deploy import registry_for
-    from cls_ray.cli import main
-    from cls_ray.config import load_config
-    from tests.conftest import OPEN_GATE, TINY_OVERRIDES, TINY_PRM_OVERRIDES, free_port
-
     overrides = [
         *TINY_OVERRIDES,
         *TINY_PRM_OVERRIDES,
@@ -21,7 +22,7 @@ def test_demo_runs_the_whole_loop_and_writes_the_report(tmp_path, ray_local, cap
         "store.collection_prefix=demo",
         f"serve.port={free_port()}",
         "serve.app_name=cls-ray-demo",
-        "serve.generator_autoscaling.max_replicas=1",
+        "serve.generator.autoscaling.max_replicas=1",
         "consolidate.steps=20",
         "consolidate.batch_size=8",
         "consolidate.new_per_family=2",
@@ -29,8 +30,7 @@ def test_demo_runs_the_whole_loop_and_writes_the_report(tmp_path, ray_local, cap
         "consolidate.sample_n=2",
         *OPEN_GATE,
     ]
-    args = [x for o in overrides for x in ("--set", o)]
-    from ray import serve
+    args = set_args(overrides)
 
     serve.shutdown()  # a Serve left by an earlier test keeps its own HTTP port
     assert main(["demo", "--json", "-q", *args]) == 0

@@ -1,5 +1,8 @@
 import pytest
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from cls_ray.config import load_config
+from cls_ray.engine.factory import build_engine
 from cls_ray.rgr import run_rgr, step_query
 
 pytestmark = pytest.mark.slow
@@ -56,11 +59,6 @@ def test_bad_mode_and_missing_retriever(tiny_stack):
 def test_any_hf_checkpoint_with_a_chat_template_runs_rgr(tmp_path, tiny_stack, embedder):
     """model.path + template: chat take a checkpoint that is not ours (here: a random tiny Llama
     with the encoder's word-piece tokenizer and a chat template)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from cls_ray.config import load_config
-    from cls_ray.engine import build_engine
-
     tok = AutoTokenizer.from_pretrained(str(embedder.path))
     tok.chat_template = (
         "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"

@@ -7,20 +7,22 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
+import requests
 
-from cls_ray.storage import Storage, StorageError
+from cls_ray.config import load_config
+from cls_ray.consolidate.promotion import publish
+from cls_ray.replay import ReplayBuffer
+from cls_ray.replay.data import read_leased
+from cls_ray.storage import Storage, StorageError, materialize, mirror_reports
+from tests.helpers import free_port, make_session
 
 
 @pytest.fixture(scope="module")
 def s3_server():
     """moto's S3 server on 127.0.0.1 with a bucket; the client reads its credentials and
     endpoint from the environment, as it would on a cluster."""
-    import pyarrow.fs as pafs
-    import requests
-
-    from tests.conftest import free_port
-
     port = free_port()
     exe = Path(sys.executable).parent / "moto_server"
     proc = subprocess.Popen(
@@ -114,9 +116,6 @@ def test_a_folder_goes_up_and_comes_back_byte_for_byte(store, tmp_path):
 
 
 def test_the_replay_buffer_keeps_its_segments_in_the_storage(store, tmp_path):
-    from cls_ray.replay import ReplayBuffer
-    from tests.replay.test_buffer import make_session
-
     buf = ReplayBuffer(tmp_path / "wal", seal_every=3, segments=store.url("replay"))
     for i in range(7):
         buf.add(make_session(i))
@@ -132,10 +131,6 @@ def test_the_replay_buffer_keeps_its_segments_in_the_storage(store, tmp_path):
 
 @pytest.mark.ray
 def test_ray_data_reads_leased_sessions_from_the_storage(store, tmp_path, ray_local):
-    from cls_ray.replay import ReplayBuffer
-    from cls_ray.replay.data import read_leased
-    from tests.replay.test_buffer import make_session
-
     buf = ReplayBuffer(tmp_path / "wal", seal_every=2, segments=store.url("replay"))
     for i in range(5):
         buf.add(make_session(i))
@@ -150,10 +145,6 @@ def test_a_uri_without_a_bucket_is_refused_naming_it():
 
 def test_a_version_published_to_the_storage_is_copied_to_a_replica_once(store, tmp_path):
     """What `sleep` registers with `storage.uri` set, and what a generator replica loads."""
-    from cls_ray.config import load_config
-    from cls_ray.consolidate.sleep import publish
-    from cls_ray.storage import materialize
-
     out = tmp_path / "sft-123"
     out.mkdir()
     (out / "adapter_model.safetensors").write_bytes(os.urandom(2048))
@@ -178,9 +169,6 @@ def test_a_version_published_to_the_storage_is_copied_to_a_replica_once(store, t
 
 
 def test_reports_are_mirrored_to_the_storage(store, tmp_path):
-    from cls_ray.config import load_config
-    from cls_ray.storage import mirror_reports
-
     cfg = load_config(None, [f"state_dir={tmp_path / 'state'}", f"storage.uri={store.uri}"])
     assert mirror_reports(cfg) is None  # nothing written yet
     (cfg.state_path / "reports" / "demo").mkdir(parents=True)

@@ -1,23 +1,33 @@
 """The weight stream itself: a sender and receivers in separate processes over a real gloo
 group on loopback, bucketed, hashed, landing in a model."""
 
+import json
 import multiprocessing as mp
+import os
+import time
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
+from cls_ray.cli import main
+from cls_ray.engine.hf import HFEngine
+from cls_ray.model.loading import weights_checksum
 from cls_ray.weight_sync import (
+    Channel,
     Rendezvous,
     TensorSpec,
+    copy_into,
     free_port,
+    host_store,
     manifest_of,
     plan_buckets,
+    receive,
+    send,
 )
 
 
 def _model(seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=97,
@@ -32,8 +42,6 @@ def _model(seed: int):
 
 
 def _sender(rdv: dict, bucket_bytes: int, out):
-    from cls_ray.weight_sync import Channel, send
-
     model = _model(1).to(torch.bfloat16)
     state = model.state_dict()
     ch = Channel(Rendezvous(**rdv), 0)
@@ -42,9 +50,6 @@ def _sender(rdv: dict, bucket_bytes: int, out):
 
 
 def _receiver(rdv: dict, rank: int, manifest: list, bucket_bytes: int, out):
-    from cls_ray.model.loading import weights_checksum
-    from cls_ray.weight_sync import Channel, copy_into, receive
-
     model = _model(2).to(torch.bfloat16)  # other weights, same shapes
     ch = Channel(Rendezvous(**rdv), rank)
     specs = [TensorSpec.from_json(r) for r in manifest]
@@ -54,8 +59,6 @@ def _receiver(rdv: dict, rank: int, manifest: list, bucket_bytes: int, out):
 
 
 def test_a_model_streams_to_two_receivers_and_each_holds_the_senders_weights():
-    from cls_ray.model.loading import weights_checksum
-
     sent_model = _model(1).to(torch.bfloat16)
     want = weights_checksum(sent_model)
     assert want != weights_checksum(_model(2).to(torch.bfloat16))
@@ -83,10 +86,6 @@ def test_a_model_streams_to_two_receivers_and_each_holds_the_senders_weights():
 
 
 def _dying_sender(rdv: dict):
-    import os
-
-    from cls_ray.weight_sync import Channel, send
-
     specs = [TensorSpec(f"t{i}", "float32", (1000,)) for i in range(10)]
 
     def progress(done: int, total: int) -> None:
@@ -97,10 +96,6 @@ def _dying_sender(rdv: dict):
 
 
 def _patient_receiver(rdv: dict, rank: int, out):
-    import time
-
-    from cls_ray.weight_sync import Channel, receive
-
     specs = [TensorSpec(f"t{i}", "float32", (1000,)) for i in range(10)]
     got = []
     t0 = time.perf_counter()
@@ -130,10 +125,6 @@ def test_receivers_fail_at_once_when_the_sender_dies_mid_stream():
 
 
 def _joiner(rdv: dict, rank: int, out):
-    import time
-
-    from cls_ray.weight_sync import Channel
-
     t0 = time.perf_counter()
     try:
         Channel(Rendezvous(**rdv), rank)
@@ -146,8 +137,6 @@ def test_a_group_missing_a_rank_fails_after_the_join_timeout_not_the_transfer_ti
     """A replica counted in the group that never joins (gone since): the others give up after
     `join_timeout_s` and the promotion falls back to storage, instead of waiting out the
     transfer's timeout."""
-    from cls_ray.weight_sync import host_store
-
     store = host_store("127.0.0.1", 60)
     rdv = Rendezvous(
         "127.0.0.1", store.port, 3, "gloo", timeout_s=600, hosted=True, join_timeout_s=3
@@ -177,8 +166,6 @@ def test_buckets_keep_dtypes_apart_and_respect_the_size():
 
 
 def test_a_model_of_another_shape_refuses_the_stream_before_any_group_forms():
-    from cls_ray.engine.hf import HFEngine
-
     class Tok:
         padding_side = "left"
 
@@ -197,17 +184,11 @@ def test_a_model_of_another_shape_refuses_the_stream_before_any_group_forms():
 
 
 def test_an_unknown_backend_is_named():
-    from cls_ray.weight_sync import Channel
-
     with pytest.raises(ValueError, match="unknown weight-sync backend 'mpi'"):
         Channel(Rendezvous("127.0.0.1", free_port("127.0.0.1"), 1, "mpi", timeout_s=5), 0)
 
 
 def test_bench_stream_prints_both_paths_and_every_receiver_holds_the_weights(tmp_path, capsys):
-    import json
-
-    from cls_ray.cli import main
-
     args = ["bench", "stream", "--smoke", "--replicas", "2", "--set", f"state_dir={tmp_path}"]
     assert main(args) == 0
     r = json.loads((tmp_path / "reports" / "bench_stream.json").read_text())

@@ -17,7 +17,30 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+import ray.train
 import torch
+
+from cls_ray.consolidate.ppo_core import (
+    gae,
+    masked_mean,
+    masked_whiten,
+    min_form,
+    place_step_rewards,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
+from cls_ray.consolidate.sft import adapter_run, launch_adapter_run
+from cls_ray.distributed import deepspeed_steps, gathered
+from cls_ray.model.examples import encode_examples
+from cls_ray.model.loading import save_version
+from cls_ray.model.lora import lora_model
+from cls_ray.ports import Retriever, Scorer
+from cls_ray.prm.labels import evidence_for
+from cls_ray.rgr import run_rgr
+from cls_ray.session import Session
+from cls_ray.stack import Stack
+from cls_ray.steps import grounded_choices, render_prompt
 
 
 class ActorCritic(torch.nn.Module):
@@ -52,8 +75,6 @@ def experience_rows(
     `reward_offset`, so a step the PRM doubts is penalised), the behaviour log-probs of each
     step where the session kept them, and, for `grounded` decoding, the steps the grammar
     allowed at each point (the policy being trained is the constrained one)."""
-    from cls_ray.steps import grounded_choices, render_prompt
-
     rows = []
     for s in sessions:
         scores = s.get("prm_step_scores") or []
@@ -108,17 +129,6 @@ def _streams(resp: torch.Tensor, owners: list[tuple[int, int]], n_traj: int):
 def ppo_loss(model, batch: dict, config: dict) -> tuple[torch.Tensor, dict]:
     """One PPO update's loss on a batch of trajectories (experience computed here, on-policy
     for this batch: π_old is the actor before this update)."""
-    from cls_ray.consolidate.ppo_core import (
-        gae,
-        masked_mean,
-        masked_whiten,
-        min_form,
-        place_step_rewards,
-        policy_loss,
-        token_rewards,
-        value_loss,
-    )
-
     ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     tgt = labels[:, 1:].clamp(min=0)
     module = model.module if hasattr(model, "module") else model
@@ -212,8 +222,6 @@ def _logprobs(logits: torch.Tensor, tgt: torch.Tensor, allowed, temperature: flo
 
 def collate(tokenizer, rows: list[dict], max_len: int) -> dict:
     """Trajectory rows → the padded sequences of all their steps plus the stream layout."""
-    from cls_ray.model.bootstrap import encode_examples
-
     pairs, owners = [], []
     for j, r in enumerate(rows):
         for i, p in enumerate(r["pairs"]):
@@ -250,13 +258,6 @@ def collate(tokenizer, rows: list[dict], max_len: int) -> dict:
 
 def ppo_loop_per_worker(config: dict) -> None:
     """Runs in every Ray Train worker: actor (LoRA) + value head on DeepSpeed, PPO updates."""
-    import ray.train
-
-    from cls_ray.consolidate.sft import lora_model
-    from cls_ray.distributed import deepspeed_steps, gathered
-    from cls_ray.model.bootstrap import encode_examples
-    from cls_ray.model.loading import save_version
-
     policy, tok = lora_model(config)
     model = ActorCritic(policy, policy.config.hidden_size)
     last: dict = {}
@@ -297,8 +298,6 @@ def train_ppo(
     """PPO of a LoRA adapter on `rows` (see `experience_rows`) through Ray Train + DeepSpeed,
     with `replay` (prompt, step) pairs for the ptx term; writes the adapter to `out` and returns
     the training metrics."""
-    from cls_ray.consolidate.sft import adapter_run, launch_adapter_run
-
     c = cfg.consolidate
     if not rows:
         raise ValueError("no scored trajectories: nothing to learn from")
@@ -307,37 +306,40 @@ def train_ppo(
             "consolidate.weights=full: PPO trains a LoRA adapter (its KL reference is the base "
             "with the adapter disabled); use sleep (SFT) for full weights"
         )
-    steps = steps or c.ppo_steps
+    steps = steps or c.ppo.steps
     config = adapter_run(cfg, Path(out).resolve(), steps, "ppo", trajectories=len(rows))
     config.update(
-        lr=c.ppo_lr,
-        batch_size=c.ppo_batch_size,
+        lr=c.ppo.lr,
+        batch_size=c.ppo.batch_size,
         rows=list(rows),
-        kl_beta=c.ppo_kl_beta,
-        kl_kind=c.ppo_kl_kind,
-        clip=c.ppo_clip,
-        vf_coef=c.ppo_vf_coef,
+        kl_beta=c.ppo.kl_beta,
+        kl_kind=c.ppo.kl_kind,
+        clip=c.ppo.clip,
+        vf_coef=c.ppo.vf_coef,
         gamma=1.0,
-        lam=c.ppo_lam,
-        tis_cap=c.ppo_tis_cap,
-        credit=c.ppo_credit,
-        whiten=c.ppo_whiten,
-        temperature=c.ppo_temperature,
+        lam=c.ppo.lam,
+        tis_cap=c.ppo.tis_cap,
+        credit=c.ppo.credit,
+        whiten=c.ppo.whiten,
+        temperature=c.ppo.temperature,
         replay=list(replay or []),
-        ptx_coef=c.ppo_ptx_coef,
-        ptx_batch=c.ppo_ptx_batch,
+        ptx_coef=c.ppo.ptx_coef,
+        ptx_batch=c.ppo.ptx_batch,
     )
     metrics = launch_adapter_run(cfg, ppo_loop_per_worker, config, "ppo")
     return {**metrics, "trajectories": len(rows)}
 
 
-def fresh_rollouts(stack, prm, questions, temperature: float, seed: int = 0, retriever=None):
+def fresh_rollouts(
+    stack: Stack,
+    prm: Scorer,
+    questions: Sequence[str],
+    temperature: float,
+    seed: int = 0,
+    retriever: Retriever | None = None,
+):
     """Scored RGR rollouts of the current model on `questions` (texts; the behaviour log-probs
     kept): session dicts and the texts of what they retrieved."""
-    from cls_ray.prm.labels import evidence_for
-    from cls_ray.rgr import run_rgr
-    from cls_ray.session import Session
-
     cfg = stack.cfg
     trajs = run_rgr(
         list(questions),

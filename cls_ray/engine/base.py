@@ -1,12 +1,16 @@
-"""The `Engine` interface the RGR loop talks to."""
+"""What every engine is: `Generation`, the `Engine` protocol the RGR loop talks to, and the
+`StreamableEngine` protocol a serving replica's engines add (checksums, weight streams)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from cls_ray.steps import StepTemplate
+
+if TYPE_CHECKING:
+    from cls_ray.weight_sync import Rendezvous, TensorSpec
 
 
 @dataclass
@@ -20,6 +24,8 @@ class Generation:
 
 @runtime_checkable
 class Engine(Protocol):
+    """A model that writes the next reasoning step for many prompts at once."""
+
     template: StepTemplate
     version: str
 
@@ -40,13 +46,34 @@ class Engine(Protocol):
         ...
 
 
-def build_engine(cfg, version: str = "base", path=None) -> Engine:
-    """The engine the config names for `version`: the base model (`path` None), a full
-    checkpoint at `path`, or a PEFT LoRA adapter at `path` on the base."""
-    if cfg.engine.kind == "vllm":
-        from cls_ray.engine.vllm import VLLMEngine
+@runtime_checkable
+class StreamableEngine(Engine, Protocol):
+    """An engine a generator replica holds: it can say what weights it serves and take a
+    full-weight version over a weight stream (`cls_ray.weight_sync`)."""
 
-        return VLLMEngine.from_config(cfg, version=version, path=path)
-    from cls_ray.engine.hf import HFEngine
+    sync_ranks: int
+    """Ranks it joins a weight stream with (one per engine worker; 0: it cannot receive)."""
 
-    return HFEngine.from_config(cfg, version=version, path=path)
+    shared_model: object | None
+    """The model object it shares with other engines, when loading a version overwrites
+    what those served (vLLM: one `LLM` per GPU); None when each engine owns its weights."""
+
+    def checksum(self) -> str | None:
+        """SHA-256 of the weights it serves (`weights_checksum`); None when it cannot tell."""
+        ...
+
+    def refuses(self, manifest: Sequence[TensorSpec]) -> str | None:
+        """Why a stream with `manifest` cannot land in this model; None when it can."""
+        ...
+
+    def stream_in(
+        self,
+        rdv: Rendezvous,
+        rank: int,
+        manifest: Sequence[TensorSpec],
+        bucket_bytes: int,
+        version: str,
+    ) -> tuple[StreamableEngine, dict]:
+        """An engine for `version` whose weights arrive over the stream, and what it
+        received (`{"stream": [hash per worker], "checksum"?: ...}`)."""
+        ...

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+from peft import PeftModel
 
-from cls_ray.engine.base import Generation
+from cls_ray.engine.base import Generation, StreamableEngine
+from cls_ray.model.examples import left_pad
+from cls_ray.model.loading import load_model_and_tokenizer, weights_checksum
 from cls_ray.steps import StepTemplate, clean_step, render_prompt
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded (B, T) ids and their attention mask: generation continues every row at the
-    same last position."""
-    n = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, x in enumerate(seqs):
-        if x:
-            ids[i, n - len(x) :] = torch.tensor(x)
-            mask[i, n - len(x) :] = 1
-    return ids, mask
+from cls_ray.weight_sync import Channel, copy_into, receive
 
 
 class HFEngine:
@@ -29,6 +22,9 @@ class HFEngine:
     Prompts are left-padded; the compact template starts with BOS. Each generation returns its
     token ids and their log-probs under the sampling distribution (the behaviour policy).
     """
+
+    sync_ranks = 1  # ranks this engine joins a weight stream with
+    shared_model = None  # it owns its weights: loading another version overwrites nothing
 
     def __init__(
         self,
@@ -46,16 +42,13 @@ class HFEngine:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.version = version
+        self._checksum: str | None = None
 
     def checksum(self) -> str:
-        """SHA-256 of the weights this engine serves (see `weights_checksum`)."""
-        if getattr(self, "_checksum", None) is None:
-            from cls_ray.model.loading import weights_checksum
-
+        """SHA-256 of the weights this engine serves (see `weights_checksum`), computed once."""
+        if self._checksum is None:
             self._checksum = weights_checksum(self.model)
         return self._checksum
-
-    sync_ranks = 1  # ranks this engine joins a weight stream with
 
     def refuses(self, manifest) -> str | None:
         """Why a weight stream with `manifest` cannot land in this model (None: it can): every
@@ -70,14 +63,12 @@ class HFEngine:
         missing = sorted(set(state) - names)
         return f"the stream lacks {missing[0]} (and {len(missing) - 1} more)" if missing else None
 
-    def stream_in(self, rdv, rank: int, manifest, bucket_bytes: int, version: str):
+    def stream_in(
+        self, rdv, rank: int, manifest, bucket_bytes: int, version: str
+    ) -> tuple[StreamableEngine, dict]:
         """A new engine for `version` whose weights arrive over the weight-sync group (see
         `cls_ray.weight_sync`): they land in a copy of this model, so this engine keeps serving
         while they stream. Returns the engine and what it received (stream hash, checksum)."""
-        import copy
-
-        from cls_ray.weight_sync import Channel, copy_into, receive
-
         model = copy.deepcopy(self.model)
         channel = Channel(rdv, rank, device=model.device)
         try:
@@ -99,13 +90,7 @@ class HFEngine:
     def from_config(cls, cfg, version: str = "base", path=None) -> HFEngine:
         """The base model, a full checkpoint at `path`, or a PEFT adapter at `path` merged
         into the base."""
-        from pathlib import Path
-
-        from cls_ray.model.loading import load_model_and_tokenizer
-
         if path is not None and (Path(path) / "adapter_config.json").exists():
-            from peft import PeftModel
-
             base, tok = load_model_and_tokenizer(
                 cfg.model_path, cfg.engine.device, cfg.engine.dtype
             )

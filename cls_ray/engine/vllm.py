@@ -14,10 +14,15 @@ overwrites what the others served.
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from cls_ray.engine.base import Generation
+from vllm import LLM, SamplingParams
+from vllm.lora.request import LoRARequest
+from vllm.sampling_params import StructuredOutputsParams
+
+from cls_ray.engine.base import Generation, StreamableEngine
 from cls_ray.steps import StepTemplate, clean_step, render_prompt
 
 _LLMS: dict[tuple, object] = {}
@@ -28,8 +33,6 @@ _LOCKS: dict[int, threading.Lock] = {}  # one caller at a time per LLM
 def _shared_llm(model_path: str, **kwargs):
     """One `LLM` per (model, options) in a process: versions that are LoRA adapters share it,
     each under its own `LoRARequest`."""
-    from vllm import LLM
-
     key = (model_path, tuple(sorted(kwargs.items())))
     if key not in _LLMS:
         llm = LLM(model=model_path, **kwargs)
@@ -72,8 +75,6 @@ class VLLMEngine:
             self.sync_ranks = 1
         self._lora = None
         if lora_path is not None:
-            from vllm.lora.request import LoRARequest
-
             # The name is the registry's version name, never reused, so vLLM's adapter cache
             # cannot serve an old adapter under a new version.
             self._lora = LoRARequest(f"cls-{version}", lora_int_id, str(lora_path))
@@ -108,7 +109,17 @@ class VLLMEngine:
             **common,
         )
 
-    def stream_in(self, rdv, rank: int, manifest, bucket_bytes: int, version: str):
+    def checksum(self) -> str | None:
+        """None: the weights live in vLLM's workers; a stream is checked there, per worker."""
+        return None
+
+    def refuses(self, manifest) -> str | None:
+        """None: vLLM's `load_weights` maps the stream's names onto its own layout."""
+        return None
+
+    def stream_in(
+        self, rdv, rank: int, manifest, bucket_bytes: int, version: str
+    ) -> tuple[StreamableEngine, dict]:
         """Receives `version`'s weights over the weight-sync group into the shared `LLM`, in
         place (every worker of a tensor-parallel engine joins, from rank `rank` on). Returns an
         engine for it and the hash each worker computed of what arrived."""
@@ -135,9 +146,6 @@ class VLLMEngine:
         seed: int | None = None,
         choices: Sequence[Sequence[str]] | None = None,
     ) -> list[Generation]:
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
         params = [
             SamplingParams(
                 temperature=temperature,
@@ -168,8 +176,6 @@ class VLLMEngine:
 
 def _lora_int_id(version: str) -> int:
     """vLLM keys adapters by a positive int: registry names are `v<id>`, other names hash."""
-    import zlib
-
     if version.startswith("v") and version[1:].isdigit():
         return int(version[1:]) + 1
     return zlib.crc32(version.encode()) % (2**31 - 2) + 1

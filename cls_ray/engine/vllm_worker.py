@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
+from vllm.distributed.parallel_state import get_world_group
+
+from cls_ray.weight_sync import Channel, Rendezvous, TensorSpec, receive
+
 
 class WeightSyncExtension:
     def cls_stream_in(
@@ -14,11 +20,6 @@ class WeightSyncExtension:
     ) -> str:
         """Joins the weight-sync group as rank `rank_offset` + this worker's rank; returns the
         hash of what arrived (see `cls_ray.weight_sync`)."""
-        import torch
-        from vllm.distributed.parallel_state import get_world_group
-
-        from cls_ray.weight_sync import Channel, Rendezvous, TensorSpec, receive
-
         model = self.model_runner.model
         channel = Channel(
             Rendezvous(**rendezvous), rank_offset + get_world_group().rank, device=self.device
@@ -38,9 +39,6 @@ class WeightSyncExtension:
     def cls_load_checkpoint(self, path: str) -> int:
         """Loads the safetensors files of a checkpoint folder into the running model; returns
         how many tensors were read."""
-        import torch
-        from safetensors import safe_open
-
         files = sorted(Path(path).glob("*.safetensors"))
         if not files:
             raise FileNotFoundError(f"no *.safetensors under {path}")

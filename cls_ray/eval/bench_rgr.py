@@ -14,6 +14,8 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 
+from tqdm.auto import tqdm
+
 from cls_ray.rgr import Trajectory, run_rgr
 from cls_ray.world.core import Question, World
 from cls_ray.world.verifier import normalize_answer, parse_fact, trajectory_correct
@@ -80,8 +82,6 @@ def bench_rgr(
     progress: bool = True,
 ) -> dict:
     """Runs every mode on the same held-out questions; returns `{"rows": [...], ...}`."""
-    from tqdm.auto import tqdm
-
     questions = world.questions("heldout", per_family=per_family)
     if retriever is not None and hasattr(retriever, "store"):
         retriever.store.warm_up()

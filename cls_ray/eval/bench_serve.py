@@ -21,8 +21,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import requests
+from peft import LoraConfig, get_peft_model
+from tqdm.auto import tqdm
 
 from cls_ray.config import Config
+from cls_ray.model.loading import load_model_and_tokenizer
+from cls_ray.registry import registry_for
+from cls_ray.rgr import step_query
+from cls_ray.world.core import World
+
+# Deploys the application on a version with batch sizes (`actors.deploy.deploy` bound to a
+# config): `deploy(version, max_batch_size=..., session_batch_size=...,
+# retriever_max_batch_size=...)` returns the URL once every replica serves it.
+Deploy = Callable[..., str]
 
 
 def http_load(
@@ -34,8 +46,6 @@ def http_load(
     timeout_s: float = 300.0,
 ) -> dict:
     """`n` RGR sessions, `concurrency` in flight; every request is bounded by `timeout_s`."""
-    import requests
-
     latencies: list[float] = []
     failures: list[str] = []
     versions: dict[str, int] = {}
@@ -104,10 +114,6 @@ def retriever_load(handle, queries: Sequence[str], k: int, per_caller: int, conc
 def make_swap_adapter(cfg: Config, out) -> str:
     """A LoRA adapter on the base model (PEFT's default init: the same outputs as the base),
     saved like consolidation saves one."""
-    from peft import LoraConfig, get_peft_model
-
-    from cls_ray.model.loading import load_model_and_tokenizer
-
     model, _ = load_model_and_tokenizer(cfg.model_path)
     lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
     lora.save_pretrained(out)
@@ -116,8 +122,6 @@ def make_swap_adapter(cfg: Config, out) -> str:
 
 def wait_for_version(url: str, version: str, checks: int = 8, timeout_s: float = 120.0) -> None:
     """Until `checks` health probes in a row (each asks a generator replica) name `version`."""
-    import requests
-
     deadline = time.monotonic() + timeout_s
     streak = 0
     while streak < checks:
@@ -127,8 +131,20 @@ def wait_for_version(url: str, version: str, checks: int = 8, timeout_s: float =
         streak = streak + 1 if got == version else 0
 
 
+def serve_workload(world: World, per_family: int = 4) -> tuple[list[str], list[str]]:
+    """Held-out questions of the trained families, and the retrieval queries of their first
+    two hops (the question, then the reasoning state after the gold first step)."""
+    qs = world.questions("heldout", world.trained_families, per_family=per_family)
+    queries = [step_query(q.text, []) for q in qs] + [
+        step_query(q.text, [fact.text for fact in q.chain[:1]]) for q in qs
+    ]
+    return [q.text for q in qs], queries
+
+
 def bench_serve(
     cfg: Config,
+    deploy: Deploy,
+    retriever,
     questions: Sequence[str],
     queries: Sequence[str],
     n_requests: int = 64,
@@ -136,35 +152,30 @@ def bench_serve(
     retrieval_per_caller: int = 16,
     progress: bool = True,
 ) -> dict:
-    """Deploys (or finds) the app and measures it; see the module's docstring."""
-    from ray import serve
-    from tqdm.auto import tqdm
-
-    from actors.deploy import deploy, registry_for
-
+    """Measures the deployed app; see the module's docstring. `retriever` is the retriever
+    deployment's handle."""
     reg = registry_for(cfg)
     current = reg.current()
-    url = deploy(cfg, current)
+    url = deploy(current)
     bar = tqdm(total=3 * n_requests, desc="bench serve", unit="session", disable=not progress)
 
     # Warm every path once (first calls load lazily), then the measured loads.
     http_load(url, questions, min(concurrency, n_requests), concurrency)
     batched = http_load(url, questions, n_requests, concurrency, bar.update)
-    deploy(cfg, current, max_batch_size=1, session_batch_size=1, retriever_max_batch_size=1)
+    deploy(current, max_batch_size=1, session_batch_size=1, retriever_max_batch_size=1)
     try:
         unbatched = http_load(url, questions, n_requests, concurrency, bar.update)
     finally:
-        deploy(cfg, current)
+        deploy(current)
 
-    handle = serve.get_deployment_handle("retriever", cfg.serve.app_name)
     k = cfg.rgr.top_k
-    retriever_load(handle, queries, k, 2, concurrency)  # warm
-    r_on = retriever_load(handle, queries, k, retrieval_per_caller, concurrency)
-    deploy(cfg, current, retriever_max_batch_size=1)
+    retriever_load(retriever, queries, k, 2, concurrency)  # warm
+    r_on = retriever_load(retriever, queries, k, retrieval_per_caller, concurrency)
+    deploy(current, retriever_max_batch_size=1)
     try:
-        r_off = retriever_load(handle, queries, k, retrieval_per_caller, concurrency)
+        r_off = retriever_load(retriever, queries, k, retrieval_per_caller, concurrency)
     finally:
-        deploy(cfg, current)
+        deploy(current)
 
     # Hot swap while a load runs: nothing may fail.
     adapter = make_swap_adapter(cfg, cfg.state_path / "bench" / f"swap-{int(time.time())}")
@@ -176,11 +187,11 @@ def bench_serve(
     loader.start()
     time.sleep(0.5)
     t0 = time.perf_counter()
-    deploy(cfg, reg.promote(v.name, reason="bench serve hot swap"))
+    deploy(reg.promote(v.name, reason="bench serve hot swap"))
     wait_for_version(url, v.name)
     swap_seconds = time.perf_counter() - t0
     loader.join()
-    deploy(cfg, reg.rollback(reason="bench serve: swap measured, rolled back"))
+    deploy(reg.rollback(reason="bench serve: swap measured, rolled back"))
     bar.close()
 
     return {
@@ -200,8 +211,8 @@ def bench_serve(
         "swap_version": v.name,
         "during_swap": {k: during[k] for k in ("requests", "failed", "versions")},
         "failures": (batched["failures"] + unbatched["failures"] + during["failures"])[:5],
-        "max_batch_size": cfg.serve.max_batch_size,
-        "retriever_max_batch_size": cfg.serve.retriever_max_batch_size,
+        "max_batch_size": cfg.serve.generator.max_batch_size,
+        "retriever_max_batch_size": cfg.serve.retriever.max_batch_size,
     }
 
 

@@ -13,15 +13,31 @@ storage. The checkpoint is a Llama built in code at the size asked for.
 
 from __future__ import annotations
 
+import copy
 import multiprocessing as mp
+import queue
+import tempfile
 import time
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from cls_ray.model.loading import recorded_checksum, save_full_checkpoint, weights_checksum
+from cls_ray.weight_sync import (
+    Channel,
+    CheckpointSource,
+    Rendezvous,
+    TensorSpec,
+    copy_into,
+    host_store,
+    manifest_of,
+    receive,
+    send,
+)
+
 
 def _llama(hidden: int, layers: int, vocab: int, seed: int):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=vocab,
@@ -36,11 +52,6 @@ def _llama(hidden: int, layers: int, vocab: int, seed: int):
 
 
 def _reload(path: str, shape: dict, ready, go, out) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from cls_ray.model.loading import weights_checksum
-
     torch.set_num_threads(1)
     _llama(**shape, seed=0)  # what the replica served before
     ready.put(1)
@@ -50,13 +61,6 @@ def _reload(path: str, shape: dict, ready, go, out) -> None:
 
 
 def _receive(rdv: dict, rank: int, manifest: list, bucket: int, shape: dict, ready, go, out):
-    import copy
-
-    import torch
-
-    from cls_ray.model.loading import weights_checksum
-    from cls_ray.weight_sync import Channel, Rendezvous, TensorSpec, copy_into, receive
-
     torch.set_num_threads(1)
     serving = _llama(**shape, seed=0)
     ready.put(1)
@@ -69,12 +73,6 @@ def _receive(rdv: dict, rank: int, manifest: list, bucket: int, shape: dict, rea
 
 
 def _send(path: str, rdv: dict, bucket: int, ready, go, out) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM  # noqa: F401 - imported before the clock
-
-    from cls_ray.model.loading import recorded_checksum, weights_checksum
-    from cls_ray.weight_sync import Channel, CheckpointSource, Rendezvous, send
-
     torch.set_num_threads(1)
     _llama(hidden=64, layers=1, vocab=128, seed=0)  # transformers' model code, imported
     ready.put(1)  # a started sender process
@@ -91,8 +89,6 @@ def _send(path: str, rdv: dict, bucket: int, ready, go, out) -> None:
 
 def _get(q, procs, timeout_s: float):
     """The next item of `q`, or an error naming a process that died without putting it."""
-    import queue
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -128,11 +124,6 @@ def bench_stream(
     workdir: str | Path | None = None,
     progress=print,
 ) -> dict:
-    import tempfile
-
-    from cls_ray.model.loading import save_full_checkpoint
-    from cls_ray.weight_sync import Rendezvous, host_store, manifest_of
-
     shape = {"hidden": hidden, "layers": layers, "vocab": vocab}
     tmp = tempfile.TemporaryDirectory(dir=workdir)
     path = Path(tmp.name) / "v1"

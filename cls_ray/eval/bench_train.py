@@ -15,16 +15,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from trl import SFTConfig, SFTTrainer
+
+from cls_ray.consolidate.data import mix, replay_pairs
+from cls_ray.consolidate.sft import train_sft
+from cls_ray.model.examples import episode_pair
+from cls_ray.model.loading import load_model_and_tokenizer
+from cls_ray.world.episodes import EpisodeSampler
+
 logger = logging.getLogger(__name__)
 
 
 def consolidation_pairs(world, n_new: int, replay_ratio: float, k_docs: int, seed: int = 0):
     """A sleep's data without a PRM: next-step pairs of the held-back families (what a sleep
     learns) mixed with replayed pairs of the trained families."""
-    from cls_ray.consolidate.sft import mix, replay_pairs
-    from cls_ray.model.bootstrap import episode_pair
-    from cls_ray.world.episodes import EpisodeSampler
-
     sampler = EpisodeSampler(world, world.held_back_families, k_docs)
     rng = random.Random(seed)
     new = [episode_pair(sampler.sample(rng)) for _ in range(n_new)]
@@ -33,13 +40,6 @@ def consolidation_pairs(world, n_new: int, replay_ratio: float, k_docs: int, see
 
 def train_trl(cfg, pairs, steps: int, batch_size: int, out: Path) -> dict:
     """TRL's SFTTrainer with the same LoRA, optimiser settings and global batch, here."""
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
-
-    from cls_ray.model.loading import load_model_and_tokenizer
-
     c = cfg.consolidate
     torch.manual_seed(c.seed)
     model, tok = load_model_and_tokenizer(str(cfg.model_path))
@@ -94,8 +94,6 @@ def bench_train(
     stages: tuple[int, ...] = (0, 2, 3),
     log: Callable[[str], None] = logger.info,
 ) -> dict:
-    from cls_ray.consolidate.sft import train_sft
-
     cfg = stack.cfg
     c = cfg.consolidate
     steps = steps or c.steps

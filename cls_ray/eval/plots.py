@@ -5,36 +5,25 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")  # a file backend: plots are written, never shown
+
+import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
+
 logger = logging.getLogger(__name__)
 
 
-def _pyplot():
-    """matplotlib's pyplot on a file backend, or None: plotting is a nicety; the JSON report
-    is the record."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plot")
-        return None
-    return plt
-
-
-def _save(plt, fig, path: Path, dpi: int = 110) -> Path:
+def save(fig, path: Path, dpi: int = 110) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
 
-def plot_bench_rgr(result: dict, path: Path) -> Path | None:
+def plot_bench_rgr(result: dict, path: Path) -> Path:
     """Accuracy and support recall by hops, one line per mode, trained families solid and
     held-back families dashed."""
-    plt = _pyplot()
-    if plt is None:
-        return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     colors = {"rgr": "tab:blue", "single": "tab:orange", "none": "tab:gray"}
     for ax, metric in zip(axes, ("accuracy", "support_recall"), strict=True):
@@ -63,14 +52,11 @@ def plot_bench_rgr(result: dict, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("RGR vs single-shot RAG vs no retrieval (held-out questions)")
-    return _save(plt, fig, path, dpi=100)
+    return save(fig, path, dpi=100)
 
 
-def plot_bench_serve(result: dict, path: Path) -> Path | None:
+def plot_bench_serve(result: dict, path: Path) -> Path:
     """Sessions/s and retriever queries/s, batched against unbatched."""
-    plt = _pyplot()
-    if plt is None:
-        return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     pairs = [
         ("sessions / s (HTTP, RGR)", result["throughput_rps"], result["unbatched_throughput_rps"]),
@@ -83,14 +69,11 @@ def plot_bench_serve(result: dict, path: Path) -> Path | None:
         f"{result['sessions']} concurrent sessions; hot swap {result['swap_seconds']:.2f} s; "
         f"{result['failed']} of {result['requests']} failed"
     )
-    return _save(plt, fig, path)
+    return save(fig, path)
 
 
-def plot_prm_eval(result: dict, path: Path) -> Path | None:
+def plot_prm_eval(result: dict, path: Path) -> Path:
     """Best-of-N accuracy against N: greedy, majority vote and the PRM's pick, per family."""
-    plt = _pyplot()
-    if plt is None:
-        return None
     groups = sorted({r["family"] for r in result["best_of_n"]}, reverse=True)
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
     styles = {
@@ -121,4 +104,4 @@ def plot_prm_eval(result: dict, path: Path) -> Path | None:
         f"PRM: step F1 {result['step_f1']:.3f}, first error {result['first_error_accuracy']:.3f}, "
         f"AUROC R(τ) {result['auroc_tau']:.3f}"
     )
-    return _save(plt, fig, path)
+    return save(fig, path)

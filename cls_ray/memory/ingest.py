@@ -16,6 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import ray
+from tqdm.auto import tqdm
+
+from cls_ray.memory.embedder import Embedder
+
 logger = logging.getLogger(__name__)
 
 SUFFIXES = (".jsonl", ".txt", ".md")
@@ -28,6 +34,14 @@ class IngestReport:
     skipped_existing: int = 0
     written: int = 0
     errors: list[str] = field(default_factory=list)
+
+    def describe(self, total: int, collection: str) -> str:
+        """One line about the ingest, with the store's size after it."""
+        return (
+            f"ingested {self.written} new documents from {self.files} file(s); "
+            f"{self.skipped_existing} already stored; {len(self.errors)} bad line(s); "
+            f"{total} documents in {collection}"
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -104,8 +118,6 @@ class _EmbedBatch:
     """Ray Data callable class: loads the encoder once per worker, embeds a batch of rows."""
 
     def __init__(self, embedder_cfg):
-        from cls_ray.memory.embedder import Embedder
-
         self.embedder = Embedder.from_config(embedder_cfg)
 
     def __call__(self, batch: dict) -> dict:
@@ -117,9 +129,6 @@ def ingest_paths(
     paths: list[str | Path], cfg, store, progress: bool = True, use_ray: bool = True
 ) -> IngestReport:
     """Ingests every supported file under `paths` into `store` (documents collection)."""
-    import numpy as np
-    from tqdm.auto import tqdm
-
     report = IngestReport()
     files = [f for p in paths for f in find_files(p)]
     report.files = len(files)
@@ -145,8 +154,6 @@ def ingest_paths(
     bs = cfg.ingest.batch_size
     bar = tqdm(total=len(todo), desc="ingest", unit="doc", disable=not progress)
     if use_ray:
-        import ray
-
         ds = ray.data.from_items(todo).map_batches(
             _EmbedBatch,
             fn_constructor_args=(cfg.embedder,),

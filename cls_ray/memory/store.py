@@ -12,9 +12,21 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from milvus_lite.server_manager import server_manager_instance
+from pymilvus import (
+    AnnSearchRequest,
+    DataType,
+    Function,
+    FunctionType,
+    MilvusClient,
+    RRFRanker,
+)
+
+from cls_ray.config import expand_env
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +84,6 @@ class MilvusStore:
         self.max_text_length = max_text_length
         self.stop_words = list(ENGLISH_STOP_WORDS if stop_words is None else stop_words)
         if uri.endswith(".db"):
-            from pathlib import Path
-
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
         self._token = token
         self.client = self._connect()
@@ -86,8 +96,6 @@ class MilvusStore:
         every 10 s, so a Lite channel left idle through a long job (training, a test fixture)
         came back dead. Lite channels do not ping when idle; any connect still refused is retried
         with back-off."""
-        from pymilvus import MilvusClient
-
         kwargs: dict = {"uri": self.uri}
         if self._token:
             kwargs["token"] = self._token
@@ -131,8 +139,6 @@ class MilvusStore:
 
     @classmethod
     def from_config(cls, cfg, dim: int) -> MilvusStore:
-        from cls_ray.config import expand_env
-
         s = cfg.store
         return cls(
             expand_env(cfg.store_uri, "store.uri"),
@@ -153,8 +159,6 @@ class MilvusStore:
         return f"{self.prefix}_{kind}"
 
     def _ensure(self, name: str) -> None:
-        from pymilvus import DataType, Function, FunctionType
-
         if self.client.has_collection(name):
             self.client.load_collection(name)
             return
@@ -223,6 +227,11 @@ class MilvusStore:
         res = self._call("query", self.name(kind), filter="", output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
+    def ids(self, kind: str = "documents") -> list[str]:
+        """Every id in the collection."""
+        rows = self._call("query", self.name(kind), filter='id != ""', output_fields=["id"])
+        return [r["id"] for r in rows]
+
     def get(self, ids: Sequence[str], kind: str = "documents") -> dict[str, str]:
         if not ids:
             return {}
@@ -276,8 +285,6 @@ class MilvusStore:
                 search_params={"metric_type": "BM25"},
             )
         else:
-            from pymilvus import AnnSearchRequest, RRFRanker
-
             if vectors is None or texts is None:
                 raise ValueError("hybrid search needs query vectors and texts")
             reqs = [
@@ -342,6 +349,4 @@ class MilvusStore:
         file, so another process (a Serve replica) can open it."""
         self.client.close()
         if release and self.uri.endswith(".db"):
-            from milvus_lite.server_manager import server_manager_instance
-
             server_manager_instance.release_server(self.uri)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from cls_ray.weight_sync import StreamHash
 
 logger = logging.getLogger(__name__)
 
 
 def build_small_model(arch, tokenizer):
     """A fresh Llama shaped by `arch` (an `ArchConfig`), sized to `tokenizer`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     cfg = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=arch.hidden_size,
@@ -34,8 +37,6 @@ def build_small_model(arch, tokenizer):
 def weights_checksum(model) -> str:
     """SHA-256 of a model's weights (every tensor of its state dict, by name, as float32): the
     same on the trainer that saved a checkpoint and on a replica that loaded it."""
-    from cls_ray.weight_sync import StreamHash
-
     h = StreamHash()
     for name, t in sorted(model.state_dict().items()):
         h.update(name, t)
@@ -45,9 +46,6 @@ def weights_checksum(model) -> str:
 def save_version(model, out: Path, meta: dict, tokenizer=None) -> Path:
     """A version's folder (an adapter, or with its tokenizer a full checkpoint) and its
     `consolidation.json`, appearing whole or not at all."""
-    import json
-    import shutil
-
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -70,16 +68,12 @@ def save_full_checkpoint(model, out: Path, tokenizer=None, meta: dict | None = N
 
 def recorded_checksum(path: str | Path) -> str | None:
     """The checksum the trainer recorded next to a checkpoint (None: an adapter, or none)."""
-    import json
-
     meta = Path(path) / "consolidation.json"
     return json.loads(meta.read_text()).get("checksum") if meta.exists() else None
 
 
 def load_model_and_tokenizer(path: str | Path, device: str = "cpu", dtype: str = "float32"):
     """`from_pretrained` on a local checkpoint: the built default or any Hugging Face model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(

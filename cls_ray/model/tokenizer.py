@@ -7,6 +7,7 @@ memorize. It is a `PreTrainedTokenizerFast`, saved and loaded with the usual Hug
 
 from __future__ import annotations
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from cls_ray.world.core import NAME_PARTS, RELATIONS
@@ -25,8 +26,6 @@ def world_vocabulary() -> list[str]:
 
 
 def build_world_tokenizer() -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
     vocab = {w: i for i, w in enumerate(world_vocabulary())}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

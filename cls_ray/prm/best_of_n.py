@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from cls_ray.prm.aggregate import Aggregation, aggregate_step_scores
+from cls_ray.prm.model import step_evidence
+from cls_ray.rgr import run_rgr
 
 
 def trajectory_items(trajs) -> list[tuple[str, list[str], list[str]]]:
     """`(question, steps, evidence)` for the PRM: each step's evidence is the retrieved document
     it restates best."""
-    from cls_ray.prm.model import step_evidence
-
     return [
         (
             tr.question,
@@ -22,6 +22,14 @@ def trajectory_items(trajs) -> list[tuple[str, list[str], list[str]]]:
         )
         for tr in trajs
     ]
+
+
+def best_indices(taus: Sequence[float], n: int) -> list[int]:
+    """For each run of `n` consecutive samples (one question's), the index of the one with the
+    highest R(τ) (the first on ties)."""
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    return [max(range(i, i + n), key=lambda j: taus[j]) for i in range(0, len(taus), n)]
 
 
 def rgr_best_of_n(
@@ -36,17 +44,10 @@ def rgr_best_of_n(
     **rgr_options,
 ) -> list[tuple[object, list[float], float]]:
     """For each question: (best trajectory, its step scores, its R(τ)) among `n` samples."""
-    from cls_ray.rgr import run_rgr
-
     if n < 1:
         raise ValueError("n must be at least 1")
     flat = [q for q in questions for _ in range(n)]
     trajs = run_rgr(flat, engine, retriever, temperature=temperature, seed=seed, **rgr_options)
     scores = score_many(trajectory_items(trajs))
-    out = []
-    for i in range(len(questions)):
-        pool = range(i * n, (i + 1) * n)
-        taus = {j: aggregate_step_scores(scores[j], aggregation) for j in pool}
-        best = max(pool, key=lambda j: taus[j])
-        out.append((trajs[best], scores[best], taus[best]))
-    return out
+    taus = [aggregate_step_scores(s, aggregation) for s in scores]
+    return [(trajs[j], scores[j], taus[j]) for j in best_indices(taus, n)]

@@ -16,7 +16,10 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 
+from cls_ray.prm.aggregate import aggregate_step_scores
+from cls_ray.prm.best_of_n import trajectory_items
 from cls_ray.prm.labels import StepExample
+from cls_ray.rgr import run_rgr
 from cls_ray.world.verifier import normalize_answer
 
 
@@ -47,8 +50,6 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
 def step_metrics(
     examples: Sequence[StepExample], scores: Sequence[Sequence[float]], aggregation: str = "min"
 ) -> dict:
-    from cls_ray.prm.aggregate import aggregate_step_scores
-
     tp = fp = fn = tn = 0
     first_ok = 0
     taus, correct = [], []
@@ -94,9 +95,6 @@ def best_of_n(
     **rgr_options,
 ) -> list[dict]:
     """Rows of (n, family group) with greedy, majority and PRM-selected accuracy."""
-    from cls_ray.prm.best_of_n import trajectory_items
-    from cls_ray.rgr import run_rgr
-
     n_max = max(ns)
     greedy = run_rgr([q.text for q in questions], engine, retriever, **rgr_options)
     flat = [q for q in questions for _ in range(n_max)]

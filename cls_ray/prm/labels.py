@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from cls_ray.rgr import run_rgr
 from cls_ray.steps import answer_step, overlap_f1, parse_answer
 from cls_ray.world.core import RELATIONS, Question, World
 from cls_ray.world.verifier import normalize_answer, parse_fact, verify_trajectory
@@ -235,8 +236,6 @@ def sampled_examples(
 ) -> list[StepExample]:
     """`samples` RGR trajectories per question at `temperature`, verifier-labelled, with the
     documents each step had in context as its evidence."""
-    from cls_ray.rgr import run_rgr
-
     qs = [q for q in questions for _ in range(samples)]
     trajs = run_rgr(
         [q.text for q in qs],
@@ -268,8 +267,6 @@ def mc_labels(
     """Math-Shepherd labels: from each step prefix of each example, `rollouts` completions with
     RGR; a step's label is the share of them that reach `answers[i]` (soft) or whether any does
     (hard). An answer step is labelled by itself: right or wrong."""
-    from cls_ray.rgr import run_rgr
-
     jobs: list[tuple[int, int]] = []  # (example, prefix length) to roll out
     for i, ex in enumerate(examples):
         for k in range(1, len(ex.completions) + 1):

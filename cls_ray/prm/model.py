@@ -15,13 +15,16 @@ head (`head.pt`) and `prm.json`.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoModel, AutoTokenizer
 
 from cls_ray.prm.aggregate import Aggregation, aggregate_step_scores
+from cls_ray.prm.labels import evidence_for
 
 MAX_QUESTION_TOKENS = 48
 MAX_STEP_TOKENS = 32
@@ -36,8 +39,6 @@ class StepPRM(nn.Module):
 
     @classmethod
     def from_encoder(cls, path: str | Path, num_layers: int | None = None) -> StepPRM:
-        from transformers import AutoModel
-
         kwargs = {"num_hidden_layers": num_layers} if num_layers else {}
         return cls(AutoModel.from_pretrained(str(path), **kwargs))
 
@@ -120,8 +121,6 @@ class ProcessRewardModel:
 
     @classmethod
     def load(cls, path: str | Path, aggregation: Aggregation = "min") -> ProcessRewardModel:
-        from transformers import AutoModel, AutoTokenizer
-
         path = Path(path)
         meta_file = path / "prm.json"
         if not meta_file.exists():
@@ -169,8 +168,6 @@ class ProcessRewardModel:
 def step_evidence(
     steps: Sequence[str], docs: Sequence[Sequence[str]] | Sequence[str] | None
 ) -> list[str]:
-    from cls_ray.prm.labels import evidence_for
-
     if not docs:
         return [""] * len(steps)
     if isinstance(docs[0], str):
@@ -180,8 +177,6 @@ def step_evidence(
 
 def save_prm(model: StepPRM, tokenizer, path: str | Path, meta: dict) -> Path:
     """Writes the PRM folder next to its final place, then renames it in."""
-    import shutil
-
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -4,8 +4,10 @@ model's own samples and user feedback; training; evaluation; where trained PRMs 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cls_ray.prm.evaluate import best_of_n, step_metrics
 from cls_ray.prm.labels import (
     StepExample,
     evidence_for,
@@ -16,6 +18,9 @@ from cls_ray.prm.labels import (
     sampled_examples,
     world_docs_for,
 )
+from cls_ray.prm.model import ProcessRewardModel
+from cls_ray.prm.train import train_prm
+from cls_ray.stack import Stack
 
 logger = logging.getLogger(__name__)
 
@@ -35,34 +40,26 @@ def latest_prm(cfg) -> Path | None:
     return versions[-1] if versions else None
 
 
+def load_prm(cfg) -> ProcessRewardModel:
+    """The newest trained PRM (or `prm.path`); a clear error when there is none."""
+    path = latest_prm(cfg)
+    if path is None:
+        raise FileNotFoundError("no trained PRM: run `cls-ray prm train` first")
+    return ProcessRewardModel.load(path, cfg.prm.aggregation)
+
+
 def next_prm_path(cfg) -> Path:
     taken = [int(p.name[1:]) for p in prm_root(cfg).glob("v*") if p.name[1:].isdigit()]
     return prm_root(cfg) / f"v{max(taken, default=0) + 1}"
 
 
-def feedback_sessions(cfg) -> list[dict]:
-    """Sessions with feedback: from the running buffer actor, else from the buffer's files."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            from actors.replay_buffer import buffer_actor_name
-
-            actor = ray.get_actor(buffer_actor_name(cfg.serve.app_name), namespace="cls-ray")
-            return ray.get(actor.with_feedback.remote(), timeout=60)
-    except (ValueError, ImportError):
-        pass
-    if not cfg.replay_path.exists():
-        return []
-    from cls_ray.replay.buffer import ReplayBuffer
-
-    return ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments).with_feedback()
-
-
-def training_examples(stack, log=logger.info) -> tuple[list[StepExample], dict]:
+def training_examples(
+    stack: Stack, feedback: Sequence[dict] = (), log: Callable[[str], None] = logger.info
+) -> tuple[list[StepExample], dict]:
     """Labelled trajectories on train-split entities of every family (the PRM must judge the
     held-back relation's steps too): gold chains, corruptions and the model's own samples,
-    labelled by the configured sources, merged with human labels (which win)."""
+    labelled by the configured sources, merged with the human labels of the `feedback`
+    sessions (which win)."""
     cfg, world = stack.cfg, stack.world
     p = cfg.prm
     qs = world.questions("train", per_family=p.questions_per_family, seed=p.seed)
@@ -98,9 +95,7 @@ def training_examples(stack, log=logger.info) -> tuple[list[StepExample], dict]:
             **cfg.rgr_options(),
         )
         log(f"prm data: Monte Carlo labels for {len(pool)} trajectories ({p.mc_rollouts} rollouts)")
-    human = human_examples(
-        feedback_sessions(cfg), lambda step: evidence_for(step, world_docs_for(world, step))
-    )
+    human = human_examples(feedback, lambda step: evidence_for(step, world_docs_for(world, step)))
     merged = merge_labels(auto + human, consensus=p.consensus)
     steps = [lab for e in merged for lab in e.labels]
     stats = {
@@ -114,7 +109,7 @@ def training_examples(stack, log=logger.info) -> tuple[list[StepExample], dict]:
     return merged, stats
 
 
-def eval_examples(stack) -> list[StepExample]:
+def eval_examples(stack: Stack) -> list[StepExample]:
     """Held-out questions (entities never trained on), every family: gold chains, corruptions
     and the model's own samples, labelled by the verifier."""
     cfg, world = stack.cfg, stack.world
@@ -132,3 +127,61 @@ def eval_examples(stack) -> list[StepExample]:
             **cfg.rgr_options(),
         )
     return examples
+
+
+def train_new_prm(
+    stack: Stack,
+    feedback: Sequence[dict] = (),
+    steps: int | None = None,
+    log: Callable[[str], None] = logger.info,
+) -> tuple[Path, dict]:
+    """`cls-ray prm train`: labelled data (see `training_examples`), a Ray Train + DeepSpeed run,
+    the next `v<N>` folder under state_dir/prm. Needs Ray initialised and documents in the
+    store. Returns the folder and the report (training metrics and data counts)."""
+    cfg = stack.cfg
+    if stack.store.count() == 0:
+        raise ValueError("the store is empty; run `cls-ray ingest --world` (or `cls-ray demo`)")
+    examples, data = training_examples(stack, feedback, log)
+    log(
+        f"prm data: {data['trajectories']} trajectories, {data['labelled_steps']} labelled steps "
+        f"({data['wrong_steps']} wrong), {data['human_trajectories']} from user feedback"
+    )
+    out = next_prm_path(cfg)
+    log(
+        f"training the PRM on Ray Train: {cfg.prm.num_workers} workers, DeepSpeed ZeRO-"
+        f"{cfg.prm.zero_stage}, {steps or cfg.prm.steps} steps"
+    )
+    metrics = train_prm(cfg, examples, out, steps=steps)
+    return out, {**metrics, "data": data}
+
+
+def evaluate_prm(stack: Stack, prm: ProcessRewardModel, log: Callable[[str], None] = logger.info):
+    """`cls-ray prm eval`: step labels on held-out trajectories (step F1, first error, AUROC of
+    R(τ)), then best-of-N with the PRM against greedy and majority vote."""
+    cfg, world = stack.cfg, stack.world
+    log(f"PRM {prm.path}: step labels on held-out trajectories")
+    examples = eval_examples(stack)
+    scores = prm.score_many([(e.prompt, e.completions, e.evidence) for e in examples])
+    result = {"prm": str(prm.path), "aggregation": cfg.prm.aggregation}
+    result.update(step_metrics(examples, scores, cfg.prm.aggregation))
+    qs = world.questions("heldout", per_family=cfg.prm.best_of_n_per_family, seed=cfg.prm.seed + 2)
+    log(f"best-of-N on {len(qs)} held-out questions, N in {cfg.prm.best_of_n}")
+    result["best_of_n"] = best_of_n(
+        prm,
+        qs,
+        stack.engine,
+        stack.retriever,
+        ns=cfg.prm.best_of_n,
+        temperature=cfg.prm.sample_temperature,
+        seed=cfg.prm.seed,
+        **cfg.rgr_options(),
+    )
+    return result
+
+
+def describe_training(out: Path, result: dict) -> str:
+    """One line about `train_new_prm`'s result."""
+    return (
+        f"PRM {out.name} saved at {out}: loss {result.get('first_loss', float('nan')):.4f} -> "
+        f"{result.get('loss', float('nan')):.4f} in {result['seconds']:.0f} s"
+    )

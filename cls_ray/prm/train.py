@@ -11,14 +11,19 @@ import logging
 import time
 from pathlib import Path
 
+import ray.train
+import transformers
+from transformers import AutoTokenizer
+
+from cls_ray.distributed import deepspeed_steps, full_state_dict, launch, trainer_options
+from cls_ray.memory.embedder import default_encoder_path
 from cls_ray.prm.labels import StepExample
+from cls_ray.prm.model import StepPRM, collate, encode, save_prm, step_loss
 
 logger = logging.getLogger(__name__)
 
 
 def encode_examples(tokenizer, examples: list[StepExample], max_length: int) -> list[dict]:
-    from cls_ray.prm.model import encode
-
     rows = []
     for ex in examples:
         ids, positions = encode(tokenizer, ex.prompt, ex.completions, ex.evidence, max_length)
@@ -30,14 +35,7 @@ def encode_examples(tokenizer, examples: list[StepExample], max_length: int) -> 
 
 def train_loop_per_worker(config: dict) -> None:
     """Runs in every Ray Train worker."""
-    import ray.train
-
-    from cls_ray.distributed import deepspeed_steps, full_state_dict
-    from cls_ray.prm.model import StepPRM, collate, save_prm, step_loss
-
     if config.get("num_layers"):
-        import transformers
-
         transformers.logging.set_verbosity_error()  # the dropped layers' weights are expected
     model = StepPRM.from_encoder(config["encoder"], config.get("num_layers"))
     engine, metrics = deepspeed_steps(
@@ -50,8 +48,6 @@ def train_loop_per_worker(config: dict) -> None:
     )
     state = full_state_dict(engine, config["zero_stage"])
     if ray.train.get_context().get_world_rank() == 0:
-        from transformers import AutoTokenizer
-
         final = StepPRM.from_encoder(config["encoder"], config.get("num_layers"))
         final.load_state_dict({k: v.float() for k, v in state.items()})
         tok = AutoTokenizer.from_pretrained(config["encoder"])
@@ -67,11 +63,6 @@ def train_prm(
 ) -> dict:
     """Trains on `examples` with Ray Train + DeepSpeed and writes the PRM to `out`. Returns the
     final metrics (loss at the start and the end, steps, seconds)."""
-    from transformers import AutoTokenizer
-
-    from cls_ray.distributed import launch, trainer_options
-    from cls_ray.memory.embedder import default_encoder_path
-
     p = cfg.prm
     encoder = p.encoder or str(default_encoder_path())
     tok = AutoTokenizer.from_pretrained(encoder)

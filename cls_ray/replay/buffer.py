@@ -20,10 +20,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from cls_ray.session import Feedback, Session
+from cls_ray.storage import Storage, read_table
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +51,6 @@ class ReplayBuffer:
         """`root`: the local folder of the WAL and the acks (the owner's disk, fsynced);
         `segments`: where sealed segments go, a folder or a storage URI (`s3://...`; see
         `cls_ray.storage`), by default `root/segments`."""
-        from cls_ray.storage import Storage
-
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = Storage(segments or self.root / "segments")
@@ -197,9 +200,6 @@ class ReplayBuffer:
 
     def _write_segment(self, rows: list[Session]) -> str:
         """The next segment, written whole (see `Storage.write_bytes`); returns its name."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         table = pa.table(
             {
                 "id": [s.id for s in rows],
@@ -222,8 +222,6 @@ class ReplayBuffer:
         replay sample for later sleeps. Everything is sealed, the survivors are written as one
         new segment, then the old segments are deleted and the acks rewritten: a crash at any
         point leaves every unconsumed session (at worst, some consumed ones stay)."""
-        import random
-
         self.seal()
         old = self._segment_names()
         consumed = [i for i in self.sessions if i in self.acked]
@@ -249,16 +247,12 @@ class ReplayBuffer:
 
     def replay_sample(self, n: int, seed: int = 0) -> list[Session]:
         """Up to `n` consumed sessions: what earlier sleeps learned from, to replay."""
-        import random
-
         consumed = [s for i, s in self.sessions.items() if i in self.acked]
         return random.Random(seed).sample(consumed, min(n, len(consumed)))
 
     @staticmethod
     def read_segment(uri: str | Path) -> list[Session]:
         """The sessions of one segment, by path or storage URI."""
-        from cls_ray.storage import read_table
-
         rows = read_table(str(uri), columns=["record"])["record"].to_pylist()
         return [Session.model_validate_json(r) for r in rows]
 

@@ -17,8 +17,14 @@ from __future__ import annotations
 import json
 import os
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
+
+from cls_ray.session import Session
+from cls_ray.storage import is_remote, read_table
 
 READ_CPUS = 0.25
 
@@ -37,10 +43,6 @@ class SegmentDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
         def reader(uri: str, ids):
             def read():
-                import pyarrow.compute as pc
-
-                from cls_ray.storage import read_table
-
                 table = read_table(uri, columns=["id", "record"])
                 if ids is not None:
                     table = table.filter(pc.is_in(table["id"], value_set=_array(ids)))
@@ -65,23 +67,17 @@ class SegmentDatasource(Datasource):
 
 def _size(uri: str) -> int | None:
     """A local segment's size (a remote one is not asked: one request per file)."""
-    from cls_ray.storage import is_remote
-
     if is_remote(uri):
         return None
     return os.path.getsize(uri) if os.path.exists(uri) else None
 
 
 def _array(ids):
-    import pyarrow as pa
-
     return pa.array(sorted(ids), type=pa.string())
 
 
 def sessions_dataset(segments: list[str], ids: list[str] | None = None):
     """A `ray.data.Dataset` of session records from `segments`, only `ids` when given."""
-    import ray
-
     return ray.data.read_datasource(
         SegmentDatasource(segments, ids), ray_remote_args={"num_cpus": READ_CPUS}
     )
@@ -90,8 +86,6 @@ def sessions_dataset(segments: list[str], ids: list[str] | None = None):
 def read_leased(lease: dict) -> list[dict]:
     """The leased sessions as dicts, in lease order, with their late feedback and scores. A
     session written to two segments (a compaction cut short) is read once."""
-    from cls_ray.session import Session
-
     ids = list(lease["ids"])
     if not ids:
         return []

@@ -10,9 +10,10 @@ facts change from episode to episode, the only way to the target is to read the 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cls_ray.steps import answer_step
+from cls_ray.steps import answer_step, grounded_choices
 from cls_ray.world.core import RELATIONS, RELATIONS_OF, EntityType, World, fact_text, question_text
 
 
@@ -115,3 +116,16 @@ class EpisodeSampler:
             target = answer_step(cur)
         rng.shuffle(docs)
         return Episode(question_text(family, start), docs, steps[:t], target, family)
+
+
+def step_accuracy(engine, episodes: Sequence[Episode], grounded: bool = False) -> float:
+    """Share of `episodes` whose greedy next step, written by `engine` (any `Engine`), equals
+    the target exactly; `grounded` decodes inside the compact grammar."""
+    prompts = [engine.render(e.question, e.docs, e.steps) for e in episodes]
+    choices = (
+        [grounded_choices(e.question, e.docs, e.steps) for e in episodes] if grounded else None
+    )
+    outs = engine.generate(prompts, choices=choices)
+    return sum(o.text == e.target for o, e in zip(outs, episodes, strict=True)) / max(
+        1, len(episodes)
+    )

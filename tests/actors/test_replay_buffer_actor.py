@@ -4,7 +4,7 @@ import signal
 import pytest
 
 from actors.replay_buffer import start_replay_buffer
-from tests.replay.test_buffer import make_session
+from tests.helpers import make_session
 
 pytestmark = pytest.mark.ray
 

@@ -11,7 +11,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
+
+from cls_ray.config import load_config
+from cls_ray.registry import ModelRegistry
+from tests.helpers import OPEN_GATE, TINY_OVERRIDES, buffer_sessions, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -28,8 +33,6 @@ def _ray(*args, env, timeout=600):
 def _stop_cluster(temp_dir: str) -> None:
     """Ends the processes of the cluster whose temp dir is `temp_dir` (`ray stop` would end
     every Ray on the machine, the test session's too)."""
-    import psutil
-
     procs = []
     for p in psutil.process_iter(["cmdline"]):
         try:
@@ -49,8 +52,6 @@ def _stop_cluster(temp_dir: str) -> None:
 
 @pytest.fixture
 def head_node():
-    from tests.conftest import free_port
-
     temp_dir = tempfile.mkdtemp(prefix="clsr-", dir="/tmp")  # short: Ray's socket paths
     dash = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -100,10 +101,6 @@ def _submit(head, entrypoint: list[str], timeout: float) -> str:
 def test_a_smoke_consolidation_submitted_as_a_ray_job_registers_a_candidate(
     head_node, tiny_state, tiny_stack, tiny_prm, tmp_path
 ):
-    from cls_ray.config import load_config
-    from cls_ray.registry import ModelRegistry
-    from tests.conftest import OPEN_GATE, TINY_OVERRIDES, buffer_sessions
-
     overrides = [
         *TINY_OVERRIDES,
         f"state_dir={tmp_path}",

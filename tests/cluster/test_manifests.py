@@ -7,8 +7,17 @@ environment ever lands in a manifest."""
 import json
 from pathlib import Path
 
+import jsonschema
+import kubernetes_validate
 import pytest
+import ray
 import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from cls_ray.cli import main
+from cls_ray.cluster import manifests, render, render_text
+from cls_ray.config import Config, load_config
+from cls_ray.serving.names import APP_IMPORT_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_CONFIG = "configs/cluster.yaml"
@@ -16,8 +25,6 @@ K8S_VERSION = "1.32"
 
 
 def _cfg():
-    from cls_ray.config import load_config
-
     return load_config(ROOT / CLUSTER_CONFIG)
 
 
@@ -27,17 +34,13 @@ def _docs(name: str) -> list[dict]:
 
 @pytest.mark.parametrize("name", ["cluster.yaml", "gpu-single.yaml", "local.yaml"])
 def test_every_config_loads_through_the_schema(name):
-    from cls_ray.config import load_config
-
     cfg = load_config(ROOT / "configs" / name)
     if name != "local.yaml":
         assert cfg.engine.kind == "vllm" and cfg.consolidate.use_gpu
-        assert cfg.consolidate.zero_stage == 3 and cfg.serve.generator_num_gpus > 0
+        assert cfg.consolidate.zero_stage == 3 and cfg.serve.generator.num_gpus > 0
 
 
 def test_the_committed_manifests_are_what_the_code_builds_from_the_cluster_config():
-    from cls_ray.cluster import manifests, render_text
-
     built = manifests(_cfg(), CLUSTER_CONFIG)
     committed = sorted(p.name for p in (ROOT / "cluster" / "kuberay").glob("*.yaml"))
     assert committed == sorted(built)
@@ -51,10 +54,7 @@ def test_the_committed_manifests_are_what_the_code_builds_from_the_cluster_confi
 
 def test_a_changed_config_changes_the_rayservice(tmp_path):
     """The drift check has teeth: a different autoscaling bound renders a different file."""
-    from cls_ray.cluster import render
-    from cls_ray.config import load_config
-
-    cfg = load_config(ROOT / CLUSTER_CONFIG, ["serve.generator_autoscaling.max_replicas=3"])
+    cfg = load_config(ROOT / CLUSTER_CONFIG, ["serve.generator.autoscaling.max_replicas=3"])
     (out,) = [p for p in render(cfg, CLUSTER_CONFIG, tmp_path) if p.name == "rayservice.yaml"]
     assert out.read_text() != (ROOT / "cluster" / "kuberay" / "rayservice.yaml").read_text()
     serve = yaml.safe_load(yaml.safe_load(out.read_text())["spec"]["serveConfigV2"])
@@ -68,8 +68,6 @@ def _pod_templates(doc: dict) -> list[dict]:
 
 
 def test_kubernetes_objects_and_pod_templates_validate_against_the_schemas():
-    import kubernetes_validate
-
     seen = set()
     for path in sorted((ROOT / "cluster" / "kuberay").glob("*.yaml")):
         for doc in _docs(path.name):
@@ -89,8 +87,6 @@ def test_kubernetes_objects_and_pod_templates_validate_against_the_schemas():
 
 
 def test_a_broken_pod_template_is_refused_by_the_validator():
-    import kubernetes_validate
-
     (svc,) = _docs("rayservice.yaml")
     t = _pod_templates(svc)[1]
     t["spec"]["containers"][0]["resources"]["limits"]["cpu"] = {"not": "a quantity"}
@@ -100,23 +96,18 @@ def test_a_broken_pod_template_is_refused_by_the_validator():
 
 
 def test_the_rayservice_carries_what_cls_ray_relies_on():
-    import ray
-    from ray.serve.schema import ServeDeploySchema
-
-    from cls_ray.config import Config
-
     cfg = _cfg()
     (svc,) = _docs("rayservice.yaml")
     assert svc["apiVersion"] == "ray.io/v1" and svc["metadata"]["name"] == cfg.serve.app_name
     serve = ServeDeploySchema.model_validate(yaml.safe_load(svc["spec"]["serveConfigV2"]))
     (app,) = serve.applications
-    assert app.import_path == "actors.serve_app:app_from_args"
+    assert app.import_path == APP_IMPORT_PATH == "actors.serve.app:app_from_args"
     assert Config.model_validate(app.args["config"]) == cfg  # the whole config, unchanged
     assert serve.http_options.port == cfg.serve.port
     deps = {d.name: d for d in app.deployments}
     gen = deps["generator"]
-    assert gen.autoscaling_config["max_replicas"] == cfg.serve.generator_autoscaling.max_replicas
-    assert gen.ray_actor_options.num_gpus == cfg.serve.generator_num_gpus
+    assert gen.autoscaling_config["max_replicas"] == cfg.serve.generator.autoscaling.max_replicas
+    assert gen.ray_actor_options.num_gpus == cfg.serve.generator.num_gpus
     assert gen.user_config["version"] == "current"  # the registry's, on any new cluster
     cluster = svc["spec"]["rayClusterConfig"]
     assert cluster["rayVersion"] == ray.__version__
@@ -125,7 +116,7 @@ def test_the_rayservice_carries_what_cls_ray_relies_on():
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     gpu = groups["gpu"]["template"]["spec"]["containers"][0]
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert groups["gpu"]["maxReplicas"] >= cfg.serve.generator_autoscaling.max_replicas
+    assert groups["gpu"]["maxReplicas"] >= cfg.serve.generator.autoscaling.max_replicas
     (claim,) = _docs("storage.yaml")
     for t in _pod_templates(svc):
         c = t["spec"]["containers"][0]
@@ -150,9 +141,6 @@ def test_jobs_submit_the_cli_with_the_cluster_config():
 
 
 def test_no_secret_from_the_environment_lands_in_a_manifest(monkeypatch, tmp_path):
-    from cls_ray.cluster import render
-    from cls_ray.config import load_config
-
     monkeypatch.setenv("MILVUS_TOKEN", "root:s3cret-token")
     monkeypatch.setenv("MILVUS_URI", "http://milvus.internal:19530")
     cfg = load_config(ROOT / CLUSTER_CONFIG)
@@ -163,9 +151,6 @@ def test_no_secret_from_the_environment_lands_in_a_manifest(monkeypatch, tmp_pat
 
 
 def test_the_ray_up_yaml_validates_against_rays_schema():
-    import jsonschema
-    import ray
-
     schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
     conf = yaml.safe_load((ROOT / "cluster" / "ray-cluster.yaml").read_text())
     jsonschema.validate(conf, schema)
@@ -189,8 +174,6 @@ def test_milvus_values_parse_and_match_what_the_config_reads(name, distributed):
 
 
 def test_cluster_render_writes_and_check_names_the_drift(tmp_path, capsys):
-    from cls_ray.cli import main
-
     args = ["cluster", "render", "--config", str(ROOT / CLUSTER_CONFIG), "--out", str(tmp_path)]
     assert main([*args, "--check"]) == 1
     assert "rayservice.yaml: differs from what" in capsys.readouterr().err

@@ -1,11 +1,11 @@
 """Users' corrected steps join a sleep as trusted trajectories, grounded in what RGR retrieves
 for them."""
 
+from cls_ray.consolidate.data import corrected_sessions
+from cls_ray.consolidate.extract import extract, gate
+
 
 def test_a_corrected_session_becomes_a_trusted_grounded_trajectory(tiny_stack):
-    from cls_ray.consolidate.extract import extract, gate
-    from cls_ray.consolidate.sleep import corrected_sessions
-
     world = tiny_stack.world
     q = next(q for q in world.questions("train", world.held_back_families) if q.hops == 2)
     wrong = {

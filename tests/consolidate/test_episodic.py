@@ -1,44 +1,11 @@
-"""The episodic fast path: procedures folded from gated patterns, bound to a question and its
-steps, indexed in Milvus and followed by the very next RGR request."""
+"""The episodic fast path of a sleep: procedures folded from gated patterns, indexed in Milvus
+and followed by the very next RGR request."""
 
-from cls_ray.consolidate.episodic import (
-    Pattern,
-    bind,
-    fold_patterns,
-    hint_query,
-    index_patterns,
-    parse_pattern,
-)
+from cls_ray.consolidate.episodic import fold_patterns
 from cls_ray.consolidate.extract import Artifact, abstract_chain
-
-P = Pattern(
-    "what is the rival of the mentor of {person_1} ?",
-    (
-        "the mentor of {person_1} is {person_2} .",
-        "the rival of {person_2} is {person_3} .",
-        "the answer is {person_3} .",
-    ),
-)
-Q = "what is the rival of the mentor of Ann Lee ?"
-
-
-def test_pattern_text_round_trips_and_binding_is_consistent():
-    assert parse_pattern(P.text) == P
-    assert parse_pattern("the mentor of Ann Lee is Bo Ek .") is None
-    assert bind(P.question, Q) == {"person_1": "Ann Lee"}
-    assert bind(P.question, "what is the mentor of Ann Lee ?") is None
-    # the same variable must bind the same entity everywhere
-    assert bind(P.steps[0], "the mentor of Bo Ek is Cy Do .", {"person_1": "Ann Lee"}) is None
-
-
-def test_hint_follows_the_procedure_and_stops_when_the_steps_leave_it():
-    assert hint_query(P, Q, []) == "the mentor of Ann Lee is"
-    assert hint_query(P, Q, ["the mentor of Ann Lee is Bo Ek ."]) == "the rival of Bo Ek is"
-    done = ["the mentor of Ann Lee is Bo Ek .", "the rival of Bo Ek is Cy Do ."]
-    assert hint_query(P, Q, done) is None  # the answer step needs no retrieval
-    assert hint_query(P, Q, ["the employer of Ann Lee is Bolt Works ."]) is None
-    assert hint_query(P, "what is the mentor of Ann Lee ?", []) is None
-    assert hint_query(None, Q, []) is None
+from cls_ray.memory.procedures import bind, hint_query, index_patterns
+from cls_ray.rgr import run_rgr
+from tests.helpers import PROCEDURE as P
 
 
 def test_fold_keeps_the_best_supported_procedure_per_question_shape():
@@ -55,8 +22,6 @@ def test_fold_keeps_the_best_supported_procedure_per_question_shape():
 def test_an_indexed_procedure_guides_the_next_request(tiny_stack):
     """Index the held-back family's procedures from gold chains: the next RGR run retrieves with
     them (no weight change) and finds at least as many of the facts the questions need."""
-    from cls_ray.rgr import run_rgr
-
     world, store = tiny_stack.world, tiny_stack.store
     seen = world.questions("train", world.held_back_families, per_family=3)
     arts = [

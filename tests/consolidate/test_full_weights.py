@@ -6,17 +6,19 @@ import json
 
 import pytest
 
+from cls_ray.config import load_config
+from cls_ray.consolidate.data import mix, replay_pairs
+from cls_ray.consolidate.ppo import train_ppo
+from cls_ray.consolidate.sft import train_sft
+from cls_ray.engine.hf import HFEngine
+from tests.helpers import TINY_OVERRIDES
+
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def test_full_weight_sft_under_zero3_saves_a_checkpoint_an_engine_loads_bit_for_bit(
     tiny_cfg, tiny_stack, ray_local, tmp_path
 ):
-    from cls_ray.config import load_config
-    from cls_ray.consolidate.sft import mix, replay_pairs, train_sft
-    from cls_ray.engine.hf import HFEngine
-    from tests.conftest import TINY_OVERRIDES
-
     cfg = load_config(
         None,
         [
@@ -53,9 +55,6 @@ def test_full_weight_sft_under_zero3_saves_a_checkpoint_an_engine_loads_bit_for_
 
 
 def test_ppo_refuses_full_weights_naming_the_field(tiny_cfg):
-    from cls_ray.config import load_config
-    from cls_ray.consolidate.ppo import train_ppo
-
     cfg = load_config(None, [f"state_dir={tiny_cfg.state_dir}", "consolidate.weights=full"])
     with pytest.raises(ValueError, match="consolidate.weights=full"):
         train_ppo(cfg, [{"x": 1}], "/nonexistent")

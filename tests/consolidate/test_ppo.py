@@ -5,11 +5,19 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
+from cls_ray.config import load_config
+from cls_ray.consolidate.ppo import _streams, experience_rows, train_ppo
+from cls_ray.engine.hf import HFEngine
+from cls_ray.model.examples import encode_examples
+from cls_ray.rgr import run_rgr
+from cls_ray.session import Session
+from cls_ray.world.verifier import verify_trajectory
+from tests.helpers import TINY_OVERRIDES
 
 
 def test_steps_of_a_trajectory_are_laid_end_to_end_with_rewards_on_their_last_tokens():
-    from cls_ray.consolidate.ppo import _streams
-
     # two sequences of trajectory 0 (steps 0 and 1) and one of trajectory 1
     resp = torch.tensor(
         [
@@ -27,8 +35,6 @@ def test_steps_of_a_trajectory_are_laid_end_to_end_with_rewards_on_their_last_to
 
 
 def _mean_step_logprob(model, tok, pairs):
-    from cls_ray.model.bootstrap import encode_examples
-
     b = encode_examples(tok, pairs, 10**6)
     with torch.inference_mode():
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
@@ -43,24 +49,14 @@ def _mean_step_logprob(model, tok, pairs):
 def test_a_ppo_run_lowers_the_loss_changes_the_adapter_and_favours_rewarded_steps(
     tiny_cfg, tiny_stack, ray_local, tmp_path
 ):
-    from safetensors.torch import load_file
-
-    from cls_ray.config import load_config
-    from cls_ray.consolidate.ppo import experience_rows, train_ppo
-    from cls_ray.engine.hf import HFEngine
-    from cls_ray.rgr import run_rgr
-    from cls_ray.session import Session
-    from cls_ray.world.verifier import verify_trajectory
-    from tests.conftest import TINY_OVERRIDES
-
     cfg = load_config(
         None,
         [
             *TINY_OVERRIDES,
             f"state_dir={tiny_cfg.state_dir}",
-            "consolidate.ppo_steps=24",
-            "consolidate.ppo_batch_size=4",
-            "consolidate.ppo_lr=0.001",
+            "consolidate.ppo.steps=24",
+            "consolidate.ppo.batch_size=4",
+            "consolidate.ppo.lr=0.001",
             "consolidate.cpus_per_worker=0.5",
             "consolidate.log_every=6",
         ],

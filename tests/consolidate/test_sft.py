@@ -4,6 +4,18 @@ DeepSpeed ZeRO-2 over 2 CPU workers."""
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
+
+from cls_ray.config import load_config
+from cls_ray.consolidate.data import mix, replay_pairs, subplan_pairs
+from cls_ray.consolidate.extract import extract, gate
+from cls_ray.consolidate.sft import train_sft
+from cls_ray.engine.hf import HFEngine
+from cls_ray.rgr import run_rgr
+from cls_ray.session import Session
+from cls_ray.world.verifier import verify_trajectory
+from tests.helpers import TINY_OVERRIDES
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -11,18 +23,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 def test_sleep_sft_lowers_the_loss_and_changes_the_adapter(
     tiny_cfg, tiny_stack, ray_local, tmp_path
 ):
-    import torch
-    from safetensors.torch import load_file
-
-    from cls_ray.config import load_config
-    from cls_ray.consolidate.extract import extract, gate
-    from cls_ray.consolidate.sft import mix, replay_pairs, subplan_pairs, train_sft
-    from cls_ray.engine.hf import HFEngine
-    from cls_ray.rgr import run_rgr
-    from cls_ray.session import Session
-    from cls_ray.world.verifier import verify_trajectory
-    from tests.conftest import TINY_OVERRIDES
-
     cfg = load_config(
         None,
         [

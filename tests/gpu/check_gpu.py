@@ -115,7 +115,7 @@ def check_zero3_and_full_weights(cfg, world, work: Path) -> tuple[str, str]:
     import torch
 
     from cls_ray.engine.hf import HFEngine
-    from cls_ray.model.bootstrap import encode_examples
+    from cls_ray.model.examples import encode_examples
     from cls_ray.model.loading import load_model_and_tokenizer, save_full_checkpoint
 
     os.environ.setdefault("MASTER_PORT", "29533")
@@ -181,8 +181,8 @@ def main() -> int:
         return 0
     if device == "cpu":
         os.environ["DS_ACCELERATOR"] = "cpu"
+    from cls_ray.bootstrap import bootstrap
     from cls_ray.config import load_config
-    from cls_ray.model.bootstrap import bootstrap
     from cls_ray.world import build_world
 
     work = Path(tempfile.mkdtemp(prefix="cls-ray-gpu-"))

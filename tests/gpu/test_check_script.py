@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).with_name("check_gpu.py")
 
 
 def test_the_gpu_script_passes_its_checks_on_the_cpu():
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     env = {**os.environ, "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}
     done = subprocess.run(

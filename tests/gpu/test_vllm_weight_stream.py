@@ -35,7 +35,7 @@ def test_a_streamed_version_serves_like_its_checkpoint_and_files_load_in_place(
     from cls_ray.engine.hf import HFEngine
     from cls_ray.engine.vllm import VLLMEngine
     from cls_ray.weight_sync import CheckpointSource, Rendezvous, free_port
-    from tests.conftest import make_full_checkpoint
+    from tests.helpers import make_full_checkpoint
 
     cfg = tiny_cfg.model_copy(
         update={"engine": tiny_cfg.engine.model_copy(update={"kind": "vllm"})}

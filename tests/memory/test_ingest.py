@@ -4,7 +4,7 @@ import pytest
 
 from cls_ray.config import load_config
 from cls_ray.memory import MilvusStore
-from cls_ray.memory.ingest import ingest_paths, parse_file
+from cls_ray.memory.ingest import find_files, ingest_paths, parse_file
 
 
 @pytest.fixture
@@ -74,8 +74,6 @@ def test_ingest_through_ray_data(corpus, tmp_path, embedder, ray_local):
 
 
 def test_missing_path_and_bad_type(tmp_path):
-    from cls_ray.memory.ingest import find_files
-
     with pytest.raises(FileNotFoundError):
         find_files(tmp_path / "nope")
     bad = tmp_path / "x.csv"

@@ -3,6 +3,7 @@ import pytest
 
 from cls_ray.config import load_config
 from cls_ray.memory import MilvusStore
+from tests.helpers import free_port, start_milvus_server
 
 DOCS = [
     ("a1", "the employer of Alice Porter is Falcon Labs ."),
@@ -87,8 +88,6 @@ def test_server_uri_from_config(milvus_server, embedder):
 
 
 def test_store_reconnects_after_the_server_restarts(tmp_path, embedder):
-    from tests.conftest import free_port, start_milvus_server
-
     port, data = free_port(), tmp_path / "srv"
     proc = start_milvus_server(data, port)
     store = MilvusStore(f"http://127.0.0.1:{port}", embedder.dim, prefix="restart")

@@ -12,6 +12,7 @@ from cls_ray.prm.labels import (
     evidence_for,
     gold_and_corrupted,
     human_examples,
+    mc_labels,
     merge_labels,
     verifier_example,
 )
@@ -114,10 +115,6 @@ def test_a_negative_rating_alone_labels_only_the_final_step():
 
 
 def test_monte_carlo_labels_come_from_rollouts_to_the_known_answer(tiny_stack):
-    import random
-
-    from cls_ray.prm.labels import mc_labels
-
     world = tiny_stack.world
     q = next(q for q in world.questions("train", per_family=2) if q.hops >= 2)
     wrong = Corruptor(world).corrupt(q, "wrong_answer", random.Random(0))

@@ -5,14 +5,18 @@ import json
 
 import pytest
 
+from cls_ray.cli import main
+from cls_ray.config import load_config
+from cls_ray.prm.evaluate import auroc
+from cls_ray.prm.labels import gold_and_corrupted
+from cls_ray.prm.model import ProcessRewardModel
+from cls_ray.prm.train import train_prm
+from tests.helpers import TINY_OVERRIDES, TINY_PRM_OVERRIDES
+
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def test_training_on_ray_train_lowers_the_loss_and_beats_chance(tiny_prm, tiny_cfg, tiny_stack):
-    from cls_ray.prm.evaluate import auroc
-    from cls_ray.prm.labels import gold_and_corrupted
-    from cls_ray.prm.model import ProcessRewardModel
-
     meta = json.loads((tiny_prm / "prm.json").read_text())
     train = meta["train"]
     assert meta["workers"] == 2 and meta["zero_stage"] == 2 and train["step"] == meta["steps"]
@@ -32,8 +36,6 @@ def test_training_on_ray_train_lowers_the_loss_and_beats_chance(tiny_prm, tiny_c
 
 
 def test_score_steps_takes_docs_per_step_or_for_all(tiny_prm):
-    from cls_ray.prm.model import ProcessRewardModel
-
     prm = ProcessRewardModel.load(tiny_prm)
     steps = ["the boss of Ann Lee is Bo Chan .", "the answer is Bo Chan ."]
     docs = ["the boss of Ann Lee is Bo Chan ."]
@@ -46,9 +48,6 @@ def test_score_steps_takes_docs_per_step_or_for_all(tiny_prm):
 
 
 def test_prm_eval_prints_its_figures_as_json_last(tiny_prm, tiny_state, capsys):
-    from cls_ray.cli import main
-    from tests.conftest import TINY_PRM_OVERRIDES
-
     args = tiny_state["args"] + [x for o in TINY_PRM_OVERRIDES for x in ("--set", o)]
     assert main(["prm", "eval", "--json", *args]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -62,12 +61,6 @@ def test_prm_eval_prints_its_figures_as_json_last(tiny_prm, tiny_state, capsys):
 
 def test_zero3_partitions_and_gathers_the_weights(tiny_state, tiny_stack, ray_local, tmp_path):
     """ZeRO-3 keeps each worker's share of the parameters; saving gathers them whole."""
-    from cls_ray.config import load_config
-    from cls_ray.prm.labels import gold_and_corrupted
-    from cls_ray.prm.model import ProcessRewardModel
-    from cls_ray.prm.train import train_prm
-    from tests.conftest import TINY_OVERRIDES, TINY_PRM_OVERRIDES
-
     cfg = load_config(
         tiny_state["args"][1],
         [*TINY_OVERRIDES, *TINY_PRM_OVERRIDES, "prm.zero_stage=3", f"state_dir={tmp_path}"],

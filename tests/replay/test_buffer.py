@@ -1,27 +1,14 @@
 import json
+import shutil
+import time
 
+import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 
 from cls_ray.replay import ReplayBuffer
-from cls_ray.session import Session, SessionStep
-
-
-def make_session(i: int, version: str = "v1") -> Session:
-    return Session(
-        id=f"s{i:04d}",
-        question=f"what is the mentor of Person {i} ?",
-        steps=[
-            SessionStep(
-                text=f"the mentor of Person {i} is Other {i} .",
-                query="q",
-                token_ids=[5, 6, 7],
-                logprobs=[-0.1, -0.2, -0.3],
-            ),
-            SessionStep(text=f"the answer is Other {i} .", is_answer=True),
-        ],
-        answer=f"Other {i}",
-        model_version=version,
-    )
+from cls_ray.replay.data import read_leased
+from tests.helpers import make_session
 
 
 def test_added_sessions_survive_reopening(tmp_path):
@@ -55,8 +42,6 @@ def test_a_torn_last_record_is_skipped(tmp_path):
 
 
 def test_sealed_segments_are_parquet_and_recovered(tmp_path):
-    import pyarrow.parquet as pq
-
     buf = ReplayBuffer(tmp_path, seal_every=4)
     for i in range(10):
         buf.add(make_session(i, version="v2" if i % 2 else "v1"))
@@ -85,7 +70,6 @@ def test_take_and_ack_hand_out_each_session_until_acknowledged(tmp_path):
     second = [s.id for s in buf.take(4)]
     assert first == ["s0000", "s0001", "s0002", "s0003"] and second == ["s0004", "s0005"]
     assert buf.ack(first) == 4 and buf.ack(first) == 0
-    import time
 
     time.sleep(0.25)  # the lease on `second` runs out unacknowledged: handed out again
     assert [s.id for s in buf.take(10)] == second
@@ -127,8 +111,6 @@ def test_prm_scores_join_their_session_across_seal_and_restart(tmp_path):
 
 
 def test_bad_session_is_rejected_before_anything_is_written(tmp_path):
-    from pydantic import ValidationError
-
     buf = ReplayBuffer(tmp_path)
     with pytest.raises(ValidationError):
         buf.add({"question": "", "model_version": "v1"})
@@ -150,8 +132,6 @@ def test_ray_data_reads_the_segments(tmp_path, ray_local):
 def test_a_sleep_reads_its_leased_sessions_from_the_segments_with_ray_data(tmp_path, ray_local):
     """What a lease hands out is read with Ray Data from the sealed segments, with what arrived
     after sealing (feedback, scores); leased sessions are not handed out twice."""
-    from cls_ray.replay.data import read_leased
-
     buf = ReplayBuffer(tmp_path, seal_every=4)
     for i in range(6):  # one sealed segment of 4, two sessions still in the WAL
         buf.add(make_session(i))
@@ -174,8 +154,6 @@ def test_compaction_discards_consumed_sessions_but_the_replay_sample(tmp_path):
     """After a sleep, consumed sessions go, but for a random replay sample; nothing unconsumed
     is lost, the result survives a restart, and a compaction that crashed halfway (the new
     segment written, old ones still there) recovers to a consistent buffer."""
-    import shutil
-
     buf = ReplayBuffer(tmp_path / "buf", seal_every=4)
     ids = [buf.add(make_session(i)) for i in range(10)]
     buf.set_scores(ids[9], [0.9, 0.9], 0.9, "prm-v1")  # a score record for an unsealed session

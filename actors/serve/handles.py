@@ -1,0 +1,106 @@
+"""The pure RGR loop's `Engine` and `Memory` over deployment handles, for code that runs in a
+worker thread of a replica or in a job next to the application. A call larger than a
+deployment batches at once is split into groups sent together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ray import serve
+
+from cls_ray.engine.base import Generation
+from cls_ray.memory.procedures import Pattern, parse_pattern
+from cls_ray.memory.retriever import RetrievedDoc
+from cls_ray.serving.batching import slices
+from cls_ray.serving.names import RETRIEVER
+from cls_ray.steps import StepTemplate, render_prompt
+
+
+def in_groups(method, n: int, max_group: int | None, body: Callable[[slice], dict]) -> list:
+    """Calls a deployment `method` once per group of at most `max_group` of the `n` items
+    (`body(slice)` builds a group's request; all groups are in flight together) and returns the
+    results in order."""
+    calls = [method.remote(body(s)) for s in slices(n, max_group)]
+    return [x for call in calls for x in call.result()]
+
+
+class RemoteEngine:
+    """`Engine` over the generator deployment, pinned to the version the session started on."""
+
+    def __init__(
+        self,
+        handle,
+        version: str,
+        template: StepTemplate = "compact",
+        tokenizer=None,
+        max_group: int | None = None,
+    ):
+        self.handle = handle
+        self.version = version
+        self.template: StepTemplate = template
+        self.tokenizer = tokenizer
+        self.max_group = max_group
+
+    def render(self, question, docs, steps) -> str:
+        # Rendering is string formatting (or the tokenizer's chat template): done here, it
+        # saves the generator a round trip per step.
+        return render_prompt(self.template, self.tokenizer, question, docs, steps)
+
+    def generate(self, prompts, temperature=0.0, max_new_tokens=None, seed=None, choices=None):
+        """One request for all prompts of a round (the sessions of one ingress batch)."""
+        prompts = list(prompts)
+        got = in_groups(
+            self.handle.generate,
+            len(prompts),
+            self.max_group,
+            lambda g: {
+                "prompts": prompts[g],
+                "temperature": temperature,
+                "version": self.version,
+                "choices": None if choices is None else [list(c) for c in choices[g]],
+            },
+        )
+        if got:
+            self.version = got[0]["version"]
+        return [Generation(g["text"], g["token_ids"], g["logprobs"]) for g in got]
+
+
+class RemoteRetriever:
+    """`Memory` over the retriever deployment: retrieval, procedures and document texts."""
+
+    def __init__(self, handle, max_group: int | None = None):
+        self.handle = handle
+        self.max_group = max_group
+
+    @classmethod
+    def of_app(cls, app_name: str, max_group: int | None = None) -> RemoteRetriever:
+        """The retriever of a running application, from anywhere in its cluster."""
+        return cls(serve.get_deployment_handle(RETRIEVER, app_name), max_group)
+
+    def retrieve(self, queries, k, exclude=None) -> list[list[RetrievedDoc]]:
+        queries = list(queries)
+        got = in_groups(
+            self.handle.retrieve,
+            len(queries),
+            self.max_group,
+            lambda g: {
+                "queries": queries[g],
+                "k": k,
+                "exclude": [sorted(e) for e in exclude[g]] if exclude else None,
+            },
+        )
+        return [[RetrievedDoc(d["id"], d["score"], d["text"]) for d in docs] for docs in got]
+
+    def plans(self, questions: Sequence[str]) -> list[Pattern | None]:
+        got = self.handle.plans.remote(list(questions)).result()
+        return [None if p is None else parse_pattern(p["text"]) for p in got]
+
+    def add_patterns(self, patterns: Sequence[Pattern]) -> int:
+        rows = [
+            {"question": p.question, "steps": list(p.steps), "support": p.support, "r_tau": p.r_tau}
+            for p in patterns
+        ]
+        return self.handle.add_patterns.remote(rows).result()
+
+    def get_documents(self, ids: Sequence[str]) -> dict[str, str]:
+        return self.handle.get_documents.remote(list(ids)).result()

@@ -1,0 +1,297 @@
+"""The ingress deployment: the HTTP API (FastAPI), RGR sessions run in lock-step, stored durably
+in the replay buffer before they are answered, and the admin routes."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import ray
+from fastapi import FastAPI, Header, HTTPException
+from fastapi.responses import StreamingResponse
+from ray import serve
+from transformers import AutoTokenizer
+
+from actors.deploy import deploy
+from actors.registry import start_registry
+from actors.replay_buffer import start_replay_buffer
+from actors.serve.handles import RemoteEngine, RemoteRetriever
+from cls_ray.config import Config
+from cls_ray.prm.best_of_n import trajectory_items
+from cls_ray.registry import ModelVersion
+from cls_ray.rgr import run_rgr
+from cls_ray.serving.api import (
+    ChatRequest,
+    DocumentsRequest,
+    FeedbackRequest,
+    PromoteRequest,
+    RGRRequest,
+    SleepRequest,
+)
+from cls_ray.serving.batching import session_groups
+from cls_ray.serving.http import BodyLimit, check_admin_key, install
+from cls_ray.serving.names import NAMESPACE, buffer_actor_name, scheduler_actor_name
+from cls_ray.serving.openai import Completion, question_of
+from cls_ray.serving.sessions import pick_best, session_records, session_reply
+from cls_ray.session import Feedback
+
+logger = logging.getLogger(__name__)
+
+api = install(FastAPI(title="cls-ray", version="0.1.0"))
+
+
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, cfg: dict, generator, retriever, scorer=None):
+        self.cfg = Config.model_validate(cfg)
+        s = self.cfg.serve
+        BodyLimit.max_body_bytes = s.max_body_bytes
+        self.generator, self.retriever, self.scorer = generator, retriever, scorer
+        self._background: set[asyncio.Task] = set()
+        # Started by `deploy` on the node that holds the state directory; found here by name.
+        self.buffer = start_replay_buffer(
+            str(self.cfg.replay_path),
+            buffer_actor_name(s.app_name),
+            pin_here=False,
+            segments=self.cfg.replay_segments,
+        )
+        self.registry = start_registry(
+            str(self.cfg.state_path / "registry.json"), str(self.cfg.model_path), s.app_name
+        )
+        self.tokenizer = None
+        if self.cfg.model.template == "chat":
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.cfg.model_path))
+        # RGR is a blocking loop of handle calls; each running session batch holds one thread.
+        self.pool = ThreadPoolExecutor(s.max_concurrent_sessions, thread_name_prefix="rgr")
+        self._sessions.set_max_batch_size(s.session_batch_size)
+        self._sessions.set_batch_wait_timeout_s(s.session_batch_wait_s)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """`{"session_batch_size": n}`: sessions that run RGR in lock-step together."""
+        if user_config.get("session_batch_size"):
+            self._sessions.set_max_batch_size(int(user_config["session_batch_size"]))
+
+    # -- sessions ----------------------------------------------------------------------------
+    async def _run(
+        self, question: str, mode: str, top_k, max_steps, temperature, best_of=1, score=False
+    ) -> dict:
+        if len(question) > self.cfg.serve.max_question_chars:
+            raise HTTPException(
+                422, f"question: longer than {self.cfg.serve.max_question_chars} characters"
+            )
+        if (best_of > 1 or score) and self.scorer is None:
+            raise HTTPException(
+                422, "best_of/score: no PRM is deployed (run `cls-ray prm train`, then redeploy)"
+            )
+        return await self._sessions(
+            {
+                "question": question,
+                "mode": mode,
+                "top_k": top_k,
+                "max_steps": max_steps,
+                # Best-of-N samples; greedy decoding would give N copies of one trajectory.
+                "temperature": temperature or (1.0 if best_of > 1 else 0.0),
+                "best_of": best_of,
+                "score": score,
+            }
+        )
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, max_concurrent_batches=8)
+    async def _sessions(self, requests: list[dict]) -> list[dict]:
+        """Sessions that arrive together run RGR in lock-step: each round is one retrieval
+        request and one generation request for all of them (which the retriever and generator
+        batch again with other ingress replicas' rounds). Several such batches run at once."""
+        out: list[dict | None] = [None] * len(requests)
+        await asyncio.gather(
+            *(
+                self._run_group([requests[i] for i in idx], idx, out)
+                for idx in session_groups(requests).values()
+            )
+        )
+        return out  # type: ignore[return-value]
+
+    async def _run_group(self, reqs: list[dict], idx: list[int], out: list) -> None:
+        r0, n = reqs[0], reqs[0]["best_of"]
+        version = await self.generator.current_version.remote()
+        s = self.cfg.serve
+        engine = RemoteEngine(
+            self.generator,
+            version,
+            self.cfg.model.template,
+            self.tokenizer,
+            s.generator.max_batch_size,
+        )
+        retriever = (
+            None
+            if r0["mode"] == "none"
+            else RemoteRetriever(self.retriever, s.retriever.max_batch_size)
+        )
+        started = time.time()
+        run = functools.partial(
+            run_rgr,
+            [r["question"] for r in reqs for _ in range(n)],
+            engine,
+            retriever,
+            mode=r0["mode"],
+            temperature=r0["temperature"],
+            **self.cfg.rgr_options(top_k=r0["top_k"], max_steps=r0["max_steps"]),
+        )
+        trajs = await asyncio.get_running_loop().run_in_executor(self.pool, run)
+        scored: list[dict | None] = [None] * len(trajs)
+        if n > 1:  # the PRM picks each question's best sample
+            trajs, scored = pick_best(trajs, await self._score(trajs), n)
+        elif self.scorer is not None and any(r["score"] for r in reqs):
+            scored = await self._score(trajs)  # asked for: stored and returned with the session
+        sessions = session_records(trajs, scored, version, started)
+        # Acknowledged only once durable: the buffer fsyncs before it answers.
+        await asyncio.gather(*(self.buffer.add.remote(x.model_dump()) for x in sessions))
+        if self.scorer is not None and scored[0] is None:
+            # Off the critical path: the buffer gets the scores when they are ready.
+            task = asyncio.create_task(self._score_and_store(trajs, [x.id for x in sessions]))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        for i, tr, session in zip(idx, trajs, sessions, strict=True):
+            out[i] = session_reply(tr, session, version)
+
+    async def _score(self, trajs) -> list[dict]:
+        return await asyncio.gather(
+            *(
+                self.scorer.score.remote({"question": q, "steps": st, "evidence": ev})
+                for q, st, ev in trajectory_items(trajs)
+            )
+        )
+
+    async def _score_and_store(self, trajs, session_ids: list[str]) -> None:
+        """PRM scores for stored sessions, written to the buffer."""
+        try:
+            got = await self._score(trajs)
+            await asyncio.gather(
+                *(
+                    self.buffer.set_scores.remote(sid, sc["scores"], sc["r_tau"], sc["prm"])
+                    for sid, sc in zip(session_ids, got, strict=True)
+                )
+            )
+        except Exception:  # noqa: BLE001 - scoring is best effort; the session is already safe
+            logger.exception("scoring %d sessions failed", len(session_ids))
+
+    # -- routes ------------------------------------------------------------------------------
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "model_version": await self.generator.current_version.remote()}
+
+    @api.get("/v1/models")
+    async def models(self) -> dict:
+        """The version replicas serve now, and every registered version."""
+        version = await self.generator.current_version.remote()
+        data = [
+            {
+                "id": v["name"],
+                "object": "model",
+                "owned_by": "cls-ray",
+                "created": int(v["created_at"]),
+                "status": v["status"],
+                "kind": v["kind"],
+                "parent": v["parent"],
+                "current": v["name"] == version,
+            }
+            for v in await self.registry.list.remote()
+        ]
+        return {"object": "list", "data": data}
+
+    @api.post("/v1/rgr")
+    async def rgr(self, body: RGRRequest) -> dict:
+        return await self._run(
+            body.question,
+            body.mode,
+            body.top_k,
+            body.max_steps,
+            body.temperature,
+            body.best_of,
+            body.score,
+        )
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, body: ChatRequest):
+        current = await self.generator.current_version.remote()
+        if body.model not in (None, "", current, "cls-ray"):
+            raise HTTPException(404, f"model: unknown model version {body.model!r}")
+        reply = await self._run(question_of(body), "rgr", None, None, body.temperature or 0.0)
+        completion = Completion(reply)
+        if not body.stream:
+            return completion.message()
+        return StreamingResponse(completion.events(), media_type="text/event-stream")
+
+    @api.post("/v1/documents")
+    async def documents(self, body: DocumentsRequest) -> dict:
+        n = await self.retriever.add_documents.remote([d.model_dump() for d in body.documents])
+        return {"written": n}
+
+    @api.post("/v1/sessions/{session_id}/feedback")
+    async def feedback(self, session_id: str, body: FeedbackRequest) -> dict:
+        if body.rating is None and not body.corrected_steps and not body.comment:
+            raise HTTPException(422, "feedback: give a rating, corrected_steps or a comment")
+        try:
+            await self.buffer.add_feedback.remote(
+                session_id, Feedback(**body.model_dump()).model_dump()
+            )
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, KeyError):
+                raise HTTPException(404, f"session {session_id!r} not found") from None
+            raise
+        return {"session_id": session_id, "stored": True}
+
+    # -- admin -------------------------------------------------------------------------------
+    def _admin(self, key: str | None) -> None:
+        check_admin_key(self.cfg.serve.admin_key_env, key)
+
+    @api.get("/admin/buffer")
+    async def buffer_stats(self, x_api_key: str | None = Header(None)) -> dict:
+        self._admin(x_api_key)
+        return await self.buffer.stats.remote()
+
+    def _scheduler(self):
+        try:
+            return ray.get_actor(scheduler_actor_name(self.cfg.serve.app_name), NAMESPACE)
+        except ValueError:
+            raise HTTPException(503, "the sleep scheduler is not running") from None
+
+    @api.post("/admin/sleep")
+    async def sleep(self, body: SleepRequest, x_api_key: str | None = Header(None)) -> dict:
+        """Starts a consolidation now (202-style: it runs in the background); refused while one
+        runs. `GET /admin/sleep` shows the running one and the history."""
+        self._admin(x_api_key)
+        return await self._scheduler().trigger.remote("admin request", body.method)
+
+    @api.get("/admin/sleep")
+    async def sleep_status(self, x_api_key: str | None = Header(None)) -> dict:
+        self._admin(x_api_key)
+        return await self._scheduler().status.remote()
+
+    async def _switch(self, change) -> dict:
+        """Applies a registry change, then pushes the resulting version to every replica."""
+        try:
+            v = ModelVersion.model_validate(await change())
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, KeyError):
+                raise HTTPException(404, f"version: {e.cause.args[0]}") from None
+            if isinstance(e.cause, ValueError):
+                raise HTTPException(409, str(e.cause)) from None
+            raise
+        t0 = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(self.pool, deploy, self.cfg, v)
+        return {"version": v.name, "status": v.status, "swap_seconds": time.perf_counter() - t0}
+
+    @api.post("/admin/promote")
+    async def promote(self, body: PromoteRequest, x_api_key: str | None = Header(None)) -> dict:
+        """Promotes a registered version and waits until every generator replica serves it."""
+        self._admin(x_api_key)
+        return await self._switch(lambda: self.registry.promote.remote(body.version, body.reason))
+
+    @api.post("/admin/rollback")
+    async def rollback(self, x_api_key: str | None = Header(None)) -> dict:
+        """Rolls back to the version promoted before the current one."""
+        self._admin(x_api_key)
+        return await self._switch(lambda: self.registry.rollback.remote())

@@ -1,0 +1,86 @@
+"""`cls-ray`: parse, load the config, run one command, print its result.
+
+The CLI is the composition root: its command modules wire the Ray-backed services of `actors/`
+into the pure code of `cls_ray`. Nothing else in `cls_ray` imports `actors`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+
+from cls_ray.cli.parser import make_parser, resolve_config
+from cls_ray.config import ConfigError
+
+# command -> "module:function" under cls_ray.cli
+COMMANDS = {
+    "bootstrap": "build:cmd_bootstrap",
+    "ingest": "build:cmd_ingest",
+    "ask": "ask:cmd_ask",
+    "up": "stack:cmd_up",
+    "down": "stack:cmd_down",
+    "status": "stack:cmd_status",
+    "promote": "stack:cmd_promote",
+    "rollback": "stack:cmd_rollback",
+    "bench": "bench:cmd_bench",
+    "prm": "prm:cmd_prm",
+    "sleep": "consolidate:cmd_sleep",
+    "ppo": "consolidate:cmd_sleep",
+    "demo": "demo:cmd_demo",
+    "cluster": "cluster:cmd_cluster",
+}
+
+NOISY_LOGGERS = (
+    "httpx",
+    "urllib3",
+    "filelock",
+    "transformers",
+    "ray",
+    "pymilvus",
+    "milvus_lite",
+    "faiss",
+)
+
+
+def command(name: str):
+    """The function that runs command `name`. Its module is imported here, on demand: a command
+    loads only what it runs (torch, Ray, Milvus take seconds), so `--help`, a config error or
+    `cluster render` answer at once."""
+    module, _, func = COMMANDS[name].partition(":")
+    return getattr(importlib.import_module(f"cls_ray.cli.{module}"), func)
+
+
+def setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Milvus Lite's in-process gRPC server logs every call it does not implement (pymilvus
+    # probes AllocTimestamp and falls back); that is not an error of ours.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    setup_logging(args.quiet)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        cfg = resolve_config(args)
+    except ConfigError as e:
+        print(f"cls-ray: {e}", file=sys.stderr)
+        return 2
+    run = command(args.command)
+    try:
+        result = run(args, cfg)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"cls-ray {args.command}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 0

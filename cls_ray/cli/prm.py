@@ -1,0 +1,62 @@
+"""`cls-ray prm train` and `cls-ray prm eval`: the process reward model."""
+
+from __future__ import annotations
+
+import ray
+
+from actors.replay_buffer import ActorBuffer
+from actors.runtime import init_ray
+from cls_ray.config import Config
+from cls_ray.eval.plots import plot_prm_eval
+from cls_ray.eval.reports import write_report
+from cls_ray.prm.pipeline import describe_training, evaluate_prm, load_prm, train_new_prm
+from cls_ray.replay.buffer import ReplayBuffer
+from cls_ray.stack import Stack
+from cls_ray.storage import mirror_reports
+
+
+def cmd_prm(args, cfg: Config) -> dict:
+    result = prm_train(args, cfg) if args.action == "train" else prm_eval(args, cfg)
+    mirror_reports(cfg)  # a no-op without storage.uri
+    return result
+
+
+def feedback_sessions(cfg: Config) -> list[dict]:
+    """Sessions with user feedback: from the buffer actor when it runs (it owns the
+    write-ahead log), else from the buffer's files."""
+    if ray.is_initialized():
+        try:
+            return ActorBuffer.of_app(cfg.serve.app_name, timeout_s=60).with_feedback()
+        except ValueError:
+            pass
+    if not cfg.replay_path.exists():
+        return []
+    return ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments).with_feedback()
+
+
+def prm_train(args, cfg: Config) -> dict:
+    init_ray(cfg, log_to_driver=not args.quiet)
+    out, result = train_new_prm(Stack(cfg), feedback_sessions(cfg), args.steps, log=print)
+    write_report(cfg, "prm_train", result)
+    print(describe_training(out, result))
+    return result
+
+
+def prm_eval(args, cfg: Config) -> dict:
+    result = evaluate_prm(Stack(cfg), load_prm(cfg), log=print)
+    print(
+        f"step_f1 {result['step_f1']:.3f} (correct {result['step_f1_correct']:.3f}, wrong "
+        f"{result['step_f1_wrong']:.3f}); first_error_accuracy "
+        f"{result['first_error_accuracy']:.3f}; auroc_tau {result['auroc_tau']:.3f} on "
+        f"{result['trajectories']} trajectories ({result['wrong_trajectories']} wrong)"
+    )
+    print(f"{'n':>3} {'family':10} {'greedy':>7} {'majority':>9} {'prm':>6}")
+    for r in result["best_of_n"]:
+        print(
+            f"{r['n']:>3} {r['family']:10} {r['greedy']:>7.2f} {r['majority']:>9.2f} "
+            f"{r['prm']:>6.2f}"
+        )
+    report = write_report(cfg, "prm_eval", result)
+    png = plot_prm_eval(result, report.with_suffix(".png"))
+    print(f"report: {report}; plot: {png}")
+    return result

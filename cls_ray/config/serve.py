@@ -1,0 +1,111 @@
+"""Serving sections: the Serve application, its generator and retriever deployments, and how
+full-weight versions reach running replicas."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from cls_ray.config.base import Section
+
+
+class AutoscalingConfig(Section):
+    """Serve's `autoscaling_config`, field for field."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(
+        4, gt=0, description="Generator requests (each a round of a session batch) per replica."
+    )
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+
+
+class GeneratorConfig(Section):
+    """The generator deployment: replicas holding the engines, batching next-step calls."""
+
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    num_cpus: float = Field(0.5, gt=0)
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs per generator replica (vLLM: 1, or a share of one)."
+    )
+    max_batch_size: int = Field(16, ge=1, description="Next-step requests per engine call.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Must exceed max_batch_size for batches to fill."
+    )
+
+
+class RetrieverServeConfig(Section):
+    """The retriever deployment: the embedder and the Milvus client, batching queries."""
+
+    max_batch_size: int = Field(32, ge=1, description="Queries per embed + search.")
+    batch_wait_s: float = Field(0.02, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+
+
+class WeightSyncConfig(Section):
+    """How a full-weight version reaches running generator replicas."""
+
+    mode: Literal["reload", "stream"] = Field(
+        "reload",
+        description="reload: each replica loads it from storage; stream: one sender streams "
+        "it to all of them over a collective group (NCCL on GPUs, gloo on CPU) and each "
+        "checks the checksum of what arrived.",
+    )
+    host: str = Field(
+        "",
+        description="Address the weight stream's sender listens on; empty: its node's address.",
+    )
+    waves: int = Field(
+        1,
+        ge=1,
+        description="Replicas stream in this many waves, the others serving meanwhile (a vLLM "
+        "replica pauses while its weights stream in place).",
+    )
+    bucket_mb: int = Field(256, ge=1, description="Tensors per broadcast, in MB.")
+    timeout_s: float = Field(600.0, gt=0, description="The whole transfer, at most.")
+    join_timeout_s: float = Field(
+        60.0, gt=0, description="Every replica in the group, at most (a replica gone meanwhile)."
+    )
+
+
+class ServeConfig(Section):
+    """The Serve application: HTTP on `host:port`, replicas and batching from here."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    app_name: str = "cls-ray"
+    access_log: bool = Field(True, description="Serve's per-request access log lines.")
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    retriever: RetrieverServeConfig = Field(default_factory=RetrieverServeConfig)
+    weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
+    session_batch_size: int = Field(
+        16, ge=1, description="Sessions an ingress replica runs in lock-step together."
+    )
+    session_batch_wait_s: float = Field(0.01, ge=0)
+    max_concurrent_sessions: int = Field(
+        64, ge=1, description="Sessions one ingress replica runs at once; more wait in queue."
+    )
+    admin_key_env: str = Field(
+        "CLS_RAY_ADMIN_KEY",
+        description="Environment variable holding the admin API key; unset: admin disabled.",
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_question_chars: int = Field(2000, ge=10)
+
+    @model_validator(mode="after")
+    def _batches_fit(self) -> ServeConfig:
+        # A lock-step group sends all its sessions' prompts (queries) as one request, which
+        # the generator's (retriever's) batch must be able to hold.
+        for name, size in (
+            ("generator.max_batch_size", self.generator.max_batch_size),
+            ("retriever.max_batch_size", self.retriever.max_batch_size),
+        ):
+            if size < self.session_batch_size:
+                raise ValueError(
+                    f"{name} ({size}) must be at least session_batch_size "
+                    f"({self.session_batch_size})"
+                )
+        return self

@@ -1,0 +1,138 @@
+"""Training sections: the PRM, consolidation (SFT sleep, PPO) and the sleep schedule. Each trainer
+section is a Ray Train + DeepSpeed job (`TrainerConfig`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from cls_ray.config.base import Section
+
+
+class TrainerConfig(Section):
+    """A Ray Train + DeepSpeed job: workers, ZeRO stage, optimisation."""
+
+    steps: int = Field(500, ge=1)
+    batch_size: int = Field(16, ge=1, description="Per worker.")
+    lr: float = Field(1e-4, gt=0)
+    warmup: int = Field(40, ge=0)
+    seed: int = 0
+    log_every: int = Field(20, ge=1)
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    threads_per_worker: int = Field(1, ge=1)
+    use_gpu: bool = False
+    gpus_per_worker: float = Field(
+        1.0, gt=0, description="With use_gpu: below 1 shares a GPU with serving replicas."
+    )
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    bf16: bool = False
+
+
+class PRMConfig(TrainerConfig):
+    """The process reward model: labels, encoder, Ray Train + DeepSpeed training, use."""
+
+    path: str = Field(
+        "", description="A trained PRM folder; empty: the latest under state_dir/prm."
+    )
+    encoder: str = Field("", description="Encoder checkpoint; empty: the packaged MiniLM.")
+    num_layers: int | None = Field(None, ge=1, description="Keep the first N encoder layers.")
+    max_length: int = Field(512, ge=32)
+    aggregation: Literal["min", "product", "last", "mean"] = "min"
+    # Labels
+    label_sources: list[Literal["verifier", "mc"]] = Field(default_factory=lambda: ["verifier"])
+    consensus: bool = Field(False, description="Keep only steps where automatic sources agree.")
+    mc_rollouts: int = Field(4, ge=1)
+    mc_soft: bool = True
+    questions_per_family: int = Field(40, ge=1, description="Training questions per family.")
+    samples_per_question: int = Field(2, ge=0)
+    corruptions_per_question: int = Field(2, ge=0)
+    sample_temperature: float = Field(1.0, gt=0)
+    # Evaluation
+    eval_per_family: int = Field(10, ge=1)
+    eval_samples_per_question: int = Field(2, ge=0)
+    best_of_n: list[int] = Field(default_factory=lambda: [1, 4, 16])
+    best_of_n_per_family: int = Field(5, ge=1)
+
+
+class PPOConfig(Section):
+    """Phase 1, PPO with step-level rewards (`cls-ray ppo`)."""
+
+    steps: int = Field(60, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    batch_size: int = Field(8, ge=1, description="Trajectories per worker and update.")
+    kl_beta: float = Field(0.05, ge=0, description="Per-token KL penalty to the reference.")
+    kl_kind: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="k1 as a reward penalty: k3 explodes where the policy drops a token."
+    )
+    clip: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.5, ge=0)
+    lam: float = Field(0.95, ge=0, le=1)
+    tis_cap: float = Field(2.0, ge=1, description="Truncated importance weight cap.")
+    credit: Literal["sum", "min"] = Field(
+        "min", description="min: each step's return is the worst step still ahead (PURE)."
+    )
+    whiten: Literal["full", "scale", "none"] = Field(
+        "scale",
+        description="Advantage normalisation: scale keeps each advantage's sign (the reward "
+        "offset is the baseline); full also subtracts the batch mean.",
+    )
+    ptx_coef: float = Field(
+        1.0, ge=0, description="Weight of the replay NLL term (PPO-ptx) against forgetting."
+    )
+    ptx_batch: int = Field(16, ge=1, description="Replayed pairs per worker and update.")
+    reward_offset: float = Field(
+        0.5, description="Step reward = PRM score minus this, so doubtful steps cost."
+    )
+    fresh_per_family: int = Field(
+        10, ge=0, description="Fresh rollouts per family on replayed questions."
+    )
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
+
+
+class ScheduleConfig(Section):
+    """The sleep scheduler: a coordinator actor next to the serving application."""
+
+    auto: bool = Field(
+        False, description="Start consolidation by itself (threshold, timer); admin always can."
+    )
+    min_sessions: int = Field(64, ge=1, description="Unconsumed sessions that start one.")
+    interval_s: float = Field(
+        0.0, ge=0, description="Also start one this often when sessions wait (0: no timer)."
+    )
+    poll_s: float = Field(5.0, gt=0)
+    method: Literal["sft", "ppo"] = "sft"
+    limit: int = Field(1000, ge=1, description="Sessions one consolidation consumes.")
+
+
+class ConsolidateConfig(TrainerConfig):
+    """Sleep (LoRA SFT on what the PRM trusts, with replay), PPO and their schedule."""
+
+    steps: int = Field(150, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    warmup: int = Field(20, ge=0)
+    weights: Literal["lora", "full"] = Field(
+        "lora",
+        description="lora: an adapter (served next to the base); full: every weight trains and "
+        "the version is a full checkpoint replicas reload (SFT only).",
+    )
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1, description="2 x rank forgets least (see ANCHORS.md).")
+    replay_ratio: float = Field(0.75, ge=0, lt=1, description="Share of replayed old data.")
+    replay_keep: int = Field(
+        512, ge=0, description="Consumed sessions kept (a random sample) for later replay."
+    )
+    min_r_tau: float = Field(0.5, ge=0, le=1, description="PRM gate on whole trajectories.")
+    min_step_score: float = Field(0.5, ge=0, le=1, description="PRM gate on single steps.")
+    retention_tolerance: float = Field(
+        0.02, ge=0, le=1, description="Largest retention drop a promoted candidate may show."
+    )
+    new_per_family: int = Field(20, ge=1, description="bench: sessions per new family.")
+    sample_n: int = Field(16, ge=1, description="bench: best-of-N samples per session.")
+    eval_per_family: int = Field(20, ge=1)
+    corrupted_share: float = Field(
+        0.3, ge=0, lt=1, description="bench ablation: share of sessions with wrong steps."
+    )
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)

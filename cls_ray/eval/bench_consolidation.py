@@ -1,0 +1,74 @@
+"""`cls-ray bench consolidation`: one sleep on sessions of the held-back family (found by best of
+N with the PRM, as users asking for it would), measured and registered but not promoted, then
+the ablation arms (`cls_ray.eval.ablation`) on the same sessions. Episodic memory is left as it
+was."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from cls_ray.consolidate.promotion import SleepServices
+from cls_ray.consolidate.sleep import SleepBatch, sleep_once
+from cls_ray.eval.ablation import ablation
+from cls_ray.eval.scratch import scratch_procedures
+from cls_ray.ports import Scorer
+from cls_ray.prm.best_of_n import rgr_best_of_n
+from cls_ray.session import Session
+from cls_ray.stack import Stack
+from cls_ray.world.core import Question
+
+logger = logging.getLogger(__name__)
+
+
+def sessions_by_best_of_n(
+    stack: Stack, prm: Scorer, questions: Sequence[Question], n: int, seed: int = 0
+) -> tuple[list[dict], dict[str, str]]:
+    """Simulated users' sessions on `questions`: the model samples `n` trajectories with RGR and
+    the PRM keeps the best (the way to find good trajectories for a family the model cannot
+    solve greedily). Returns session dicts (scored) and the texts of every retrieved document."""
+    cfg = stack.cfg
+    best = rgr_best_of_n(
+        [q.text for q in questions],
+        stack.engine,
+        stack.retriever,
+        prm.score_many,
+        n,
+        temperature=cfg.prm.sample_temperature,
+        seed=seed,
+        aggregation=cfg.prm.aggregation,
+        **cfg.rgr_options(),
+    )
+    sessions, docs = [], {}
+    for tr, scores, tau in best:
+        s = Session.from_trajectory(tr)
+        s.prm_step_scores, s.r_tau = list(scores), tau
+        sessions.append(s.model_dump())
+        for st in tr.steps:
+            docs.update({d.id: d.text for d in st.retrieved})
+    return sessions, docs
+
+
+def bench_consolidation(
+    stack: Stack, prm: Scorer, log: Callable[[str], None] = logger.info, arms: bool = True
+) -> dict:
+    """One sleep on sessions of the held-back family, measured (not promoted), then the
+    ablation arms on the same sessions with some corrupted. The episodic collection is left as
+    it was."""
+    cfg, world = stack.cfg, stack.world
+    c = cfg.consolidate
+    train_qs = world.questions("train", world.held_back_families, per_family=c.new_per_family)
+    log(
+        f"bench consolidation: {len(train_qs)} sessions of the held-back family, best of {c.sample_n}"
+    )
+    sessions, docs = sessions_by_best_of_n(stack, prm, train_qs, c.sample_n, c.seed)
+    new_qs = world.questions("heldout", world.held_back_families, per_family=c.eval_per_family)
+    retention_qs = world.questions("heldout", world.trained_families, per_family=c.eval_per_family)
+    batch = SleepBatch(sessions, docs, new_qs, retention_qs)
+    with scratch_procedures(stack) as memory:
+        result = sleep_once(stack, batch, SleepServices.local(cfg, memory), promote=False, log=log)
+    result["new_family_questions"] = len(new_qs)
+    result["retention_questions"] = len(retention_qs)
+    if arms:
+        result["ablation"] = ablation(stack, prm, sessions, docs, new_qs, retention_qs, log)
+    return result

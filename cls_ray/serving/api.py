@@ -1,0 +1,70 @@
+"""The bodies the HTTP API accepts. Native routes refuse unknown fields; OpenAI's chat request
+allows them (its clients send many optional ones)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RGRRequest(_Body):
+    question: str = Field(min_length=1)
+    mode: str = Field("rgr", pattern="^(rgr|single|none)$")
+    top_k: int | None = Field(None, ge=1, le=50)
+    max_steps: int | None = Field(None, ge=1, le=32)
+    temperature: float = Field(0.0, ge=0, le=5)
+    best_of: int = Field(1, ge=1, le=32, description="Sample N, return the PRM's best.")
+    score: bool = Field(False, description="Wait for the PRM and return the step scores.")
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("question is empty")
+        return v
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str = Field(pattern="^(system|user|assistant|tool|developer)$")
+    content: str | list | None = None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI clients send many optional fields
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    temperature: float | None = Field(None, ge=0, le=5)
+    max_tokens: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=1)
+
+
+class DocumentIn(_Body):
+    id: str | None = Field(None, min_length=1, max_length=64)
+    text: str = Field(min_length=1, max_length=4096)
+    source: str | None = Field(None, max_length=512)
+
+
+class DocumentsRequest(_Body):
+    documents: list[DocumentIn] = Field(min_length=1, max_length=1000)
+
+
+class FeedbackRequest(_Body):
+    rating: float | None = Field(None, ge=-1, le=1)
+    corrected_steps: list[str] | None = Field(None, max_length=32)
+    comment: str | None = Field(None, max_length=4000)
+
+
+class SleepRequest(_Body):
+    method: Literal["sft", "ppo"] | None = Field(None, description="default: the config's")
+
+
+class PromoteRequest(_Body):
+    version: str = Field(min_length=1, max_length=128)
+    reason: str = Field("", max_length=1000)

@@ -1,0 +1,103 @@
+"""HTTP concerns of the ingress that are not Ray: a body limit enforced before parsing, errors
+that name the field, and the admin key check."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+
+class BodyLimit:
+    """ASGI middleware that refuses bodies over `max_body_bytes` with 413 before anything
+    parses them: at once when `Content-Length` says so, and while reading when a chunked body
+    grows past the limit. The limit is a class attribute: the ingress sets it from its config
+    (the middleware is installed when the FastAPI app is defined, before any config exists)."""
+
+    max_body_bytes = 1_000_000
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.max_body_bytes
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await self._refuse(send, limit)
+        seen = 0
+        refused = False
+
+        async def limited_receive():
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    # Answer now; the app sees the client go away and its reply is dropped.
+                    refused = True
+                    await self._refuse(send, limit)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            if not refused:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+    @staticmethod
+    async def _refuse(send, limit: int) -> None:
+        body = json.dumps({"detail": f"body larger than {limit} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """400 for a body that is not JSON; 422 naming each bad field otherwise."""
+    errors = exc.errors()
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", "JSON decode error")
+            return JSONResponse(status_code=400, content={"detail": f"malformed JSON: {reason}"})
+    message = "; ".join(
+        f"{'.'.join(str(x) for x in e['loc'] if x != 'body') or 'body'}: {e['msg']}" for e in errors
+    )
+    return JSONResponse(
+        status_code=422,
+        content={"detail": message, "errors": jsonable_encoder(errors, exclude={"input"})},
+    )
+
+
+def install(api: FastAPI) -> FastAPI:
+    """The body limit and the validation errors on `api`."""
+    api.add_middleware(BodyLimit)
+    api.add_exception_handler(RequestValidationError, invalid_request)
+    return api
+
+
+def check_admin_key(env_name: str, key: str | None) -> None:
+    """Admin routes need the key held in the environment variable `env_name`; with no key
+    configured they are disabled (403), never open."""
+    expected = os.environ.get(env_name)
+    if not expected:
+        raise HTTPException(403, f"admin endpoints are disabled: {env_name} is not set")
+    if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
+        raise HTTPException(401, "missing or wrong admin key (header X-API-Key)")

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from cls_ray.config import Config, ConfigError, expand_env, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_local_config_loads():
+    cfg = load_config(ROOT / "configs" / "local.yaml")
+    assert isinstance(cfg, Config)
+    assert cfg.store.uri == "" and cfg.store_uri.endswith("milvus.db")
+    assert cfg.world.scale == 1.0
+
+
+def test_unknown_field_names_file_line_and_field(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("state_dir: x\nrgr:\n  top_k: 4\n  topk: 5\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert f"{p}:4" in msg and "rgr.topk" in msg and "unknown field" in msg
+
+
+def test_wrong_type_names_field_and_expectation(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("rgr:\n  top_k: many\nstore:\n  search_mode: fuzzy\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert f"{p}:2: rgr.top_k" in msg and "integer" in msg
+    assert f"{p}:4: store.search_mode" in msg and "'dense', 'bm25' or 'hybrid'" in msg
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("rgr: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:\d+: not valid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_from_the_command_line(tmp_path):
+    cfg = load_config(None, ["rgr.top_k=7", "store.uri=http://127.0.0.1:19530"])
+    assert cfg.rgr.top_k == 7
+    assert cfg.store_uri == "http://127.0.0.1:19530"
+    with pytest.raises(ConfigError, match=r"\(command line\): rgr.top_k"):
+        load_config(None, ["rgr.top_k=0"])
+
+
+def test_token_and_uri_read_the_environment_on_use_only(monkeypatch):
+    monkeypatch.setenv("MILVUS_TOKEN_FOR_TEST", "root:secret")
+    cfg = load_config(None, ["store.token=${MILVUS_TOKEN_FOR_TEST}", "store.uri=${NO_SUCH_VAR}"])
+    assert cfg.store.token == "${MILVUS_TOKEN_FOR_TEST}"  # never expanded into a dump
+    assert "root:secret" not in cfg.model_dump_json()
+    assert expand_env(cfg.store.token, "store.token") == "root:secret"
+    monkeypatch.delenv("NO_SUCH_VAR", raising=False)
+    with pytest.raises(
+        ConfigError, match=r"store.uri reads \$\{NO_SUCH_VAR\} from the environment"
+    ):
+        expand_env(cfg.store.uri, "store.uri")

@@ -1,0 +1,84 @@
+"""`cls-ray sleep`: buffered sessions, scored by the PRM, one consolidation on Ray Train, a
+registered version with its metrics and the gate's decision."""
+
+import json
+
+import pytest
+
+from cls_ray.cli import main
+from cls_ray.config import load_config
+from cls_ray.registry import ModelRegistry
+from cls_ray.replay.buffer import ReplayBuffer
+from tests.helpers import OPEN_GATE, TINY_OVERRIDES, buffer_sessions, set_args
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def test_sleep_consumes_buffered_sessions_into_a_gated_version(
+    tiny_state, tiny_stack, tiny_prm, ray_local, tmp_path, capsys
+):
+    overrides = [
+        *TINY_OVERRIDES,
+        f"state_dir={tmp_path}",
+        f"model.path={tiny_state['dir'] / 'models' / 'base'}",
+        f"store.uri={tiny_state['dir'] / 'milvus.db'}",
+        f"prm.path={tiny_prm}",
+        "consolidate.steps=20",
+        "consolidate.batch_size=8",
+        "consolidate.cpus_per_worker=0.5",
+        "consolidate.eval_per_family=2",
+        *OPEN_GATE,
+    ]
+    cfg = load_config(None, overrides)
+    world = tiny_stack.world
+    qs = world.questions("train", world.held_back_families, per_family=3)
+    buffer_sessions(tiny_stack, cfg, qs)
+    args = set_args(overrides)
+    assert main(["sleep", "--json", "-q", *args]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["data"]["sessions"] == len(qs) and out["promoted"]
+    assert out["families"] and all("rival" in f for f in out["families"])
+    reg = ModelRegistry(cfg.state_path / "registry.json")
+    v = reg.get(out["version"])
+    assert reg.current().name == v.name and v.kind == "lora" and v.parent == "base"
+    assert "new_family_after" in v.metrics and "retention_after" in v.metrics
+    # consumed, and the consumed cache discarded but for the replay sample (all 6 fit in it)
+    assert out["compaction"] == {"dropped": 0, "kept_replay": len(qs), "sessions": len(qs)}
+    again = ReplayBuffer(cfg.replay_path)
+    assert again.take(100) == []
+    assert all(again.get(tr_id).r_tau is not None for tr_id in again.ids())  # scored on the way
+    # Nothing left to consume: a clear message, not a crash.
+    with pytest.raises(SystemExit, match="no unconsumed sessions"):
+        main(["sleep", "-q", *args])
+
+
+def test_ppo_learns_from_buffered_sessions_and_fresh_rollouts(
+    tiny_state, tiny_stack, tiny_prm, ray_local, tmp_path, capsys
+):
+    """`cls-ray ppo`: stored sessions plus fresh rollouts on replayed questions, PPO on Ray
+    Train, a registered version with its metrics."""
+    overrides = [
+        *TINY_OVERRIDES,
+        f"state_dir={tmp_path}",
+        f"model.path={tiny_state['dir'] / 'models' / 'base'}",
+        f"store.uri={tiny_state['dir'] / 'milvus.db'}",
+        f"prm.path={tiny_prm}",
+        "consolidate.ppo.steps=8",
+        "consolidate.ppo.batch_size=4",
+        "consolidate.ppo.fresh_per_family=2",
+        "consolidate.cpus_per_worker=0.5",
+        "consolidate.eval_per_family=2",
+        "consolidate.retention_tolerance=1.0",
+    ]
+    cfg = load_config(None, overrides)
+    world = tiny_stack.world
+    qs = world.questions("train", world.held_back_families[:2], per_family=2)
+    buffer_sessions(tiny_stack, cfg, qs, temperature=1.0, seed=1)
+    args = set_args(overrides)
+    assert main(["ppo", "--json", "-q", *args]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["method"] == "ppo" and out["train"]["step"] == 8
+    assert out["train"]["trajectories"] > len(qs)  # fresh rollouts joined the stored sessions
+    v = ModelRegistry(cfg.state_path / "registry.json").get(out["version"])
+    assert v.metrics["method"] == "ppo" and "kl_base_candidate" in v.metrics
+    assert json.loads((cfg.state_path / "reports" / "ppo.json").read_text())["version"] == v.name
