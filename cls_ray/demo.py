@@ -25,7 +25,8 @@ from cls_ray.eval.plots import plt, save
 from cls_ray.eval.reports import write_report
 from cls_ray.memory.ingest import ingest_paths
 from cls_ray.ports import Buffer, Scheduler, ServingRuntime
-from cls_ray.prm.pipeline import describe_training, latest_prm, train_new_prm
+from cls_ray.prm.pipeline import describe_training, train_new_prm
+from cls_ray.prm.store import latest_prm
 from cls_ray.replay.buffer import ReplayBuffer
 from cls_ray.stack import Stack
 from cls_ray.world.core import World

@@ -13,7 +13,7 @@ from actors.serve.ingress import Ingress
 from actors.serve.retriever import Retriever
 from actors.serve.scorer import Scorer
 from cls_ray.config import Config
-from cls_ray.prm.pipeline import latest_prm
+from cls_ray.prm.store import latest_prm
 from cls_ray.serving.names import GENERATOR, INGRESS, RETRIEVER, SCORER
 from cls_ray.serving.spec import generator_options, generator_user_config
 

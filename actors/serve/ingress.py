@@ -1,8 +1,9 @@
 """The ingress deployment: the HTTP API (FastAPI), RGR sessions run in lock-step, stored durably
 in the replay buffer before they are answered, and the admin routes."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI builds each route from its annotations,
+# and under Serve's ingress postponed (string) annotations turned the body models into query
+# parameters (every POST answered 422 "query: Field required").
 import asyncio
 import functools
 import logging

@@ -19,7 +19,7 @@ from cls_ray.eval.bench_stream import bench_stream, format_stream
 from cls_ray.eval.bench_train import bench_train
 from cls_ray.eval.plots import plot_bench_rgr, plot_bench_serve
 from cls_ray.eval.reports import write_report
-from cls_ray.prm.pipeline import load_prm
+from cls_ray.prm.store import load_prm
 from cls_ray.serving.names import RETRIEVER
 from cls_ray.stack import Stack
 from cls_ray.storage import mirror_reports

@@ -10,7 +10,7 @@ from actors.replay_buffer import ActorBuffer
 from actors.runtime import connect_ray, down, marker, stop_ray, up
 from cls_ray.cli.http import http_json, stack_up, url
 from cls_ray.config import Config
-from cls_ray.prm.pipeline import latest_prm
+from cls_ray.prm.store import latest_prm
 from cls_ray.registry import registry_for
 
 

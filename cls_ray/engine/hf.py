@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 
 from cls_ray.engine.base import Generation, StreamableEngine
 from cls_ray.model.examples import left_pad
@@ -91,6 +90,9 @@ class HFEngine:
         """The base model, a full checkpoint at `path`, or a PEFT adapter at `path` merged
         into the base."""
         if path is not None and (Path(path) / "adapter_config.json").exists():
+            # peft takes seconds to import: only an adapter version needs it.
+            from peft import PeftModel
+
             base, tok = load_model_and_tokenizer(
                 cfg.model_path, cfg.engine.device, cfg.engine.dtype
             )

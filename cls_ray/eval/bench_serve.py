@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import requests
-from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
 
 from cls_ray.config import Config
@@ -114,6 +113,8 @@ def retriever_load(handle, queries: Sequence[str], k: int, per_caller: int, conc
 def make_swap_adapter(cfg: Config, out) -> str:
     """A LoRA adapter on the base model (PEFT's default init: the same outputs as the base),
     saved like consolidation saves one."""
+    from peft import LoraConfig, get_peft_model  # seconds to import: only the hot swap needs it
+
     model, _ = load_model_and_tokenizer(cfg.model_path)
     lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
     lora.save_pretrained(out)

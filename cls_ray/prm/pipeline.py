@@ -1,5 +1,5 @@
 """The PRM jobs behind `cls-ray prm train` and `cls-ray prm eval`: data from the world, the
-model's own samples and user feedback; training; evaluation; where trained PRMs live."""
+model's own samples and user feedback; training; evaluation."""
 
 from __future__ import annotations
 
@@ -19,38 +19,11 @@ from cls_ray.prm.labels import (
     world_docs_for,
 )
 from cls_ray.prm.model import ProcessRewardModel
+from cls_ray.prm.store import next_prm_path
 from cls_ray.prm.train import train_prm
 from cls_ray.stack import Stack
 
 logger = logging.getLogger(__name__)
-
-
-def prm_root(cfg) -> Path:
-    return cfg.state_path / "prm"
-
-
-def latest_prm(cfg) -> Path | None:
-    """`prm.path` when set, else the newest `v<N>` under state_dir/prm."""
-    if cfg.prm.path:
-        return Path(cfg.prm.path)
-    versions = sorted(
-        (p for p in prm_root(cfg).glob("v*") if p.name[1:].isdigit() and (p / "prm.json").exists()),
-        key=lambda p: int(p.name[1:]),
-    )
-    return versions[-1] if versions else None
-
-
-def load_prm(cfg) -> ProcessRewardModel:
-    """The newest trained PRM (or `prm.path`); a clear error when there is none."""
-    path = latest_prm(cfg)
-    if path is None:
-        raise FileNotFoundError("no trained PRM: run `cls-ray prm train` first")
-    return ProcessRewardModel.load(path, cfg.prm.aggregation)
-
-
-def next_prm_path(cfg) -> Path:
-    taken = [int(p.name[1:]) for p in prm_root(cfg).glob("v*") if p.name[1:].isdigit()]
-    return prm_root(cfg) / f"v{max(taken, default=0) + 1}"
 
 
 def training_examples(

@@ -16,11 +16,9 @@ import pytest
 
 from cls_ray.config import load_config
 from cls_ray.registry import ModelRegistry
-from tests.helpers import OPEN_GATE, TINY_OVERRIDES, buffer_sessions, free_port
+from tests.helpers import OPEN_GATE, ROOT, TINY_OVERRIDES, buffer_sessions, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ray(*args, env, timeout=600):

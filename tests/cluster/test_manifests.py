@@ -18,8 +18,8 @@ from cls_ray.cli import main
 from cls_ray.cluster import manifests, render, render_text
 from cls_ray.config import Config, load_config
 from cls_ray.serving.names import APP_IMPORT_PATH
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_CONFIG = "configs/cluster.yaml"
 K8S_VERSION = "1.32"
 

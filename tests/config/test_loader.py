@@ -1,10 +1,7 @@
-from pathlib import Path
-
 import pytest
 
 from cls_ray.config import Config, ConfigError, expand_env, load_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def test_local_config_loads():
@@ -61,3 +58,54 @@ def test_token_and_uri_read_the_environment_on_use_only(monkeypatch):
         ConfigError, match=r"store.uri reads \$\{NO_SUCH_VAR\} from the environment"
     ):
         expand_env(cfg.store.uri, "store.uri")
+
+
+def test_every_shipped_config_loads():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        assert isinstance(load_config(path), Config), path
+
+
+def test_an_old_flat_key_names_its_file_line_and_new_place(tmp_path):
+    p = tmp_path / "old.yaml"
+    p.write_text(
+        "serve:\n"
+        "  port: 8001\n"
+        "  max_batch_size: 32\n"
+        "  generator_autoscaling:\n"
+        "    max_replicas: 4\n"
+        "  weight_sync: stream\n"
+        "consolidate:\n"
+        "  ppo_steps: 10\n"
+        "  auto_sleep: true\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert f"{p}:3: serve.max_batch_size moved to serve.generator.max_batch_size" in msg
+    assert f"{p}:4: serve.generator_autoscaling moved to serve.generator.autoscaling" in msg
+    assert f"{p}:6: serve.weight_sync moved to serve.weight_sync.mode" in msg
+    assert f"{p}:8: consolidate.ppo_steps moved to consolidate.ppo.steps" in msg
+    assert f"{p}:9: consolidate.auto_sleep moved to consolidate.schedule.auto" in msg
+    # The same config in its new shape loads.
+    p.write_text(
+        "serve:\n  generator:\n    max_batch_size: 32\n    autoscaling: {max_replicas: 4}\n"
+        "  weight_sync: {mode: stream}\n"
+        "consolidate:\n  ppo: {steps: 10}\n  schedule: {auto: true}\n"
+    )
+    cfg = load_config(p)
+    assert cfg.serve.generator.max_batch_size == 32 and cfg.serve.weight_sync.mode == "stream"
+    assert cfg.consolidate.ppo.steps == 10 and cfg.consolidate.schedule.auto
+
+
+def test_an_old_flat_key_on_the_command_line_names_its_new_place():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["serve.retriever_max_batch_size=64", "consolidate.sleep_limit=5"])
+    msg = str(e.value)
+    assert (
+        "(command line): serve.retriever_max_batch_size moved to serve.retriever.max_batch_size"
+        in msg
+    )
+    assert "(command line): consolidate.sleep_limit moved to consolidate.schedule.limit" in msg
+    # A nested key under a moved section is renamed the same way.
+    with pytest.raises(ConfigError, match="serve.generator.autoscaling.max_replicas"):
+        load_config(None, ["serve.generator_autoscaling.max_replicas=3"])

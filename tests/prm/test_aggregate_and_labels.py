@@ -45,8 +45,8 @@ def test_aggregation_edge_cases():
         aggregate_step_scores([1.5])
 
 
-def test_gold_chains_are_right_and_every_corruption_has_a_wrong_step(tiny_stack):
-    world = tiny_stack.world
+def test_gold_chains_are_right_and_every_corruption_has_a_wrong_step(tiny_world):
+    world = tiny_world
     qs = world.questions("train", per_family=3)
     examples = gold_and_corrupted(world, qs, per_question=3, seed=1)
     gold = [e for e in examples if e.source == "gold"]
@@ -61,8 +61,8 @@ def test_gold_chains_are_right_and_every_corruption_has_a_wrong_step(tiny_stack)
     assert {"wrong_entity", "wrong_relation", "wrong_object", "skipped_hop"} <= kinds
 
 
-def test_a_wrong_object_reads_against_the_true_fact(tiny_stack):
-    world = tiny_stack.world
+def test_a_wrong_object_reads_against_the_true_fact(tiny_world):
+    world = tiny_world
     q = next(q for q in world.questions("train", per_family=3) if q.hops >= 2)
     steps = Corruptor(world).corrupt(q, "wrong_object", random.Random(0))
     ex = verifier_example(q, steps, world=world)
