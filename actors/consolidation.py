@@ -24,7 +24,7 @@ from actors.serve.handles import RemoteRetriever
 from cls_ray.config import Config
 from cls_ray.consolidate.promotion import SleepServices
 from cls_ray.consolidate.sleep import sleep_from_buffer
-from cls_ray.prm.store import load_prm
+from cls_ray.prm.model import load_prm
 from cls_ray.registry import registry_for
 from cls_ray.replay.buffer import ReplayBuffer
 from cls_ray.stack import Stack

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 import ray
 
-from actors.runtime import start_local_ray
+from actors.ray_cluster import start_local_ray
 from cls_ray.cli import main
 from cls_ray.config import load_config
 from cls_ray.memory import Embedder

@@ -8,7 +8,8 @@ import functools
 from ray import serve
 
 from actors.deploy import deploy
-from actors.runtime import connect_ray, down, init_ray, stop_ray, up
+from actors.ray_cluster import connect_ray, init_ray, stop_ray, take_down
+from actors.runtime import up
 from cls_ray.cli.http import stack_up
 from cls_ray.config import Config
 from cls_ray.eval.bench_consolidation import bench_consolidation
@@ -19,7 +20,7 @@ from cls_ray.eval.bench_stream import bench_stream, format_stream
 from cls_ray.eval.bench_train import bench_train
 from cls_ray.eval.plots import plot_bench_rgr, plot_bench_serve
 from cls_ray.eval.reports import write_report
-from cls_ray.prm.store import load_prm
+from cls_ray.prm.model import load_prm
 from cls_ray.serving.names import RETRIEVER
 from cls_ray.stack import Stack
 from cls_ray.storage import mirror_reports
@@ -109,7 +110,7 @@ def bench_serve_cmd(args, cfg: Config) -> dict:
         )
     finally:
         if not was_up:
-            down(cfg)
+            take_down(cfg)
         if started_ray:
             stop_ray()
     report = write_report(cfg, "bench_serve", result)

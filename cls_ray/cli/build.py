@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from actors.runtime import init_ray
+from actors.ray_cluster import init_ray
 from cls_ray.bootstrap import describe, ensure_model
 from cls_ray.config import Config
 from cls_ray.memory.ingest import ingest_paths

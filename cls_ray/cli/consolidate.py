@@ -5,7 +5,7 @@ on the state directory otherwise."""
 from __future__ import annotations
 
 from actors.consolidation import run_consolidation
-from actors.runtime import connect_ray, init_ray
+from actors.ray_cluster import connect_ray, init_ray
 from cls_ray.cli.http import stack_up
 from cls_ray.config import Config
 

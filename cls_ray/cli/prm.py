@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ray
 
+from actors.ray_cluster import init_ray
 from actors.replay_buffer import ActorBuffer
-from actors.runtime import init_ray
 from cls_ray.config import Config
 from cls_ray.eval.plots import plot_prm_eval
 from cls_ray.eval.reports import write_report
+from cls_ray.prm.model import load_prm
 from cls_ray.prm.pipeline import describe_training, evaluate_prm, train_new_prm
-from cls_ray.prm.store import load_prm
 from cls_ray.replay.buffer import ReplayBuffer
 from cls_ray.stack import Stack
 from cls_ray.storage import mirror_reports

@@ -25,6 +25,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from cls_ray.prm.aggregate import Aggregation, aggregate_step_scores
 from cls_ray.prm.labels import evidence_for
+from cls_ray.prm.store import latest_prm
 
 MAX_QUESTION_TOKENS = 48
 MAX_STEP_TOKENS = 32
@@ -188,3 +189,11 @@ def save_prm(model: StepPRM, tokenizer, path: str | Path, meta: dict) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path
+
+
+def load_prm(cfg) -> ProcessRewardModel:
+    """The newest trained PRM (or `prm.path`); a clear error when there is none."""
+    path = latest_prm(cfg)
+    if path is None:
+        raise FileNotFoundError("no trained PRM: run `cls-ray prm train` first")
+    return ProcessRewardModel.load(path, cfg.prm.aggregation)

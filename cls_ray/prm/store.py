@@ -1,11 +1,9 @@
 """Where trained PRMs live: `v<N>` folders under `state_dir/prm`, the newest in use (or
-`prm.path`)."""
+`prm.path`). Paths only (no model code), so asking costs nothing."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from cls_ray.prm.model import ProcessRewardModel
 
 
 def prm_root(cfg) -> Path:
@@ -21,14 +19,6 @@ def latest_prm(cfg) -> Path | None:
         key=lambda p: int(p.name[1:]),
     )
     return versions[-1] if versions else None
-
-
-def load_prm(cfg) -> ProcessRewardModel:
-    """The newest trained PRM (or `prm.path`); a clear error when there is none."""
-    path = latest_prm(cfg)
-    if path is None:
-        raise FileNotFoundError("no trained PRM: run `cls-ray prm train` first")
-    return ProcessRewardModel.load(path, cfg.prm.aggregation)
 
 
 def next_prm_path(cfg) -> Path:

@@ -12,7 +12,8 @@ import ray
 import requests
 from ray import serve
 
-from actors.runtime import down, up
+from actors.ray_cluster import take_down
+from actors.runtime import up
 from actors.scheduler import SleepScheduler
 from cls_ray.config import load_config
 from cls_ray.registry import registry_for
@@ -56,7 +57,7 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local, tiny_prm):
     assert r.status_code == 200, r.text
     admin = {"X-API-Key": os.environ[ADMIN_KEY_ENV]}
     yield {"url": url, "cfg": cfg, "world": tiny_stack.world, "admin": admin}
-    down(cfg)
+    take_down(cfg)
     serve.shutdown()
 
 

@@ -16,7 +16,8 @@ from ray import serve
 from ray.serve._private.api import serve_start
 
 from actors.deploy import DeployError, deploy, promote
-from actors.runtime import down, up
+from actors.ray_cluster import take_down
+from actors.runtime import up
 from actors.weight_stream import stream_version
 from cls_ray.cluster import serve_config
 from cls_ray.config import load_config
@@ -58,7 +59,7 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local, tiny_prm):
     r = requests.post(f"{url}/v1/documents", json={"documents": docs}, timeout=120)
     assert r.status_code == 200, r.text
     yield {"url": url, "cfg": cfg, "world": tiny_stack.world}
-    down(cfg)
+    take_down(cfg)
     serve.shutdown()
 
 

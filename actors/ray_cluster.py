@@ -1,0 +1,122 @@
+"""Starting, joining and stopping Ray for a command: a local instance, the cluster of
+`ray.address` / `RAY_ADDRESS`, a head that outlives the command (`ray start --head`), and taking
+an application and the detached actors next to it down. Ray and Serve only: quick to import."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ray
+from ray import serve
+
+from cls_ray.config import Config
+from cls_ray.serving.names import (
+    NAMESPACE,
+    buffer_actor_name,
+    registry_actor_name,
+    scheduler_actor_name,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _quiet_data() -> None:
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    except AttributeError:
+        pass
+
+
+def start_local_ray(num_cpus: int | None, log_to_driver: bool = False) -> None:
+    """Starts a Ray instance on this machine (no dashboard), quiet Ray Data progress bars."""
+    # A loaded machine can miss Ray's start-up deadline (GCS or raylet); Ray raises a plain
+    # Exception for that, so any failure of the start gets two more tries.
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
+            break
+        except Exception:  # noqa: BLE001
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            logger.warning("Ray did not start; trying again")
+            time.sleep(5)
+    _quiet_data()
+
+
+def init_ray(cfg: Config, log_to_driver: bool = False, num_cpus: int | None = None) -> bool:
+    """Ray for a job: the cluster of `ray.address` or `RAY_ADDRESS` (inside `ray job submit`),
+    else a local instance (`num_cpus` overrides `ray.num_cpus`). Returns True when this call
+    started or joined it (False: this process had it already)."""
+    if ray.is_initialized():
+        return False
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=log_to_driver)
+        _quiet_data()
+    else:
+        start_local_ray(num_cpus or cfg.ray.num_cpus, log_to_driver)
+    return True
+
+
+def connect_ray(cfg: Config, start: bool) -> bool:
+    """Joins `ray.address` / RAY_ADDRESS / a running local head; with `start`, starts a head
+    (`ray start --head`, which outlives this process). Returns True when this call started it."""
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=address, log_to_driver=False, namespace=NAMESPACE)
+        return False
+    except (ConnectionError, RuntimeError):
+        if not start or address != "auto":
+            raise SystemExit(f"no Ray cluster at {address}; run `cls-ray up` first") from None
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+    ]
+    if cfg.ray.num_cpus:
+        cmd.append(f"--num-cpus={cfg.ray.num_cpus}")
+    subprocess.run(cmd, check=True, capture_output=True)
+    ray.init(address="auto", log_to_driver=False, namespace=NAMESPACE)
+    return True
+
+
+def stop_ray() -> None:
+    """Stops Serve and the local Ray cluster (`ray stop`) a command started."""
+    serve.shutdown()
+    ray.shutdown()
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop"], capture_output=True)
+
+
+def stop_state_actors(cfg: Config) -> None:
+    """The buffer, registry and scheduler actors are detached; their state is on disk, so
+    stopping them loses nothing."""
+    app = cfg.serve.app_name
+    for name in (buffer_actor_name(app), registry_actor_name(app), scheduler_actor_name(app)):
+        try:
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        except ValueError:
+            pass
+
+
+def take_down(cfg: Config) -> None:
+    """Deletes the application and stops the actors next to it."""
+    try:
+        serve.delete(cfg.serve.app_name)
+    except Exception as e:  # noqa: BLE001 - nothing deployed is fine when going down
+        logger.info("no app to delete: %s", e)
+    stop_state_actors(cfg)
+
+
+def marker(cfg: Config) -> Path:
+    """The file that says `cls-ray up` started the local Ray cluster (so `down` stops it)."""
+    return cfg.state_path / "ray-started-by-cls-ray"
