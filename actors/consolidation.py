@@ -11,7 +11,6 @@ replica. Otherwise it opens the state directly. Either way the sleep itself is
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 
@@ -24,6 +23,7 @@ from actors.serve.handles import RemoteRetriever
 from cls_ray.config import Config
 from cls_ray.consolidate.promotion import SleepServices
 from cls_ray.consolidate.sleep import sleep_from_buffer
+from cls_ray.eval.reports import write_report
 from cls_ray.prm.model import load_prm
 from cls_ray.registry import registry_for
 from cls_ray.replay.buffer import ReplayBuffer
@@ -72,11 +72,7 @@ def run_consolidation(
         services = SleepServices.local(cfg, stack.retriever)
         buffer = ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments)
     result = sleep_from_buffer(stack, prm, buffer, services, limit, method=method, log=log)
-    out = cfg.state_path / "reports" / f"{'ppo' if method == 'ppo' else 'sleep'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    out = write_report(cfg, "ppo" if method == "ppo" else "sleep", result)
     result["report"] = str(out)
     mirror_reports(cfg)
     return result

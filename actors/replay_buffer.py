@@ -117,12 +117,12 @@ class ActorBuffer:
     """The buffer actor as a `Buffer` (see `cls_ray.ports`): what a sleep, PPO and the PRM's
     human labels read from the process that owns the write-ahead log."""
 
-    def __init__(self, handle, timeout_s: float = 300.0):
+    def __init__(self, handle, timeout_s: float | None = None):
         self.handle = handle
         self.timeout_s = timeout_s
 
     @classmethod
-    def of_app(cls, app_name: str, timeout_s: float = 300.0) -> ActorBuffer:
+    def of_app(cls, app_name: str, timeout_s: float | None = None) -> ActorBuffer:
         """The buffer of a running application (a `ValueError` when it has none)."""
         return cls(ray.get_actor(buffer_actor_name(app_name), namespace=NAMESPACE), timeout_s)
 

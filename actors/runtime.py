@@ -44,10 +44,10 @@ class SchedulerClient:
         self.handle = handle
 
     def trigger(self, reason: str = "admin request", method: str | None = None) -> dict:
-        return ray.get(self.handle.trigger.remote(reason, method), timeout=60)
+        return ray.get(self.handle.trigger.remote(reason, method))
 
     def wait(self, timeout_s: float) -> dict:
-        return ray.get(self.handle.wait.remote(timeout_s), timeout=timeout_s + 60)
+        return ray.get(self.handle.wait.remote(timeout_s))
 
 
 class RayRuntime:

@@ -16,7 +16,6 @@ import time
 import ray
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-from actors.consolidation import run_consolidation
 from cls_ray.config import Config
 from cls_ray.serving.names import NAMESPACE, buffer_actor_name, scheduler_actor_name
 
@@ -25,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 @ray.remote(num_cpus=0, max_retries=0)
 def consolidation_job(cfg: dict, method: str, limit: int) -> dict:
+    # The whole consolidation pipeline (torch, transformers, Ray Train; seconds and hundreds of
+    # MB) is imported by the worker that runs the job, not by the small coordinator actor.
+    from actors.consolidation import run_consolidation
+
     logging.basicConfig(level=logging.INFO)
     return run_consolidation(Config.model_validate(cfg), method, limit)
 

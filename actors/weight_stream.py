@@ -1,4 +1,4 @@
-"""Streaming a full-weight version to every generator replica (`serve.weight_sync: stream`).
+"""Streaming a full-weight version to every generator replica (`serve.weight_sync.mode: stream`).
 
 Reloading from shared storage makes every replica read the whole checkpoint; streaming reads it
 once. A sender actor loads the version's checkpoint (the state dict its trainer gathered from

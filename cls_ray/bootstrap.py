@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from cls_ray.engine.hf import HFEngine
 from cls_ray.model.examples import encode_examples, episode_pair
-from cls_ray.model.loading import build_small_model
+from cls_ray.model.loading import build_small_model, is_checkpoint
 from cls_ray.model.tokenizer import build_world_tokenizer
 from cls_ray.world.core import World
 from cls_ray.world.episodes import EpisodeSampler, step_accuracy
@@ -117,7 +117,7 @@ def ensure_model(cfg, world: World, force: bool = False, progress: bool = True) 
     """The default model's path and training metrics; it is built first when missing (or
     `force`). `built` says whether this call built it."""
     path = cfg.model_path
-    if (path / "config.json").exists() and not force:
+    if is_checkpoint(path) and not force:
         metrics_file = path / "bootstrap_metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         return {"path": str(path), "built": False, **metrics}

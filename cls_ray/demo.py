@@ -25,9 +25,9 @@ from cls_ray.eval.plots import plt, save
 from cls_ray.eval.reports import write_report
 from cls_ray.memory.ingest import ingest_paths
 from cls_ray.ports import Buffer, Scheduler, ServingRuntime
-from cls_ray.prm.pipeline import describe_training, train_new_prm
+from cls_ray.prm.pipeline import describe_training, prepare_training, train_new_prm
 from cls_ray.prm.store import latest_prm
-from cls_ray.replay.buffer import ReplayBuffer
+from cls_ray.replay.buffer import feedback_in_files
 from cls_ray.stack import Stack
 from cls_ray.world.core import World
 from cls_ray.world.verifier import normalize_answer
@@ -272,6 +272,8 @@ def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = T
     log(describe(ensure_model(cfg, stack.world, progress=progress)))
     log("== 2/6 ingest: the built-in world into Milvus")
     ingest = ingest_paths([stack.export_world()], cfg, stack.store, progress, use_ray=False)
+    for e in ingest.errors:
+        log(f"error: {e}")
     log(ingest.describe(stack.store.count(), stack.store.name()))
     # Milvus Lite's in-process server keeps indexing after an ingest; stop it while Ray starts
     # (the store reopens on first use).
@@ -280,12 +282,8 @@ def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = T
     runtime.start(num_cpus=max(4, cfg.ray.num_cpus or 0))
     if latest_prm(cfg) is None:
         log("== 3/6 prm train: the process reward model (Ray Train + DeepSpeed)")
-        feedback = (
-            ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments).with_feedback()
-            if cfg.replay_path.exists()
-            else []
-        )
-        out, result = train_new_prm(stack, feedback, log=log)
+        examples, data = prepare_training(stack, feedback_in_files(cfg), log)
+        out, result = train_new_prm(cfg, examples, data, log=log)
         write_report(cfg, "prm_train", result)
         log(describe_training(out, result))
     else:
@@ -306,7 +304,7 @@ def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = T
     out_dir = cfg.state_path / "reports" / "demo"
     out_dir.mkdir(parents=True, exist_ok=True)
     report["seconds"] = time.time() - t_start
-    (out_dir / "demo.json").write_text(json.dumps(report, indent=2))
+    write_report(cfg, "demo/demo", report)
     md = out_dir / "report.md"
     md.write_text(markdown(report, plot_demo(report, out_dir)))
     report["report_path"] = str(md)

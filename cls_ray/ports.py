@@ -6,12 +6,12 @@ composition root (`cls_ray.cli`) wires in:
 |-----------------|--------------------------------------|-----------------------------------------|
 | `Engine`        | `HFEngine`, `VLLMEngine`             | `serve.handles.RemoteEngine`            |
 | `Retriever`     | `memory.StoreRetriever`              | `serve.handles.RemoteRetriever`         |
-| `Memory`        | `memory.StoreRetriever`              | `serve.handles.ServingMemory`           |
+| `Memory`        | `memory.StoreRetriever`              | `serve.handles.RemoteRetriever`         |
 | `Buffer`        | `replay.ReplayBuffer`                | `replay_buffer.ActorBuffer`             |
 | `Registry`      | `registry.ModelRegistry`             | (the registry file is shared)           |
 | `Publisher`     | `registry.ModelRegistry`             | `deploy.ServingPublisher`               |
-| `Scorer`        | `prm.ProcessRewardModel`             | the scorer deployment                   |
-| `Scheduler`     |                                      | `scheduler.SleepScheduler` (an actor)   |
+| `Scorer`        | `prm.ProcessRewardModel`             | (the scorer deployment wraps one)       |
+| `Scheduler`     |                                      | `runtime.SchedulerClient` (the actor)   |
 | `ServingRuntime`|                                      | `runtime.RayRuntime`                    |
 """
 
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from cls_ray.engine.base import Engine, Generation, StreamableEngine
+from cls_ray.memory.documents import RetrievedDoc
 from cls_ray.memory.procedures import Pattern
-from cls_ray.memory.retriever import RetrievedDoc
 from cls_ray.registry import ModelVersion
 from cls_ray.session import Session
 
@@ -73,7 +73,7 @@ class Buffer(Protocol):
     """The replay buffer as its consumers (sleep, PPO, the PRM's human labels) use it."""
 
     def lease(self, n: int) -> dict:
-        """Seals, leases up to `n` unconsumed sessions: `{"ids", "segments", "recent"}`."""
+        """Seals, leases up to `n` unconsumed sessions: `{"ids", "segments", "late"}`."""
         ...
 
     def set_scores(

@@ -15,6 +15,7 @@ from cls_ray.engine.base import StreamableEngine
 from cls_ray.engine.factory import build_engine
 from cls_ray.memory import Embedder, MilvusStore
 from cls_ray.memory.retriever import StoreRetriever
+from cls_ray.model.loading import is_checkpoint
 from cls_ray.world import World, build_world
 
 
@@ -43,7 +44,7 @@ class Stack:
         return build_engine(self.cfg)
 
     def model_ready(self) -> bool:
-        return (self.cfg.model_path / "config.json").exists()
+        return is_checkpoint(self.cfg.model_path)
 
     def release_store(self) -> None:
         """Closes the store (and Milvus Lite's in-process server for its file): the next use

@@ -21,6 +21,11 @@ LOCAL_IMPORTS = {
     "vllm.distributed.utils": "vLLM is the optional `gpu` extra",
     "deepspeed": "picks its accelerator at import: only inside a Train worker",
     "peft": "seconds to import: only where an adapter is built or loaded",
+    "actors.consolidation": "the pipeline loads in the job's worker, not the scheduler actor",
+    "transformers": "its tokenizers import torch: the ingress needs one for a chat template only",
+    "actors.deploy": "the weight-stream machinery loads on an admin promote, not in every ingress",
+    "cls_ray.memory.embedder": "torch: `from cls_ray.memory import Embedder` on first use",
+    "cls_ray.memory": "pymilvus: `from cls_ray.memory import MilvusStore` on first use",
 }
 
 

@@ -56,7 +56,7 @@ def build_app(cfg: Config, engine_factory: Callable | None = None, user_config: 
 
 def app_from_args(args: dict):
     """Serve's application builder: `config` is the cls-ray config; `engine_factory`, optional,
-    an importable `module:callable` (tests pass engines built in code)."""
+    an importable `module:callable` building an engine from (config, version, path)."""
     factory = None
     if args.get("engine_factory"):
         module, _, attr = args["engine_factory"].partition(":")

@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 from ray import serve
 
 from cls_ray.engine.base import Generation
+from cls_ray.memory.documents import RetrievedDoc
 from cls_ray.memory.procedures import Pattern, parse_pattern
-from cls_ray.memory.retriever import RetrievedDoc
 from cls_ray.serving.batching import slices
 from cls_ray.serving.names import RETRIEVER
 from cls_ray.steps import StepTemplate, render_prompt

@@ -14,9 +14,7 @@ import ray
 from fastapi import FastAPI, Header, HTTPException
 from fastapi.responses import StreamingResponse
 from ray import serve
-from transformers import AutoTokenizer
 
-from actors.deploy import deploy
 from actors.registry import start_registry
 from actors.replay_buffer import start_replay_buffer
 from actors.serve.handles import RemoteEngine, RemoteRetriever
@@ -35,7 +33,7 @@ from cls_ray.serving.api import (
 from cls_ray.serving.batching import session_groups
 from cls_ray.serving.http import BodyLimit, check_admin_key, install
 from cls_ray.serving.names import NAMESPACE, buffer_actor_name, scheduler_actor_name
-from cls_ray.serving.openai import Completion, question_of
+from cls_ray.serving.openai import Completion, model_list, question_of
 from cls_ray.serving.sessions import pick_best, session_records, session_reply
 from cls_ray.session import Feedback
 
@@ -64,6 +62,10 @@ class Ingress:
         )
         self.tokenizer = None
         if self.cfg.model.template == "chat":
+            # transformers' tokenizers import torch (seconds, hundreds of MB): only a chat
+            # template needs one in the ingress.
+            from transformers import AutoTokenizer
+
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.cfg.model_path))
         # RGR is a blocking loop of handle calls; each running session batch holds one thread.
         self.pool = ThreadPoolExecutor(s.max_concurrent_sessions, thread_name_prefix="rgr")
@@ -187,20 +189,7 @@ class Ingress:
     async def models(self) -> dict:
         """The version replicas serve now, and every registered version."""
         version = await self.generator.current_version.remote()
-        data = [
-            {
-                "id": v["name"],
-                "object": "model",
-                "owned_by": "cls-ray",
-                "created": int(v["created_at"]),
-                "status": v["status"],
-                "kind": v["kind"],
-                "parent": v["parent"],
-                "current": v["name"] == version,
-            }
-            for v in await self.registry.list.remote()
-        ]
-        return {"object": "list", "data": data}
+        return model_list(await self.registry.list.remote(), version)
 
     @api.post("/v1/rgr")
     async def rgr(self, body: RGRRequest) -> dict:
@@ -281,6 +270,10 @@ class Ingress:
             if isinstance(e.cause, ValueError):
                 raise HTTPException(409, str(e.cause)) from None
             raise
+        # Deploying pulls in the weight-stream machinery (torch, transformers): imported by the
+        # admin request that needs it, not by every ingress replica at start.
+        from actors.deploy import deploy
+
         t0 = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(self.pool, deploy, self.cfg, v)
         return {"version": v.name, "status": v.status, "swap_seconds": time.perf_counter() - t0}

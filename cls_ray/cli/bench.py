@@ -20,6 +20,7 @@ from cls_ray.eval.bench_stream import bench_stream, format_stream
 from cls_ray.eval.bench_train import bench_train
 from cls_ray.eval.plots import plot_bench_rgr, plot_bench_serve
 from cls_ray.eval.reports import write_report
+from cls_ray.model.loading import is_checkpoint
 from cls_ray.prm.model import load_prm
 from cls_ray.serving.names import RETRIEVER
 from cls_ray.stack import Stack
@@ -87,7 +88,7 @@ def bench_retrieval_cmd(args, cfg: Config) -> dict:
 def bench_serve_cmd(args, cfg: Config) -> dict:
     """The served stack under load (the retriever replica owns the Milvus file: it is not
     opened here); the app comes down afterwards unless it was up before."""
-    if not (cfg.model_path / "config.json").exists():
+    if not is_checkpoint(cfg.model_path):
         raise SystemExit(f"cls-ray bench serve: no model at {cfg.model_path}; run `cls-ray demo`")
     was_up = stack_up(cfg)
     started_ray = connect_ray(cfg, start=True)

@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args, cfg)
     except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f"cls-ray {args.command}: {e}", file=sys.stderr)
+        # the command as typed: `cls-ray prm eval: ...`, `cls-ray bench consolidation: ...`
+        name = " ".join([args.command, *(getattr(args, a, "") for a in ("action", "which"))])
+        print(f"cls-ray {name.strip()}: {e}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result, default=str))

@@ -10,8 +10,13 @@ from cls_ray.config import Config
 from cls_ray.eval.plots import plot_prm_eval
 from cls_ray.eval.reports import write_report
 from cls_ray.prm.model import load_prm
-from cls_ray.prm.pipeline import describe_training, evaluate_prm, train_new_prm
-from cls_ray.replay.buffer import ReplayBuffer
+from cls_ray.prm.pipeline import (
+    describe_training,
+    evaluate_prm,
+    prepare_training,
+    train_new_prm,
+)
+from cls_ray.replay.buffer import feedback_in_files
 from cls_ray.stack import Stack
 from cls_ray.storage import mirror_reports
 
@@ -30,14 +35,13 @@ def feedback_sessions(cfg: Config) -> list[dict]:
             return ActorBuffer.of_app(cfg.serve.app_name, timeout_s=60).with_feedback()
         except ValueError:
             pass
-    if not cfg.replay_path.exists():
-        return []
-    return ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments).with_feedback()
+    return feedback_in_files(cfg)
 
 
 def prm_train(args, cfg: Config) -> dict:
+    examples, data = prepare_training(Stack(cfg), feedback_sessions(cfg), log=print)
     init_ray(cfg, log_to_driver=not args.quiet)
-    out, result = train_new_prm(Stack(cfg), feedback_sessions(cfg), args.steps, log=print)
+    out, result = train_new_prm(cfg, examples, data, args.steps, log=print)
     write_report(cfg, "prm_train", result)
     print(describe_training(out, result))
     return result
@@ -45,12 +49,6 @@ def prm_train(args, cfg: Config) -> dict:
 
 def prm_eval(args, cfg: Config) -> dict:
     result = evaluate_prm(Stack(cfg), load_prm(cfg), log=print)
-    print(
-        f"step_f1 {result['step_f1']:.3f} (correct {result['step_f1_correct']:.3f}, wrong "
-        f"{result['step_f1_wrong']:.3f}); first_error_accuracy "
-        f"{result['first_error_accuracy']:.3f}; auroc_tau {result['auroc_tau']:.3f} on "
-        f"{result['trajectories']} trajectories ({result['wrong_trajectories']} wrong)"
-    )
     print(f"{'n':>3} {'family':10} {'greedy':>7} {'majority':>9} {'prm':>6}")
     for r in result["best_of_n"]:
         print(

@@ -68,16 +68,25 @@ def key_line(text: str, path: tuple) -> int | None:
     return line
 
 
+def new_place(key: str, value: Any = None) -> str | None:
+    """Where an old dotted key (or a key under it) lives now; None when it did not move."""
+    if key == "serve.weight_sync" and isinstance(value, str):
+        return "serve.weight_sync.mode"  # was `reload | stream`, now a section
+    for old, new in MOVED.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old) :]
+    return None
+
+
 def moved_keys(data: dict) -> list[tuple[str, str]]:
     """(old dotted key, new dotted key) for every key of `data` that lives elsewhere now."""
     out = []
-    for old, new in MOVED.items():
-        section, key = old.split(".", 1)
-        if isinstance(data.get(section), dict) and key in data[section]:
-            out.append((old, new))
-    serve = data.get("serve")
-    if isinstance(serve, dict) and isinstance(serve.get("weight_sync"), str):
-        out.append(("serve.weight_sync", "serve.weight_sync.mode"))
+    for section, body in data.items():
+        if isinstance(body, dict):
+            for key, value in body.items():
+                new = new_place(f"{section}.{key}", value)
+                if new:
+                    out.append((f"{section}.{key}", new))
     return out
 
 
@@ -122,19 +131,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         f"{name}:{key_line(text, tuple(old.split('.'))) or '?'}: {old} moved to {new}"
         for old, new in moved_keys(data)
     ]
-    from_cli: set[str] = set()
+    parsed = []
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.path=value")
         key, raw = item.split("=", 1)
-        key = key.strip()
-        for old, new in MOVED.items():
-            if key == old or key.startswith(old + "."):
-                problems.append(f"(command line): {key} moved to {new}{key[len(old) :]}")
-        _set_dotted(data, key, yaml.safe_load(raw) if raw else "")
-        from_cli.add(key)
+        parsed.append((key.strip(), yaml.safe_load(raw) if raw else ""))
+    problems += [
+        f"(command line): {key} moved to {new}"
+        for key, value in parsed
+        if (new := new_place(key, value))
+    ]
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    for key, value in parsed:
+        _set_dotted(data, key, value)
+    from_cli = {key for key, _ in parsed}
     try:
         return Config.model_validate(data)
     except ValidationError as e:

@@ -9,7 +9,6 @@ ingesting the same documents again adds nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import numpy as np
 import ray
 from tqdm.auto import tqdm
 
+from cls_ray.memory.documents import doc_id_for
 from cls_ray.memory.embedder import Embedder
 
 logger = logging.getLogger(__name__)
@@ -51,10 +51,6 @@ class IngestReport:
             "written": self.written,
             "errors": self.errors,
         }
-
-
-def doc_id_for(text: str) -> str:
-    return "d-" + hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def find_files(path: str | Path) -> list[Path]:

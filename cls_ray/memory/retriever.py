@@ -1,24 +1,16 @@
 """Memory as RGR and sleep read and write it: retrieval over the documents, the procedures of
 episodic memory, and the texts of documents by id. `StoreRetriever` does it in this process
 (an embedder and a Milvus store); a serving replica wraps the same object, and the Ray-backed
-`actors.serve.handles.ServingMemory` reaches it from elsewhere."""
+`actors.serve.handles.RemoteRetriever` reaches it from elsewhere."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from cls_ray.memory.documents import RetrievedDoc, doc_id_for
 from cls_ray.memory.embedder import Embedder
-from cls_ray.memory.ingest import doc_id_for
 from cls_ray.memory.procedures import Pattern, index_patterns, lookup
 from cls_ray.memory.store import MilvusStore
-
-
-@dataclass
-class RetrievedDoc:
-    id: str
-    score: float
-    text: str
 
 
 class StoreRetriever:

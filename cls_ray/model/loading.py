@@ -72,10 +72,15 @@ def recorded_checksum(path: str | Path) -> str | None:
     return json.loads(meta.read_text()).get("checksum") if meta.exists() else None
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether `path` holds a model checkpoint (`config.json`)."""
+    return (Path(path) / "config.json").exists()
+
+
 def load_model_and_tokenizer(path: str | Path, device: str = "cpu", dtype: str = "float32"):
     """`from_pretrained` on a local checkpoint: the built default or any Hugging Face model."""
     path = Path(path)
-    if not (path / "config.json").exists():
+    if not is_checkpoint(path):
         raise FileNotFoundError(
             f"no model at {path}: run `cls-ray bootstrap` or set model.path to a checkpoint"
         )

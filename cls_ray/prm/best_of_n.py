@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from cls_ray.prm.aggregate import Aggregation, aggregate_step_scores
-from cls_ray.prm.model import step_evidence
+from cls_ray.prm.labels import step_evidence
 from cls_ray.rgr import run_rgr
 
 

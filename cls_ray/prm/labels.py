@@ -67,6 +67,16 @@ def evidence_for(step: str, docs: Sequence[str], min_overlap: float = 0.5) -> st
     return best if best_f1 >= min_overlap else ""
 
 
+def step_evidence(
+    steps: Sequence[str], docs: Sequence[Sequence[str]] | Sequence[str] | None
+) -> list[str]:
+    if not docs:
+        return [""] * len(steps)
+    if isinstance(docs[0], str):
+        return [evidence_for(s, docs) for s in steps]  # type: ignore[arg-type]
+    return [evidence_for(s, d) for s, d in zip(steps, docs, strict=True)]  # type: ignore[arg-type]
+
+
 def world_docs_for(world: World, step: str) -> list[str]:
     """What a retriever brings for a step in the world: the documents of the stated fact's
     subject and relation (the true fact, when the step states a false one)."""

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from cls_ray.prm.aggregate import Aggregation, aggregate_step_scores
-from cls_ray.prm.labels import evidence_for
+from cls_ray.prm.labels import step_evidence
 from cls_ray.prm.store import latest_prm
 
 MAX_QUESTION_TOKENS = 48
@@ -164,16 +164,6 @@ class ProcessRewardModel:
 
     def r_tau(self, scores: Sequence[float]) -> float:
         return aggregate_step_scores(scores, self.aggregation)
-
-
-def step_evidence(
-    steps: Sequence[str], docs: Sequence[Sequence[str]] | Sequence[str] | None
-) -> list[str]:
-    if not docs:
-        return [""] * len(steps)
-    if isinstance(docs[0], str):
-        return [evidence_for(s, docs) for s in steps]  # type: ignore[arg-type]
-    return [evidence_for(s, d) for s, d in zip(steps, docs, strict=True)]  # type: ignore[arg-type]
 
 
 def save_prm(model: StepPRM, tokenizer, path: str | Path, meta: dict) -> Path:

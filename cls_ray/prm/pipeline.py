@@ -102,26 +102,34 @@ def eval_examples(stack: Stack) -> list[StepExample]:
     return examples
 
 
-def train_new_prm(
-    stack: Stack,
-    feedback: Sequence[dict] = (),
-    steps: int | None = None,
-    log: Callable[[str], None] = logger.info,
-) -> tuple[Path, dict]:
-    """`cls-ray prm train`: labelled data (see `training_examples`), a Ray Train + DeepSpeed run,
-    the next `v<N>` folder under state_dir/prm. Needs Ray initialised and documents in the
-    store. Returns the folder and the report (training metrics and data counts)."""
-    cfg = stack.cfg
+def prepare_training(
+    stack: Stack, feedback: Sequence[dict] = (), log: Callable[[str], None] = logger.info
+) -> tuple[list[StepExample], dict]:
+    """`cls-ray prm train`, first half (no Ray): the labelled data (see `training_examples`).
+    Needs documents in the store."""
     if stack.store.count() == 0:
-        raise ValueError("the store is empty; run `cls-ray ingest --world` (or `cls-ray demo`)")
+        raise ValueError("the store is empty; run `cls-ray demo` first")
     examples, data = training_examples(stack, feedback, log)
     log(
         f"prm data: {data['trajectories']} trajectories, {data['labelled_steps']} labelled steps "
         f"({data['wrong_steps']} wrong), {data['human_trajectories']} from user feedback"
     )
+    return examples, data
+
+
+def train_new_prm(
+    cfg,
+    examples: list[StepExample],
+    data: dict,
+    steps: int | None = None,
+    log: Callable[[str], None] = logger.info,
+) -> tuple[Path, dict]:
+    """`cls-ray prm train`, second half: a Ray Train + DeepSpeed run on `examples` (Ray
+    initialised) into the next `v<N>` folder under state_dir/prm. Returns the folder and the
+    report (training metrics and data counts)."""
     out = next_prm_path(cfg)
     log(
-        f"training the PRM on Ray Train: {cfg.prm.num_workers} workers, DeepSpeed ZeRO-"
+        f"== training the PRM on Ray Train: {cfg.prm.num_workers} workers, DeepSpeed ZeRO-"
         f"{cfg.prm.zero_stage}, {steps or cfg.prm.steps} steps"
     )
     metrics = train_prm(cfg, examples, out, steps=steps)
@@ -132,13 +140,19 @@ def evaluate_prm(stack: Stack, prm: ProcessRewardModel, log: Callable[[str], Non
     """`cls-ray prm eval`: step labels on held-out trajectories (step F1, first error, AUROC of
     R(τ)), then best-of-N with the PRM against greedy and majority vote."""
     cfg, world = stack.cfg, stack.world
-    log(f"PRM {prm.path}: step labels on held-out trajectories")
+    log(f"== PRM {prm.path}: step labels on held-out trajectories")
     examples = eval_examples(stack)
     scores = prm.score_many([(e.prompt, e.completions, e.evidence) for e in examples])
     result = {"prm": str(prm.path), "aggregation": cfg.prm.aggregation}
     result.update(step_metrics(examples, scores, cfg.prm.aggregation))
+    log(
+        f"step_f1 {result['step_f1']:.3f} (correct {result['step_f1_correct']:.3f}, wrong "
+        f"{result['step_f1_wrong']:.3f}); first_error_accuracy "
+        f"{result['first_error_accuracy']:.3f}; auroc_tau {result['auroc_tau']:.3f} on "
+        f"{result['trajectories']} trajectories ({result['wrong_trajectories']} wrong)"
+    )
     qs = world.questions("heldout", per_family=cfg.prm.best_of_n_per_family, seed=cfg.prm.seed + 2)
-    log(f"best-of-N on {len(qs)} held-out questions, N in {cfg.prm.best_of_n}")
+    log(f"== best-of-N on {len(qs)} held-out questions, N in {cfg.prm.best_of_n}")
     result["best_of_n"] = best_of_n(
         prm,
         qs,

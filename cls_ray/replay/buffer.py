@@ -40,6 +40,14 @@ def _fsync_append(path: Path, lines: list[str]) -> None:
         os.fsync(f.fileno())
 
 
+def feedback_in_files(cfg) -> list[dict]:
+    """Sessions with user feedback in a config's buffer files (none when it has none), for a
+    process that does not share them with a running buffer actor."""
+    if not cfg.replay_path.exists():
+        return []
+    return ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments).with_feedback()
+
+
 class ReplayBuffer:
     def __init__(
         self,

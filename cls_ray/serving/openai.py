@@ -28,6 +28,25 @@ def question_of(req: ChatRequest) -> str:
     raise HTTPException(422, "messages: no user message with text content")
 
 
+def model_list(versions: list[dict], current: str) -> dict:
+    """`GET /v1/models`: every registered version (`ModelRegistry.list` rows), the one the
+    replicas serve marked `current`."""
+    data = [
+        {
+            "id": v["name"],
+            "object": "model",
+            "owned_by": "cls-ray",
+            "created": int(v["created_at"]),
+            "status": v["status"],
+            "kind": v["kind"],
+            "parent": v["parent"],
+            "current": v["name"] == current,
+        }
+        for v in versions
+    ]
+    return {"object": "list", "data": data}
+
+
 class Completion:
     """One chat completion of a session reply (`cls_ray.serving.sessions.session_reply`)."""
 

@@ -42,7 +42,7 @@ def check_weights(engine: StreamableEngine, version: str, path: str | None) -> N
 def stream_intact(got: dict, want: str) -> bool:
     """Whether what a replica received over a weight stream is the version's weights: every
     worker's stream hash, and the whole model's checksum where the engine computed one."""
-    return all(d == want for d in got.get("stream", [])) and got.get("checksum", want) == want
+    return all(d == want for d in got["stream"]) and got.get("checksum", want) == want
 
 
 class VersionSet:
@@ -70,7 +70,8 @@ class VersionSet:
         if version not in self.engines:
             self.load(version, path)
         self.current = version
-        keep = {"base", version, *list(self.engines)[-self.keep_recent :]}
+        recent = list(self.engines)[-self.keep_recent :] if self.keep_recent else []
+        keep = {"base", version, *recent}
         for v in [v for v in self.engines if v not in keep]:
             del self.engines[v]
 
@@ -99,7 +100,7 @@ class VersionSet:
         none when it holds the version already) and, given the manifest, why it cannot take it
         (another architecture), before any group forms."""
         engine = self.engines[self.current]
-        holds = version is not None and version in self.engines
+        holds = version is not None and self.holds(version)
         return {
             "ranks": 0 if holds else engine.sync_ranks,
             "holds": holds,

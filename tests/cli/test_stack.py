@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_OVERRIDES, free_port
+from tests.helpers import TINY_OVERRIDES, free_port, set_args
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -26,7 +26,7 @@ def test_up_status_ask_promote_rollback_down(tmp_path, tiny_cfg, tiny_state, ray
     port = free_port()
     cfg = tmp_path / "stack.yaml"
     cfg.write_text(f"state_dir: {state}\nserve:\n  port: {port}\n  app_name: cls-ray-cli\n")
-    common = ["--config", str(cfg), "-q"] + [x for o in TINY_OVERRIDES for x in ("--set", o)]
+    common = ["--config", str(cfg), "-q", *set_args(TINY_OVERRIDES)]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
 
     r = _cli(["ingest", "--world", "--no-ray", *common], env)

@@ -109,3 +109,14 @@ def test_an_old_flat_key_on_the_command_line_names_its_new_place():
     # A nested key under a moved section is renamed the same way.
     with pytest.raises(ConfigError, match="serve.generator.autoscaling.max_replicas"):
         load_config(None, ["serve.generator_autoscaling.max_replicas=3"])
+
+
+def test_the_old_weight_sync_switch_names_its_new_place_everywhere(tmp_path):
+    with pytest.raises(ConfigError, match=r"\(command line\): serve.weight_sync moved to "):
+        load_config(None, ["serve.weight_sync=stream"])
+    # An old file with a new-style override: the old key is named, not a parse error.
+    p = tmp_path / "old.yaml"
+    p.write_text("serve:\n  weight_sync: stream\n")
+    with pytest.raises(ConfigError, match=f"{p}:2: serve.weight_sync moved to serve.weight_sync"):
+        load_config(p, ["serve.weight_sync.mode=stream"])
+    assert load_config(None, ["serve.weight_sync.mode=stream"]).serve.weight_sync.mode == "stream"

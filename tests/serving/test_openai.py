@@ -7,7 +7,7 @@ import pytest
 from fastapi import HTTPException
 
 from cls_ray.serving.api import ChatRequest
-from cls_ray.serving.openai import NO_ANSWER, Completion, question_of
+from cls_ray.serving.openai import NO_ANSWER, Completion, model_list, question_of
 
 REPLY = {
     "session_id": "s1",
@@ -59,3 +59,17 @@ def test_a_stream_is_server_sent_events_ending_with_done():
     assert text == "Bo Ek"
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["cls_ray"]["session_id"] == "s1"
+
+
+def test_the_model_list_marks_the_version_served():
+    rows = [
+        {"name": n, "created_at": 1.5, "status": st, "kind": k, "parent": p}
+        for n, st, k, p in [("base", "promoted", "base", None), ("v1", "candidate", "lora", "base")]
+    ]
+    got = model_list(rows, "v1")
+    assert got["object"] == "list"
+    assert [(m["id"], m["current"], m["object"]) for m in got["data"]] == [
+        ("base", False, "model"),
+        ("v1", True, "model"),
+    ]
+    assert got["data"][1]["parent"] == "base" and got["data"][0]["created"] == 1

@@ -1,43 +1,11 @@
-"""How an ingress groups sessions and a generator groups prompts, the PRM's pick of the best
-sample, and the records and replies made of trajectories, without Ray."""
+"""The PRM's pick of the best sample, and the records and replies made of trajectories, without
+Ray."""
 
 import pytest
 
 from cls_ray.prm.best_of_n import best_indices
 from cls_ray.rgr import RetrievedDoc, StepRecord, Trajectory
-from cls_ray.serving.batching import generation_groups, session_groups, slices
 from cls_ray.serving.sessions import pick_best, session_records, session_reply
-
-
-def _req(**kw) -> dict:
-    return {"mode": "rgr", "top_k": None, "max_steps": None, "temperature": 0.0, "best_of": 1, **kw}
-
-
-def test_sessions_run_in_lock_step_only_with_the_same_settings():
-    reqs = [_req(), _req(best_of=4), _req(), _req(mode="none"), _req(best_of=4)]
-    groups = session_groups(reqs)
-    assert sorted(groups.values()) == [[0, 2], [1, 4], [3]]
-
-
-def test_a_generator_batch_groups_prompts_by_version_temperature_and_grammar():
-    groups = [
-        {"prompts": ["a", "b"], "choices": [["x"], ["y"]], "temperature": 0.0, "version": None},
-        {"prompts": ["c"], "choices": None, "temperature": 0.0, "version": "v2"},
-        {"prompts": ["d"], "choices": [["z"]], "temperature": 0.0, "version": "v1"},
-        {"prompts": ["e"], "choices": [["w"]], "temperature": 1.0},
-    ]
-    plan = generation_groups(groups, current="v1")
-    assert plan == {
-        ("v1", 0.0, True): [(0, 0), (0, 1), (2, 0)],
-        ("v2", 0.0, False): [(1, 0)],
-        ("v1", 1.0, True): [(3, 0)],
-    }
-
-
-def test_a_call_larger_than_a_batch_goes_in_slices():
-    assert slices(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 6)]
-    assert slices(3, None) == [slice(0, 3)]
-    assert slices(0, 4) == []
 
 
 def test_best_of_n_keeps_each_questions_highest_r_tau_first_on_ties():
