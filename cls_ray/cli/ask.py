@@ -11,7 +11,7 @@ from cls_ray.stack import Stack
 
 def cmd_ask(args, cfg: Config) -> dict:
     question = args.question
-    if not getattr(args, "local", True) and question and stack_up(cfg):
+    if not args.local and question and stack_up(cfg):
         res = http_json("POST", url(cfg) + "/v1/rgr", {"question": question, "mode": args.mode})
         if not args.json:
             print_reply(question, res)
