@@ -39,6 +39,25 @@ def _live_placement_groups() -> set[str]:
     return {k for k, v in table.items() if v["state"] != "REMOVED"}
 
 
+def _remove_leftover_placement_groups(before: set[str], settle_s: float) -> None:
+    """Removes the placement groups that appeared while the cancelled job ran. An interrupted
+    Train run removes its own, but not always: on a loaded node its abort can end before the
+    removal lands (seen on a 2-core CI machine), and a leftover group holds its CPUs forever, so
+    the next consolidation (and any Serve replica) would wait for them. Only one consolidation
+    runs at a time, so a group born during it is its own."""
+    deadline = time.time() + settle_s
+    left = _live_placement_groups() - before
+    while left and time.time() < deadline:
+        time.sleep(0.5)
+        left = _live_placement_groups() - before
+    for pg_id in left:
+        logger.warning("sleep scheduler: removing the cancelled run's placement group %s", pg_id)
+        try:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
+        except Exception:  # noqa: BLE001 - removed meanwhile by Train itself
+            logger.debug("placement group %s already gone", pg_id, exc_info=True)
+
+
 class SleepScheduler:
     def __init__(self, cfg: dict, buffer_name: str, namespace: str = NAMESPACE):
         self.cfg = Config.model_validate(cfg)
@@ -127,8 +146,8 @@ class SleepScheduler:
         run, which stops the workers and removes their placement group. Killing the job's process
         outright would leave that placement group holding its CPUs whenever the state API is
         unavailable (Train's cleaner asks the dashboard whether the controller lives), and the next
-        consolidation would wait for them forever; so a force-kill is only the fallback, and it
-        removes the placement groups that appeared while the job ran."""
+        consolidation would wait for them forever; so a force-kill is only the fallback, and either
+        way the placement groups that appeared while the job ran and outlived it are removed."""
         with self.lock:
             if self.job is None:
                 return {"cancelled": False, "reason": "no consolidation is running"}
@@ -139,8 +158,7 @@ class SleepScheduler:
             logger.warning("sleep scheduler: the job ignored the interrupt; killing it")
             ray.cancel(job, force=True)
             ray.wait([job], timeout=60)
-            for pg_id in _live_placement_groups() - before:
-                remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
+        _remove_leftover_placement_groups(before, settle_s=0 if forced else 15)
         with self.lock:
             self._reap()
         return {"cancelled": True, "forced": forced}
