@@ -20,6 +20,7 @@ from pathlib import Path
 
 import requests
 
+from cls_ray.answers import EXACT
 from cls_ray.bootstrap import describe, ensure_model
 from cls_ray.eval.plots import plt, save
 from cls_ray.eval.reports import write_report
@@ -30,7 +31,6 @@ from cls_ray.prm.store import latest_prm
 from cls_ray.replay.buffer import feedback_in_files
 from cls_ray.stack import Stack
 from cls_ray.world.core import World
-from cls_ray.world.verifier import normalize_answer
 
 Log = Callable[[str], None]
 
@@ -57,7 +57,7 @@ def ask_many(
 
 def accuracy(questions, replies) -> float:
     right = [
-        "error" not in r and normalize_answer(r.get("answer") or "") == normalize_answer(q.answer)
+        "error" not in r and EXACT(r.get("answer"), [q.answer])
         for q, r in zip(questions, replies, strict=True)
     ]
     return sum(right) / max(1, len(right))
@@ -82,7 +82,7 @@ def send_feedback(url: str, users, replies, every: int = 3) -> dict:
     for (q, _), r in zip(users, replies, strict=True):
         if "error" in r:
             continue
-        ok = normalize_answer(r.get("answer") or "") == normalize_answer(q.answer)
+        ok = EXACT(r.get("answer"), [q.answer])
         body = None
         if ok:
             body, rated = {"rating": 1.0}, rated + 1
@@ -225,7 +225,7 @@ def run_loop(cfg, world: World, url: str, buffer: Buffer, scheduler: Scheduler, 
     fb = send_feedback(url, users, replies)
     log(f"  feedback: {fb['corrected']} corrected, {fb['rated']} ratings")
     r_tau = [
-        (r["r_tau"], normalize_answer(r.get("answer") or "") == normalize_answer(q.answer))
+        (r["r_tau"], EXACT(r.get("answer"), [q.answer]))
         for (q, _), r in zip(users, replies, strict=True)
         if "error" not in r and r.get("r_tau") is not None
     ]

@@ -1,4 +1,4 @@
-"""The embedded stack a config describes: world, embedder, store, retriever and engine.
+"""The embedded stack a config describes: task, embedder, store, retriever and engine.
 
 Each part is built on first use, so a command pays only for what it touches. `release_store`
 closes the Milvus Lite file so another process (a Serve replica) can open it.
@@ -10,13 +10,19 @@ import json
 from functools import cached_property
 from pathlib import Path
 
+from cls_ray.answers import AnswerCheck
 from cls_ray.config import Config
 from cls_ray.engine.base import StreamableEngine
 from cls_ray.engine.factory import build_engine
 from cls_ray.memory import Embedder, MilvusStore
 from cls_ray.memory.retriever import StoreRetriever
 from cls_ray.model.loading import is_checkpoint
+from cls_ray.task import FilesTask, Task, WorldTask
 from cls_ray.world import World, build_world
+
+
+class NeedsWorld(ValueError):
+    """A command that only the built-in world supports yet, run on a files task."""
 
 
 class Stack:
@@ -24,7 +30,20 @@ class Stack:
         self.cfg = cfg
 
     @cached_property
+    def task(self) -> Task:
+        t = self.cfg.task
+        if t.kind == "files":
+            return FilesTask(t.path, t.answer_check, t.f1_threshold)
+        return WorldTask(self.world, AnswerCheck(t.answer_check or "em", t.f1_threshold or 0.5))
+
+    @cached_property
     def world(self) -> World:
+        """The built-in world; only on the world task (a files task never builds it)."""
+        if self.cfg.task.kind != "world":
+            raise NeedsWorld(
+                "this needs the built-in world (task.kind=world); it is not available on a "
+                f"{self.cfg.task.kind} task yet"
+            )
         return build_world(self.cfg.world)
 
     @cached_property
@@ -64,3 +83,9 @@ class Stack:
                 f.write(json.dumps({"id": d.id, "text": d.text}) + "\n")
         tmp.replace(out)
         return out
+
+    def task_corpus(self) -> Path:
+        """The task's corpus as a JSONL file: a files task's own, the world's written out."""
+        if isinstance(self.task, FilesTask):
+            return self.task.corpus_file
+        return self.export_world()

@@ -18,8 +18,11 @@ def cmd_ask(args, cfg: Config) -> dict:
         return res
     stack = Stack(cfg)
     if not question:
-        qs = stack.world.questions("heldout", families=stack.world.trained_families, per_family=1)
-        question = next(q for q in qs if q.hops == 3).text
+        task = stack.task  # a held-out question of the most hops the task has
+        qs = task.questions("retention", per_group=1) or task.questions("eval", per_group=1)
+        if not qs:
+            raise SystemExit(f"cls-ray ask: give a question (task {task.name} has none)")
+        question = max(qs, key=lambda q: q.hops).question
     if not question.strip():
         raise SystemExit("cls-ray ask: the question is empty")
     tr = run_rgr(

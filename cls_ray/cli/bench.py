@@ -45,19 +45,27 @@ def _stack_with_documents(args, cfg: Config) -> Stack:
     stack = Stack(cfg)
     if stack.store.count() == 0:
         raise SystemExit(
-            f"cls-ray bench {args.which}: the store is empty; run `cls-ray ingest --world`"
+            f"cls-ray bench {args.which}: the store is empty; run `cls-ray ingest --task`"
         )
     return stack
+
+
+def _per_group(args, cfg: Config) -> int | None:
+    """Questions per group: `--per-group`, else `bench.per_family` on the world (thousands of
+    questions), else all of a files task's."""
+    if args.per_family:
+        return args.per_family
+    return cfg.bench.per_family if cfg.task.kind == "world" else None
 
 
 def bench_rgr_cmd(args, cfg: Config) -> dict:
     stack = _stack_with_documents(args, cfg)
     result = bench_rgr(
-        stack.world,
+        stack.task,
         stack.engine,
         stack.retriever,
         modes=cfg.bench.modes,
-        per_family=args.per_family or cfg.bench.per_family,
+        per_family=_per_group(args, cfg),
         batch_size=cfg.engine.batch_size,
         progress=not args.quiet,
         **cfg.rgr_options(),
@@ -73,11 +81,11 @@ def bench_rgr_cmd(args, cfg: Config) -> dict:
 def bench_retrieval_cmd(args, cfg: Config) -> dict:
     stack = _stack_with_documents(args, cfg)
     result = bench_retrieval(
-        stack.world,
+        stack.task,
         stack.embedder,
         stack.store,
         k=cfg.rgr.top_k,
-        per_family=args.per_family or cfg.bench.per_family,
+        per_group=_per_group(args, cfg),
     )
     report = write_report(cfg, "bench_retrieval", result)
     print(format_retrieval_table(result))

@@ -22,8 +22,10 @@ def cmd_ingest(args, cfg: Config) -> dict:
     paths: list = list(args.paths)
     if args.world:
         paths.append(stack.export_world())
+    if args.task:
+        paths.append(stack.task_corpus())
     if not paths:
-        raise SystemExit("cls-ray ingest: give files or folders, or --world")
+        raise SystemExit("cls-ray ingest: give files or folders, --task or --world")
     if not args.no_ray:
         init_ray(cfg)
     report = ingest_paths(paths, cfg, stack.store, progress=not args.quiet, use_ray=not args.no_ray)

@@ -19,6 +19,7 @@ from cls_ray.config import ConfigError
 COMMANDS = {
     "bootstrap": "build:cmd_bootstrap",
     "ingest": "build:cmd_ingest",
+    "task": "task:cmd_task",
     "ask": "ask:cmd_ask",
     "up": "stack:cmd_up",
     "down": "stack:cmd_down",

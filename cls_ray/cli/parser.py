@@ -67,9 +67,16 @@ def make_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("ingest", parents=[common], help="ingest .jsonl/.txt/.md documents")
     i.add_argument("paths", nargs="*", help="files or folders")
     i.add_argument("--world", action="store_true", help="ingest the built-in world's corpus")
+    i.add_argument("--task", action="store_true", help="ingest the configured task's corpus")
+    t = sub.add_parser("task", parents=[common], help="the task's data: show it, export the world")
+    t.add_argument("action", choices=["show", "export-world"])
+    t.add_argument("out", nargs="?", help="export-world: the folder to write")
+    t.add_argument(
+        "--per-family", type=int, default=None, help="export-world: questions per family and split"
+    )
     i.add_argument("--no-ray", action="store_true", help="embed in this process, without Ray Data")
     a = sub.add_parser("ask", parents=[common], help="answer a question with RGR")
-    a.add_argument("question", nargs="?", help="the question (default: a held-out world one)")
+    a.add_argument("question", nargs="?", help="the question (default: a held-out one of the task)")
     a.add_argument("--mode", choices=["rgr", "single", "none"], default="rgr")
     a.add_argument("--local", action="store_true", help="run here even if the stack is up")
     sub.add_parser("up", parents=[common], help="start Ray (or join RAY_ADDRESS) and deploy")
@@ -86,7 +93,15 @@ def make_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=None, help="train: optimizer steps")
     bench.add_argument("--requests", type=int, default=None, help="serve: sessions per load")
     bench.add_argument("--concurrency", type=int, default=None, help="serve: sessions at once")
-    bench.add_argument("--per-family", type=int, default=None, help="questions per family")
+    bench.add_argument(
+        "--per-family",
+        "--per-group",
+        dest="per_family",
+        type=int,
+        default=None,
+        help="questions per family (group); default: bench.per_family on the world, all of a "
+        "files task's",
+    )
     bench.add_argument(
         "--no-ablation", action="store_true", help="consolidation: skip the ablation arms"
     )

@@ -9,13 +9,38 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cls_ray.config.base import Section, expand_env
 from cls_ray.config.serve import ServeConfig
 from cls_ray.config.training import ConsolidateConfig, PRMConfig
 from cls_ray.storage import Storage, join_uri
 from cls_ray.world.core import WorldConfig
+
+
+class TaskConfig(Section):
+    """Which data the system learns on: the built-in world, or a folder of JSONL files (corpus,
+    train / eval / retention questions; see DESIGN.md, "Tasks")."""
+
+    kind: Literal["world", "files"] = Field(
+        "world", description="world: the built-in world (its `world` section); files: `path`."
+    )
+    path: str = Field("", description="files: the task's folder (corpus.jsonl, eval.jsonl, ...).")
+    answer_check: Literal["em", "f1"] | None = Field(
+        None, description="em (exact match) or f1 (token F1); null: the task's own (task.yaml)."
+    )
+    f1_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="f1: the F1 an answer needs to count as right; null: the task's own, else 0.5.",
+    )
+
+    @model_validator(mode="after")
+    def _path_for_files(self):
+        if self.kind == "files" and not self.path:
+            raise ValueError("task.kind files needs task.path (the task's folder)")
+        return self
 
 
 class StoreConfig(Section):
@@ -124,7 +149,12 @@ class IngestConfig(Section):
 
 
 class BenchConfig(Section):
-    per_family: int = Field(20, ge=1)
+    per_family: int = Field(
+        20,
+        ge=1,
+        description="Questions per family (group) on the world; a files task's benchmarks "
+        "take all its eval questions unless --per-group says otherwise.",
+    )
     serve_requests: int = Field(64, ge=1, description="`bench serve`: sessions per load.")
     serve_concurrency: int = Field(16, ge=1, description="`bench serve`: sessions at once.")
     modes: list[Literal["rgr", "single", "none"]] = Field(
@@ -151,6 +181,7 @@ class RayConfig(Section):
 
 class Config(Section):
     state_dir: str = Field(".state", description="Models, Milvus Lite file, sessions, reports.")
+    task: TaskConfig = Field(default_factory=TaskConfig)
     world: WorldConfig = Field(default_factory=WorldConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)

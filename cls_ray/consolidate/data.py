@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from cls_ray.answers import EXACT, AnswerCheck
 from cls_ray.consolidate.extract import Artifact, extract, gate
 from cls_ray.model.examples import episode_pair
 from cls_ray.ports import Retriever, Scorer
@@ -21,7 +22,6 @@ from cls_ray.rgr import step_query
 from cls_ray.steps import parse_answer, render_prompt
 from cls_ray.world.core import World
 from cls_ray.world.episodes import EpisodeSampler
-from cls_ray.world.verifier import normalize_answer
 
 
 def subplan_pairs(artifacts: Sequence[Artifact], template: str = "compact", tokenizer=None):
@@ -66,14 +66,16 @@ def sessions_to_pairs(
     cfg,
     world: World,
     gate_mode: GateMode = "prm",
-    gold: dict[str, str] | None = None,
+    gold: dict[str, Sequence[str]] | None = None,
     replayed: Sequence[dict] = (),
+    check: AnswerCheck = EXACT,
 ) -> tuple[list[tuple[str, str]], dict, list]:
     """Supervised pairs from sessions: f(τ), a gate, replay mixed in. Returns the pairs, their
     counts and A_good.
 
     `gate_mode` "prm" keeps what the PRM trusts (the system's gate); "none" keeps every step;
-    "outcome" keeps every step of the sessions whose answer matched `gold` (question → answer),
+    "outcome" keeps every step of the sessions whose answer `check` accepts against `gold`
+    (question → answers),
     ignoring the steps (the ablation's baselines). `replayed` sessions (consumed by earlier
     sleeps, kept by the buffer) replay what those sleeps taught, ahead of the episodes the model
     was built on."""
@@ -83,8 +85,7 @@ def sessions_to_pairs(
         sessions = [
             s
             for s in sessions
-            if s["question"] in gold
-            and normalize_answer(s.get("answer") or "") == normalize_answer(gold[s["question"]])
+            if s["question"] in gold and check(s.get("answer"), gold[s["question"]])
         ]
     floor = c.min_step_score if gate_mode == "prm" else 0.0
     arts = [

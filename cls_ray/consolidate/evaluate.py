@@ -9,24 +9,29 @@ from collections.abc import Sequence
 
 import torch
 
+from cls_ray.answers import EXACT, AnswerCheck
 from cls_ray.engine.hf import HFEngine
 from cls_ray.model.examples import encode_examples
 from cls_ray.rgr import run_rgr
-from cls_ray.world.core import Question, World
+from cls_ray.task import QA, SPLITS, Task
+from cls_ray.world.core import World
 from cls_ray.world.episodes import EpisodeSampler, step_accuracy
-from cls_ray.world.verifier import normalize_answer
 
 
-def greedy_accuracy(engine, retriever, questions, by_hops: dict | None = None, **rgr_options):
-    """Share of `questions` greedy RGR answers right; `by_hops`, when given, receives the
-    share per number of hops."""
+def greedy_accuracy(
+    engine,
+    retriever,
+    questions: Sequence[QA],
+    by_hops: dict | None = None,
+    check: AnswerCheck = EXACT,
+    **rgr_options,
+):
+    """Share of `questions` greedy RGR answers right by `check` (NaN for none); `by_hops`, when
+    given, receives the share per number of hops."""
     if not questions:
         return float("nan")
-    trajs = run_rgr([q.text for q in questions], engine, retriever, **rgr_options)
-    right = [
-        normalize_answer(t.answer) == normalize_answer(q.answer)
-        for q, t in zip(questions, trajs, strict=True)
-    ]
+    trajs = run_rgr([q.question for q in questions], engine, retriever, **rgr_options)
+    right = [check(t.answer, q.answers) for q, t in zip(questions, trajs, strict=True)]
     if by_hops is not None:
         for h in sorted({q.hops for q in questions}):
             got = [r for q, r in zip(questions, right, strict=True) if q.hops == h]
@@ -65,11 +70,9 @@ def kl_base_candidate(
     return total / max(1, count)
 
 
-def question_index(world: World) -> dict[str, Question]:
-    """Question text → the world's question, for every family and split."""
-    out = {q.text: q for q in world.questions("train", per_family=10**6)}
-    out.update({q.text: q for q in world.questions("heldout", per_family=10**6)})
-    return out
+def question_index(task: Task) -> dict[str, QA]:
+    """Question text → the task's question, over every split."""
+    return {q.question: q for split in SPLITS for q in task.questions(split)}
 
 
 def retention_episodes(world: World, n: int = 256, k_docs: int = 5, seed: int = 12345):
@@ -81,17 +84,26 @@ def retention_episodes(world: World, n: int = 256, k_docs: int = 5, seed: int = 
 
 
 def evaluate_version(
-    cfg, engine, retriever, new_qs, retention_qs, episodes=None, patterns: bool = False
+    cfg,
+    engine,
+    retriever,
+    new_qs: Sequence[QA],
+    retention_qs: Sequence[QA],
+    episodes=None,
+    patterns: bool = False,
+    check: AnswerCheck = EXACT,
 ) -> dict:
-    """Greedy RGR accuracy on the new families and on the retention questions, and grounded
-    next-step accuracy on the retention episodes (more sensitive to small losses). `patterns`
-    lets RGR follow episodic procedures (off: what the weights alone do)."""
-    opts = {**cfg.rgr_options(), "patterns": patterns}
+    """Greedy RGR accuracy on the new groups and on the retention questions (by the task's
+    answer `check`), and, where the task has episodes (the world), grounded next-step accuracy
+    on them (more sensitive to small losses). `patterns` lets RGR follow episodic procedures
+    (off: what the weights alone do)."""
+    opts = {**cfg.rgr_options(), "patterns": patterns, "check": check}
     hops: dict = {}
     out = {
         "new_family": greedy_accuracy(engine, retriever, new_qs, hops, **opts),
         "new_family_by_hops": hops,
         "retention": greedy_accuracy(engine, retriever, retention_qs, **opts),
+        "retention_questions": len(retention_qs),
     }
     if episodes:
         out["retention_steps"] = step_accuracy(engine, episodes, grounded=True)

@@ -4,6 +4,7 @@ configured) before it is registered, so a registered version is always loadable.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +29,35 @@ class SleepServices:
         return cls(memory, registry, registry)
 
 
+RETENTION_MEASURES = ("retention", "retention_steps")
+
+
+def _measured(before: dict, key: str) -> bool:
+    b = before.get(key)
+    return b is not None and not math.isnan(b) and b > 0
+
+
 def decide(before: dict, after: dict, tolerance: float) -> tuple[bool, str]:
-    """Promote only if no retention measure drops by more than `tolerance`."""
-    for key in ("retention", "retention_steps"):
-        if key in before and key in after:
-            drop = before[key] - after[key]
-            if drop > tolerance:
-                return False, f"{key} fell {drop:.3f} (> {tolerance:.3f} allowed)"
-    drop = before["retention"] - after["retention"]
-    return True, f"retention change {-drop:+.3f}, new family {after['new_family']:.3f}"
+    """Promote only with evidence, and only if no retention measure drops by more than
+    `tolerance`. A measure is evidence when the current version scores above 0 on it: an empty
+    retention set (NaN) or one the current version answers none of cannot show forgetting, and
+    a gate with nothing to measure refuses."""
+    measured = [k for k in RETENTION_MEASURES if _measured(before, k) and k in after]
+    if not measured:
+        return False, (
+            "no retention evidence: the retention set is empty or the current version answers "
+            "none of it (promotion needs evidence)"
+        )
+    for key in measured:
+        a = after[key]
+        drop = before[key] - (a if a is not None and not math.isnan(a) else 0.0)
+        if drop > tolerance:
+            return False, f"{key} fell {drop:.3f} (> {tolerance:.3f} allowed)"
+    parts = [f"{k} change {after[k] - before[k]:+.3f}" for k in measured]
+    new = after.get("new_family")
+    if new is not None and not math.isnan(new):
+        parts.append(f"new family {new:.3f}")
+    return True, ", ".join(parts)
 
 
 def version_kind(cfg, method: str) -> str:

@@ -37,7 +37,7 @@ from cls_ray.engine.hf import HFEngine
 from cls_ray.ports import Buffer, Scorer
 from cls_ray.replay.data import read_leased
 from cls_ray.stack import Stack
-from cls_ray.world.core import Question
+from cls_ray.task import QA
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ class SleepBatch:
 
     sessions: Sequence[dict]
     doc_texts: dict[str, str]
-    new_questions: list[Question]
-    retention_questions: list[Question]
+    new_questions: list[QA]
+    retention_questions: list[QA]
     replayed: Sequence[dict] = field(default_factory=list)
 
 
@@ -98,22 +98,26 @@ def sleep_once(
         f"{data['a_good']} -> {data['new_pairs']} pairs (+ replay: {data['pairs']})"
     )
     current = services.registry.current()
-    episodes = retention_episodes(stack.world, k_docs=cfg.rgr.top_k)
+    task = stack.task
+    episodes = retention_episodes(task.world, k_docs=cfg.rgr.top_k) if task.world else None
     new_qs, retention_qs = batch.new_questions, batch.retention_questions
-    before = evaluate_version(cfg, stack.engine, memory, new_qs, retention_qs, episodes)
+    check = task.check
+    before = evaluate_version(
+        cfg, stack.engine, memory, new_qs, retention_qs, episodes, check=check
+    )
     fast = None
     if index:
         pats = fold_patterns(good)
         memory.add_patterns(pats)
         fast = greedy_accuracy(
-            stack.engine, memory, new_qs, **{**cfg.rgr_options(), "patterns": True}
+            stack.engine, memory, new_qs, check=check, **{**cfg.rgr_options(), "patterns": True}
         )
         log(f"sleep: {len(pats)} procedures indexed; new family with them {fast:.3f}")
     out = out or cfg.state_path / "adapters" / f"{method}-{int(time.time())}"
     train = train_candidate(cfg, method, batch, pairs, out, log, stack.world)
     log(f"sleep: trained {out.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
     cand = HFEngine.from_config(cfg, "candidate", out)
-    after = evaluate_version(cfg, cand, memory, new_qs, retention_qs, episodes)
+    after = evaluate_version(cfg, cand, memory, new_qs, retention_qs, episodes, check=check)
     kl = kl_base_candidate(stack.engine, cand, pairs[:256])
     ok, reason = decide(before, after, cfg.consolidate.retention_tolerance)
     metrics = {
@@ -127,6 +131,7 @@ def sleep_once(
         "retention_after": after["retention"],
         "retention_steps_before": before.get("retention_steps"),
         "retention_steps_after": after.get("retention_steps"),
+        "retention_questions": len(retention_qs),
         "kl_base_candidate": kl,
         "train": train,
         "data": data,
@@ -155,7 +160,7 @@ def sleep_from_buffer(
     where the serving stack has not yet), one consolidation, promotion if the candidate keeps
     what the model knew. The sessions are acknowledged (consumed) only when the candidate is
     promoted. PPO adds fresh rollouts of the current model on the sessions' questions."""
-    cfg, world = stack.cfg, stack.world
+    cfg, task = stack.cfg, stack.task
     taken = read_leased(buffer.lease(limit))  # the sealed segments, read with Ray Data
     if not taken:
         raise ValueError(f"no unconsumed sessions in {cfg.replay_path}")
@@ -170,10 +175,10 @@ def sleep_from_buffer(
         f"sleep: {len(taken)} sessions ({len(scored)} scored now), {len(replayed)} consumed "
         "earlier kept for replay"
     )
-    index = question_index(world)
-    families = sorted({index[s["question"]].family for s in taken if s["question"] in index})
-    new_qs = world.questions("heldout", families, per_family=c.eval_per_family) if families else []
-    retention_qs = world.questions("heldout", world.trained_families, per_family=c.eval_per_family)
+    index = question_index(task)
+    groups = sorted({index[s["question"]].group for s in taken if s["question"] in index})
+    new_qs = task.questions("eval", groups, per_group=c.eval_per_family) if groups else []
+    retention_qs = task.questions("retention", per_group=c.eval_per_family)
     learn = list(taken)
     fixed, more = corrected_sessions(taken, services.memory, cfg.rgr.top_k)
     if fixed:
@@ -181,9 +186,9 @@ def sleep_from_buffer(
         learn += fixed
         log(f"sleep: {len(fixed)} sessions corrected by users join as trusted trajectories")
     if method == "ppo" and c.ppo.fresh_per_family:
-        replay_qs = world.questions("train", families, per_family=c.ppo.fresh_per_family)
+        replay_qs = task.questions("train", groups, per_group=c.ppo.fresh_per_family)
         fresh, more = fresh_rollouts(
-            stack, prm, [q.text for q in replay_qs], c.ppo.temperature, c.seed, services.memory
+            stack, prm, [q.question for q in replay_qs], c.ppo.temperature, c.seed, services.memory
         )
         doc_texts.update(more)
         learn += fresh
@@ -194,5 +199,5 @@ def sleep_from_buffer(
         result["acknowledged"] = buffer.ack([s["id"] for s in taken])
         # The consumed cache is discarded but for the replay sample.
         result["compaction"] = buffer.compact(c.replay_keep, c.seed)
-    result["families"] = ["-".join(f) for f in families]
+    result["families"] = groups
     return result

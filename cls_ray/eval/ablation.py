@@ -22,11 +22,11 @@ from cls_ray.prm.labels import Corruptor
 from cls_ray.registry import registry_for
 from cls_ray.stack import Stack
 from cls_ray.steps import answer_step, parse_answer
-from cls_ray.world.core import Question, World
+from cls_ray.task import QA, WorldTask
 
 
 def corrupt_sessions(
-    sessions: Sequence[dict], world: World, share: float, top_k: int, seed: int = 0
+    sessions: Sequence[dict], task: WorldTask, share: float, top_k: int, seed: int = 0
 ):
     """Copies of `sessions` in which `share` of them follow a wrong chain that still reaches a
     plausible answer: half keep the right answer (right for the wrong reasons), half end on the
@@ -34,7 +34,8 @@ def corrupt_sessions(
     grounded). Corrupted sessions carry no scores and no behaviour log-probs. Returns the
     sessions, the texts of the documents added, and how many were corrupted."""
     rng = random.Random(seed)
-    index = question_index(world)
+    world = task.world
+    index = question_index(task)
     corruptor = Corruptor(world)
     facts = {d.text: d for d in world.documents}
     out = [copy.deepcopy(s) for s in sessions]
@@ -42,9 +43,10 @@ def corrupt_sessions(
     docs: dict[str, str] = {}
     n = 0
     for j in chosen:
-        s, q = out[j], index.get(out[j]["question"])
-        if q is None:
+        s, qa = out[j], index.get(out[j]["question"])
+        if qa is None:
             continue
+        q = task.question_of(qa)
         kinds = ["wrong_entity", "wrong_relation", "wrong_object", "skipped_hop"]
         rng.shuffle(kinds)
         steps = next((x for k in kinds if (x := corruptor.corrupt(q, k, rng))), None)
@@ -87,22 +89,24 @@ def ablation(
     prm: Scorer,
     sessions: Sequence[dict],
     docs: dict[str, str],
-    new_qs: list[Question],
-    retention_qs: list[Question],
+    new_qs: list[QA],
+    retention_qs: list[QA],
     log: Callable[[str], None],
 ) -> list[dict]:
     """The five arms on the same sessions, `consolidate.corrupted_share` of them corrupted:
     SFT gated by the PRM, SFT on everything, SFT on the sessions whose answer was right, PPO
     with the PRM's step rewards, and the episodic path alone (procedures in Milvus, no weight
     change). Every candidate is registered with its metrics, none promoted."""
-    cfg, world = stack.cfg, stack.world
+    cfg, task = stack.cfg, stack.task
+    world, check = stack.world, task.check  # corruptions need the world (its verifier's facts)
     c = cfg.consolidate
-    mixed, more, n_bad = corrupt_sessions(sessions, world, c.corrupted_share, cfg.rgr.top_k, c.seed)
+    mixed, more, n_bad = corrupt_sessions(sessions, task, c.corrupted_share, cfg.rgr.top_k, c.seed)
     docs = {**docs, **more}
     score_sessions(prm, mixed, docs)
-    gold = {q.text: q.answer for q in question_index(world).values()}
+    gold = {q.question: q.answers for q in question_index(task).values()}
     log(f"ablation: {n_bad} of {len(mixed)} sessions corrupted and scored by the PRM")
     episodes = retention_episodes(world, k_docs=cfg.rgr.top_k)
+    ev = {"episodes": episodes, "check": check}
     reg = registry_for(cfg)
     rows = []
     stamp = int(time.time())
@@ -112,13 +116,13 @@ def ablation(
         ("sft_outcome_only", "sft", "outcome"),
         ("ppo_step_rewards", "ppo", "prm"),
     ):
-        pairs, data, _ = sessions_to_pairs(mixed, docs, cfg, world, gate_mode, gold)
+        pairs, data, _ = sessions_to_pairs(mixed, docs, cfg, world, gate_mode, gold, check=check)
         log(f"ablation {arm}: {data['new_pairs']} pairs from {data['sessions']} sessions")
         out = cfg.state_path / "adapters" / f"ablation-{stamp}-{arm}"
         batch = SleepBatch(mixed, docs, new_qs, retention_qs)
         train = train_candidate(cfg, method, batch, pairs, out, log, world)
         cand = HFEngine.from_config(cfg, arm, out)
-        after = evaluate_version(cfg, cand, stack.retriever, new_qs, retention_qs, episodes)
+        after = evaluate_version(cfg, cand, stack.retriever, new_qs, retention_qs, **ev)
         row = {
             "arm": arm,
             "new_family_after": after["new_family"],
@@ -142,7 +146,7 @@ def ablation(
         pats = fold_patterns(good)
         memory.add_patterns(pats)
         after = evaluate_version(
-            cfg, stack.engine, memory, new_qs, retention_qs, episodes, patterns=True
+            cfg, stack.engine, memory, new_qs, retention_qs, patterns=True, **ev
         )
     rows.append(
         {

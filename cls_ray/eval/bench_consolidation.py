@@ -16,20 +16,20 @@ from cls_ray.ports import Scorer
 from cls_ray.prm.best_of_n import rgr_best_of_n
 from cls_ray.session import Session
 from cls_ray.stack import Stack
-from cls_ray.world.core import Question
+from cls_ray.task import QA
 
 logger = logging.getLogger(__name__)
 
 
 def sessions_by_best_of_n(
-    stack: Stack, prm: Scorer, questions: Sequence[Question], n: int, seed: int = 0
+    stack: Stack, prm: Scorer, questions: Sequence[QA], n: int, seed: int = 0
 ) -> tuple[list[dict], dict[str, str]]:
     """Simulated users' sessions on `questions`: the model samples `n` trajectories with RGR and
     the PRM keeps the best (the way to find good trajectories for a family the model cannot
     solve greedily). Returns session dicts (scored) and the texts of every retrieved document."""
     cfg = stack.cfg
     best = rgr_best_of_n(
-        [q.text for q in questions],
+        [q.question for q in questions],
         stack.engine,
         stack.retriever,
         prm.score_many,
@@ -55,15 +55,17 @@ def bench_consolidation(
     """One sleep on sessions of the held-back family, measured (not promoted), then the
     ablation arms on the same sessions with some corrupted. The episodic collection is left as
     it was."""
-    cfg, world = stack.cfg, stack.world
+    cfg, task = stack.cfg, stack.task
     c = cfg.consolidate
-    train_qs = world.questions("train", world.held_back_families, per_family=c.new_per_family)
+    if not task.new_groups:
+        raise ValueError(f"task {task.name} names no new_groups (task.yaml) to consolidate")
+    train_qs = task.questions("train", task.new_groups, per_group=c.new_per_family)
     log(
         f"bench consolidation: {len(train_qs)} sessions of the held-back family, best of {c.sample_n}"
     )
     sessions, docs = sessions_by_best_of_n(stack, prm, train_qs, c.sample_n, c.seed)
-    new_qs = world.questions("heldout", world.held_back_families, per_family=c.eval_per_family)
-    retention_qs = world.questions("heldout", world.trained_families, per_family=c.eval_per_family)
+    new_qs = task.questions("eval", task.new_groups, per_group=c.eval_per_family)
+    retention_qs = task.questions("retention", per_group=c.eval_per_family)
     batch = SleepBatch(sessions, docs, new_qs, retention_qs)
     with scratch_procedures(stack) as memory:
         result = sleep_once(stack, batch, SleepServices.local(cfg, memory), promote=False, log=log)

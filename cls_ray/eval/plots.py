@@ -39,14 +39,14 @@ def plot_bench_rgr(result: dict, path: Path) -> Path:
             if rows:
                 ax.plot(
                     [r["hops"] for r in rows],
-                    [r[metric] for r in rows],
+                    [float("nan") if r[metric] is None else r[metric] for r in rows],
                     style,
                     marker="o",
                     color=colors[mode],
                     label=f"{mode} ({fam})",
                 )
         ax.set_xlabel("hops")
-        ax.set_xticks([1, 2, 3])
+        ax.set_xticks(sorted({r["hops"] for r in result["rows"]}))
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(metric.replace("_", " "))
         ax.grid(alpha=0.3)

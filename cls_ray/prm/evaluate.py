@@ -16,11 +16,11 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 
+from cls_ray.answers import normalize
 from cls_ray.prm.aggregate import aggregate_step_scores
 from cls_ray.prm.best_of_n import trajectory_items
 from cls_ray.prm.labels import StepExample
 from cls_ray.rgr import run_rgr
-from cls_ray.world.verifier import normalize_answer
 
 
 def _f1(tp: int, fp: int, fn: int) -> float:
@@ -114,17 +114,17 @@ def best_of_n(
             hits = {"greedy": 0, "majority": 0, "prm": 0}
             for i in idx:
                 q = questions[i]
-                gold = normalize_answer(q.answer)
-                hits["greedy"] += normalize_answer(greedy[i].answer) == gold
+                gold = normalize(q.answer)
+                hits["greedy"] += normalize(greedy[i].answer) == gold
                 pool = list(range(i * n_max, i * n_max + n))
-                answers = [normalize_answer(samples[j].answer) for j in pool]
+                answers = [normalize(samples[j].answer) for j in pool]
                 counts = Counter(a for a in answers if a)
                 if counts:
                     top = max(counts.values())
                     tied = [a for a in counts if counts[a] == top]
                     hits["majority"] += rng.choice(sorted(tied)) == gold
                 best = max(pool, key=lambda j: taus[j])
-                hits["prm"] += normalize_answer(samples[best].answer) == gold
+                hits["prm"] += normalize(samples[best].answer) == gold
             rows.append(
                 {
                     "n": n,

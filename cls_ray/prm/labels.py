@@ -27,10 +27,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from cls_ray.answers import EXACT
 from cls_ray.rgr import run_rgr
 from cls_ray.steps import answer_step, overlap_f1, parse_answer
 from cls_ray.world.core import RELATIONS, Question, World
-from cls_ray.world.verifier import normalize_answer, parse_fact, verify_trajectory
+from cls_ray.world.verifier import parse_fact, verify_trajectory
 
 Label = float | None
 
@@ -294,7 +295,7 @@ def mc_labels(
             **rgr_options,
         )
         for (i, k), tr in zip(jobs, trajs, strict=True):
-            if normalize_answer(tr.answer) == normalize_answer(answers[i]):
+            if EXACT(tr.answer, [answers[i]]):
                 reached[(i, k)] += 1
     out = []
     for i, ex in enumerate(examples):
@@ -302,7 +303,7 @@ def mc_labels(
         for k, step in enumerate(ex.completions, start=1):
             final = parse_answer(step)
             if final is not None:
-                labels.append(float(normalize_answer(final) == normalize_answer(answers[i])))
+                labels.append(float(EXACT(final, [answers[i]])))
             else:
                 share = reached[(i, k)] / rollouts
                 labels.append(share if soft else float(share > 0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from cls_ray.answers import EXACT
 from cls_ray.steps import parse_answer
 from cls_ray.world.core import RELATIONS, Fact, Question
 
@@ -28,10 +29,6 @@ def parse_fact(text: str) -> Fact | None:
     if not m:
         return None
     return Fact(m["s"], _NOUN_TO_REL[m["n"]], m["o"])
-
-
-def normalize_answer(text: str | None) -> str:
-    return " ".join((text or "").replace(".", " ").split()).lower()
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ def verify_trajectory(question: Question, steps: list[str]) -> list[StepLabel]:
             else:
                 labels.append(StepLabel(False, "wrong object"))
         elif given is not None:
-            right = normalize_answer(given) == normalize_answer(question.answer)
+            right = EXACT(given, [question.answer])
             labels.append(StepLabel(right, "answer" if right else "wrong answer"))
         else:
             labels.append(StepLabel(False, "extra step after the last hop"))

@@ -46,3 +46,19 @@ def test_a_candidate_that_forgets_is_refused_promotion(tiny_cfg, tiny_stack, tmp
     assert again.get(v.name).status == "candidate" and "fell" in again.get(v.name).reason
     # Within tolerance it passes.
     assert decide({"retention": 0.9}, {"retention": 0.885, "new_family": 0.8}, 0.02)[0]
+
+
+def test_a_gate_with_nothing_to_measure_refuses():
+    nan = float("nan")
+    # An empty retention set (NaN), or one the current version answers none of, is no evidence.
+    for before, after in (
+        ({"retention": nan, "new_family": 0.1}, {"retention": nan, "new_family": 0.9}),
+        ({"retention": 0.0, "new_family": 0.1}, {"retention": 0.0, "new_family": 0.9}),
+        ({}, {"new_family": 1.0}),
+    ):
+        ok, reason = decide(before, after, tolerance=1.0)
+        assert not ok and "no retention evidence" in reason
+    # The step-level suite alone is evidence, and a NaN after counts as everything lost.
+    assert decide({"retention": nan, "retention_steps": 0.8}, {"retention_steps": 0.79}, 0.02)[0]
+    ok, reason = decide({"retention": 0.9}, {"retention": nan}, 0.02)
+    assert not ok and "retention fell 0.900" in reason

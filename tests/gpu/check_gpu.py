@@ -60,12 +60,9 @@ class LexicalRetriever:
 
 
 def _accuracy(world, questions, trajs) -> float:
-    from cls_ray.world.verifier import normalize_answer
+    from cls_ray.answers import EXACT
 
-    ok = sum(
-        normalize_answer(t.answer or "") == normalize_answer(q.answer)
-        for q, t in zip(questions, trajs, strict=True)
-    )
+    ok = sum(EXACT(t.answer, [q.answer]) for q, t in zip(questions, trajs, strict=True))
     return ok / max(1, len(questions))
 
 
