@@ -17,6 +17,8 @@ from cls_ray.engine.factory import build_engine
 from cls_ray.memory import Embedder, MilvusStore
 from cls_ray.memory.retriever import StoreRetriever
 from cls_ray.model.loading import is_checkpoint
+from cls_ray.registry import ModelVersion, registry_for
+from cls_ray.storage import materialize
 from cls_ray.task import FilesTask, Task, WorldTask
 from cls_ray.world import World, build_world
 
@@ -59,8 +61,26 @@ class Stack:
         return StoreRetriever(self.embedder, self.store)
 
     @cached_property
+    def model_version(self) -> ModelVersion:
+        """The version this stack runs: `model.version`, else the registry's current one."""
+        reg = registry_for(self.cfg)
+        name = self.cfg.model.version
+        if name and name not in {v["name"] for v in reg.list()}:
+            raise ValueError(
+                f"model.version {name!r} is not registered; versions: "
+                + ", ".join(v["name"] for v in reg.list())
+            )
+        return reg.get(name) if name else reg.current()
+
+    @cached_property
     def engine(self) -> StreamableEngine:
-        return build_engine(self.cfg)
+        """The engine of `model_version`: the base model, or a registered adapter / checkpoint
+        (copied from storage to this node once)."""
+        v = self.model_version
+        if v.kind == "base":
+            return build_engine(self.cfg, "base")
+        path = materialize(v.artifact_uri, self.cfg.state_path / "cache" / "artifacts")
+        return build_engine(self.cfg, v.name, path)
 
     def model_ready(self) -> bool:
         return is_checkpoint(self.cfg.model_path)

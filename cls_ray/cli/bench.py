@@ -50,6 +50,12 @@ def _stack_with_documents(args, cfg: Config) -> Stack:
     return stack
 
 
+def _say_version(stack: Stack) -> str:
+    name = stack.model_version.name
+    print(f"model version: {name}")
+    return name
+
+
 def _per_group(args, cfg: Config) -> int | None:
     """Questions per group: `--per-group`, else `bench.per_family` on the world (thousands of
     questions), else all of a files task's."""
@@ -71,6 +77,7 @@ def bench_rgr_cmd(args, cfg: Config) -> dict:
         **cfg.rgr_options(),
     )
     result["search_mode"] = cfg.store.search_mode
+    result["model_version"] = _say_version(stack)
     report = write_report(cfg, "bench_rgr", result)
     png = plot_bench_rgr(result, report.with_suffix(".png"))
     print(format_table(result))
@@ -133,7 +140,9 @@ def bench_consolidation_cmd(args, cfg: Config) -> dict:
     stack = _stack_with_documents(args, cfg)
     prm = load_prm(cfg)
     init_ray(cfg, log_to_driver=not args.quiet)
+    version = _say_version(stack)
     result = bench_consolidation(stack, prm, print, arms=not args.no_ablation)
+    result["model_version"] = version
     report = write_report(cfg, "bench_consolidation", result)
     print(
         f"new family {result['new_family_before']:.2f} -> {result['new_family_after']:.2f}; "

@@ -49,6 +49,13 @@ def _common() -> argparse.ArgumentParser:
         help="override a config field, e.g. --set rgr.top_k=6 (repeatable)",
     )
     common.add_argument("--json", action="store_true", help="print one JSON object last")
+    common.add_argument(
+        "--version",
+        dest="model_version",
+        default=None,
+        metavar="NAME",
+        help="the registered model version to run (default: the registry's current one)",
+    )
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     common.add_argument(
         "--smoke",
@@ -131,4 +138,6 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if path is None and Path(DEFAULT_CONFIG).exists():
         path = DEFAULT_CONFIG
     overrides = [*SMOKE, *args.overrides] if getattr(args, "smoke", False) else args.overrides
+    if getattr(args, "model_version", None):
+        overrides = [*overrides, f"model.version={args.model_version}"]
     return load_config(path, overrides)

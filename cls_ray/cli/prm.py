@@ -39,7 +39,9 @@ def feedback_sessions(cfg: Config) -> list[dict]:
 
 
 def prm_train(args, cfg: Config) -> dict:
-    examples, data = prepare_training(Stack(cfg), feedback_sessions(cfg), log=print)
+    stack = Stack(cfg)
+    print(f"model version: {stack.model_version.name} (samples the trajectories to label)")
+    examples, data = prepare_training(stack, feedback_sessions(cfg), log=print)
     init_ray(cfg, log_to_driver=not args.quiet)
     out, result = train_new_prm(cfg, examples, data, args.steps, log=print)
     write_report(cfg, "prm_train", result)
@@ -48,7 +50,10 @@ def prm_train(args, cfg: Config) -> dict:
 
 
 def prm_eval(args, cfg: Config) -> dict:
-    result = evaluate_prm(Stack(cfg), load_prm(cfg), log=print)
+    stack = Stack(cfg)
+    print(f"model version: {stack.model_version.name} (samples the trajectories)")
+    result = evaluate_prm(stack, load_prm(cfg), log=print)
+    result["model_version"] = stack.model_version.name
     print(f"{'n':>3} {'family':10} {'greedy':>7} {'majority':>9} {'prm':>6}")
     for r in result["best_of_n"]:
         print(

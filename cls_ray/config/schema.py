@@ -110,6 +110,11 @@ class ModelConfig(Section):
         "", description="Hugging Face checkpoint path; empty: the built default under state_dir."
     )
     template: Literal["compact", "chat"] = "compact"
+    version: str = Field(
+        "",
+        description="The registered version local commands run (`--version`); empty: the "
+        "registry's current one.",
+    )
     arch: ArchConfig = Field(default_factory=ArchConfig)
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
 

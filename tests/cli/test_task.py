@@ -5,6 +5,8 @@ import pytest
 
 import cls_ray.stack
 from cls_ray.cli.main import main
+from cls_ray.config import load_config
+from cls_ray.registry import registry_for
 from tests.cli.test_main import _last_json
 
 
@@ -54,3 +56,22 @@ def test_a_files_task_runs_without_the_world(files_args, capsys):
 def test_a_command_that_needs_the_world_says_so_on_a_files_task(files_args, capsys):
     assert main(["bootstrap", *files_args]) == 1
     assert "needs the built-in world (task.kind=world)" in capsys.readouterr().err
+
+
+def test_local_commands_run_the_registrys_current_version(tiny_state, tmp_path, capsys):
+    model = tiny_state["dir"] / "models" / "base"
+    args = [*tiny_state["args"], "--set", f"state_dir={tmp_path}", "--set", f"model.path={model}"]
+    reg = registry_for(load_config(None, [f"state_dir={tmp_path}", f"model.path={model}"]))
+    v = reg.register(str(model), "full")  # a full checkpoint: the same weights, a new name
+    reg.promote(v.name, reason="test")
+    assert main(["ask", "what is the employer of x ?", "--local", "--json", *args]) == 0
+    assert _last_json(capsys.readouterr().out)["model_version"] == v.name
+    assert (
+        main(
+            ["ask", "what is the employer of x ?", "--local", "--json", "--version", "base", *args]
+        )
+        == 0
+    )
+    assert _last_json(capsys.readouterr().out)["model_version"] == "base"
+    assert main(["ask", "what ?", "--local", "--version", "v9", *args]) == 1
+    assert "model.version 'v9' is not registered" in capsys.readouterr().err
