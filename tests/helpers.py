@@ -140,7 +140,7 @@ def buffer_sessions(stack, cfg, questions, **rgr) -> list:
     """RGR sessions of the base model on `questions`, stored in `cfg`'s replay buffer (what the
     serving stack would have written); returns their trajectories."""
     trajs = run_rgr(
-        [q.text for q in questions],
+        [getattr(q, "question", None) or q.text for q in questions],  # a task's QA or the world's
         stack.engine,
         stack.retriever,
         **{**cfg.rgr_options(), **rgr},

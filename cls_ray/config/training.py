@@ -41,7 +41,12 @@ class PRMConfig(TrainerConfig):
     max_length: int = Field(512, ge=32)
     aggregation: Literal["min", "product", "last", "mean"] = "min"
     # Labels
-    label_sources: list[Literal["verifier", "mc"]] = Field(default_factory=lambda: ["verifier"])
+    label_sources: list[Literal["verifier", "mc"]] | None = Field(
+        None,
+        description="verifier (exact, where the task has one), mc (Monte Carlo rollouts against "
+        "the reference answers: any task) or both; null: the verifier where the task has one, "
+        "else mc.",
+    )
     consensus: bool = Field(False, description="Keep only steps where automatic sources agree.")
     mc_rollouts: int = Field(4, ge=1)
     mc_soft: bool = True

@@ -16,10 +16,11 @@ from typing import Literal
 from cls_ray.answers import EXACT, AnswerCheck
 from cls_ray.consolidate.extract import Artifact, extract, gate
 from cls_ray.model.examples import episode_pair
-from cls_ray.ports import Retriever, Scorer
+from cls_ray.ports import Memory, Retriever, Scorer
 from cls_ray.prm.labels import evidence_for
 from cls_ray.rgr import step_query
-from cls_ray.steps import parse_answer, render_prompt
+from cls_ray.steps import answer_step, parse_answer, render_prompt
+from cls_ray.task import Task
 from cls_ray.world.core import World
 from cls_ray.world.episodes import EpisodeSampler
 
@@ -47,6 +48,36 @@ def replay_pairs(world: World, n: int, k_docs: int, seed: int = 0) -> list[tuple
     return [episode_pair(sampler.sample(rng)) for _ in range(n)]
 
 
+class KnownSkills:
+    """Replay of what the model already knows, `take(n)` pairs at a time: bootstrap episodes on
+    the world; elsewhere the gold chains of the task's `train` questions outside its new groups
+    (question, their supporting documents, the gold steps so far → the next gold step)."""
+
+    def __init__(self, task: Task, memory: Memory | None, cfg, max_questions: int = 2000):
+        self.task, self.cfg = task, cfg
+        self.pool: list[tuple[str, str]] = []
+        if task.world is not None or memory is None:
+            return
+        new = set(task.new_groups)
+        qs = [q for q in task.questions("train") if q.group not in new]
+        rng = random.Random(cfg.consolidate.seed)
+        qs = rng.sample(qs, min(len(qs), max_questions))
+        texts = memory.get_documents(sorted({d for q in qs for d in q.support_ids}))
+        for q in qs:
+            docs = [texts[d] for d in q.support_ids if d in texts][: cfg.rgr.top_k]
+            steps = [*q.steps, answer_step(q.answer)]
+            for i, nxt in enumerate(steps):
+                prompt = render_prompt(cfg.model.template, None, q.question, docs, steps[:i])
+                self.pool.append((prompt, nxt))
+        rng.shuffle(self.pool)
+
+    def take(self, n: int) -> list[tuple[str, str]]:
+        if self.task.world is not None:
+            c = self.cfg.consolidate
+            return replay_pairs(self.task.world, n, self.cfg.rgr.top_k, c.seed)
+        return self.pool[: max(0, n)]
+
+
 def mix(new: list, replay: list, replay_ratio: float, seed: int = 0) -> list:
     """`new` plus enough of `replay` that replay is `replay_ratio` of the result, shuffled."""
     if not 0 <= replay_ratio < 1:
@@ -64,7 +95,8 @@ def sessions_to_pairs(
     sessions: Sequence[dict],
     doc_texts: dict[str, str],
     cfg,
-    world: World,
+    task: Task,
+    known: KnownSkills,
     gate_mode: GateMode = "prm",
     gold: dict[str, Sequence[str]] | None = None,
     replayed: Sequence[dict] = (),
@@ -77,8 +109,8 @@ def sessions_to_pairs(
     "outcome" keeps every step of the sessions whose answer `check` accepts against `gold`
     (question → answers),
     ignoring the steps (the ablation's baselines). `replayed` sessions (consumed by earlier
-    sleeps, kept by the buffer) replay what those sleeps taught, ahead of the episodes the model
-    was built on."""
+    sleeps, kept by the buffer) replay what those sleeps taught, ahead of what the model was
+    built on (`known`). Patterns type their entities where the task knows them (the world)."""
     c = cfg.consolidate
     if gate_mode == "outcome":
         gold = gold or {}
@@ -88,9 +120,8 @@ def sessions_to_pairs(
             if s["question"] in gold and check(s.get("answer"), gold[s["question"]])
         ]
     floor = c.min_step_score if gate_mode == "prm" else 0.0
-    arts = [
-        a for s in sessions for a in extract(s, doc_texts, world.entities.get, min_step_score=floor)
-    ]
+    type_of = task.world.entities.get if task.world is not None else None
+    arts = [a for s in sessions for a in extract(s, doc_texts, type_of, min_step_score=floor)]
     if gate_mode == "prm":
         good = gate(arts, c.min_r_tau, c.min_step_score)
     else:
@@ -98,7 +129,7 @@ def sessions_to_pairs(
     new = subplan_pairs(good, cfg.model.template)
     old = subplan_pairs(
         gate(
-            [a for s in replayed for a in extract(s, doc_texts, world.entities.get)],
+            [a for s in replayed for a in extract(s, doc_texts, type_of)],
             c.min_r_tau,
             c.min_step_score,
         ),
@@ -107,7 +138,7 @@ def sessions_to_pairs(
     random.Random(c.seed).shuffle(old)
     want = round(len(new) * c.replay_ratio / (1 - c.replay_ratio)) if c.replay_ratio else 0
     old = old[: want // 2]  # at most half the replay: the built skills stay in it
-    replay = old + replay_pairs(world, len(new) * 4, cfg.rgr.top_k, c.seed)
+    replay = old + known.take(len(new) * 4)
     pairs = mix(new, replay, c.replay_ratio, c.seed)
     stats = {
         "gate": gate_mode,

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 from cls_ray.consolidate.data import (
+    KnownSkills,
     corrected_sessions,
-    replay_pairs,
     score_sessions,
     sessions_to_pairs,
 )
@@ -56,7 +56,9 @@ class SleepBatch:
     replayed: Sequence[dict] = field(default_factory=list)
 
 
-def train_candidate(cfg, method: Method, batch: SleepBatch, pairs, out: Path, log: Log, world):
+def train_candidate(
+    cfg, method: Method, batch: SleepBatch, pairs, out: Path, log: Log, known: KnownSkills
+):
     """The slow path: an adapter trained on the gated pairs (SFT) or on the scored sessions'
     step rewards with replay (PPO-ptx)."""
     if method == "ppo":
@@ -68,7 +70,7 @@ def train_candidate(cfg, method: Method, batch: SleepBatch, pairs, out: Path, lo
             c.ppo.reward_offset,
             cfg.rgr.grounded,
         )
-        replay = replay_pairs(world, 4 * len(rows), cfg.rgr.top_k, c.seed)
+        replay = known.take(4 * len(rows))
         log(f"ppo: {len(rows)} scored trajectories, {len(replay)} replayed pairs for ptx")
         return train_ppo(cfg, rows, out, replay=replay)
     return train_sft(cfg, pairs, out)
@@ -89,16 +91,16 @@ def sleep_once(
 
     Before any weight changes, the procedures of A_good go to episodic memory (the fast path,
     `index`); the candidate is then measured on what its weights alone do."""
-    cfg, memory = stack.cfg, services.memory
+    cfg, memory, task = stack.cfg, services.memory, stack.task
+    known = KnownSkills(task, memory, cfg)
     pairs, data, good = sessions_to_pairs(
-        batch.sessions, batch.doc_texts, cfg, stack.world, replayed=batch.replayed
+        batch.sessions, batch.doc_texts, cfg, task, known, replayed=batch.replayed, check=task.check
     )
     log(
         f"sleep: {data['sessions']} sessions -> {data['artifacts']} artifacts, A_good "
         f"{data['a_good']} -> {data['new_pairs']} pairs (+ replay: {data['pairs']})"
     )
     current = services.registry.current()
-    task = stack.task
     episodes = retention_episodes(task.world, k_docs=cfg.rgr.top_k) if task.world else None
     new_qs, retention_qs = batch.new_questions, batch.retention_questions
     check = task.check
@@ -114,7 +116,7 @@ def sleep_once(
         )
         log(f"sleep: {len(pats)} procedures indexed; new family with them {fast:.3f}")
     out = out or cfg.state_path / "adapters" / f"{method}-{int(time.time())}"
-    train = train_candidate(cfg, method, batch, pairs, out, log, stack.world)
+    train = train_candidate(cfg, method, batch, pairs, out, log, known)
     log(f"sleep: trained {out.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
     cand = HFEngine.from_config(cfg, "candidate", out)
     after = evaluate_version(cfg, cand, memory, new_qs, retention_qs, episodes, check=check)

@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
-from cls_ray.consolidate.data import score_sessions, sessions_to_pairs
+from cls_ray.consolidate.data import KnownSkills, score_sessions, sessions_to_pairs
 from cls_ray.consolidate.episodic import fold_patterns
 from cls_ray.consolidate.evaluate import evaluate_version, question_index, retention_episodes
 from cls_ray.consolidate.promotion import version_kind
@@ -107,6 +107,7 @@ def ablation(
     log(f"ablation: {n_bad} of {len(mixed)} sessions corrupted and scored by the PRM")
     episodes = retention_episodes(world, k_docs=cfg.rgr.top_k)
     ev = {"episodes": episodes, "check": check}
+    known = KnownSkills(task, None, cfg)  # the world's bootstrap episodes
     reg = registry_for(cfg)
     rows = []
     stamp = int(time.time())
@@ -116,11 +117,13 @@ def ablation(
         ("sft_outcome_only", "sft", "outcome"),
         ("ppo_step_rewards", "ppo", "prm"),
     ):
-        pairs, data, _ = sessions_to_pairs(mixed, docs, cfg, world, gate_mode, gold, check=check)
+        pairs, data, _ = sessions_to_pairs(
+            mixed, docs, cfg, task, known, gate_mode, gold, check=check
+        )
         log(f"ablation {arm}: {data['new_pairs']} pairs from {data['sessions']} sessions")
         out = cfg.state_path / "adapters" / f"ablation-{stamp}-{arm}"
         batch = SleepBatch(mixed, docs, new_qs, retention_qs)
-        train = train_candidate(cfg, method, batch, pairs, out, log, world)
+        train = train_candidate(cfg, method, batch, pairs, out, log, known)
         cand = HFEngine.from_config(cfg, arm, out)
         after = evaluate_version(cfg, cand, stack.retriever, new_qs, retention_qs, **ev)
         row = {
@@ -141,7 +144,7 @@ def ablation(
             f"ablation {arm}: new family {row['new_family_after']:.3f}, retention "
             f"{row['retention_after']:.3f}"
         )
-    _, data, good = sessions_to_pairs(mixed, docs, cfg, world, "prm")
+    _, data, good = sessions_to_pairs(mixed, docs, cfg, task, known, "prm")
     with scratch_procedures(stack) as memory:
         pats = fold_patterns(good)
         memory.add_patterns(pats)

@@ -21,6 +21,7 @@ from cls_ray.prm.aggregate import aggregate_step_scores
 from cls_ray.prm.best_of_n import trajectory_items
 from cls_ray.prm.labels import StepExample
 from cls_ray.rgr import run_rgr
+from cls_ray.task import QA, Task
 
 
 def _f1(tp: int, fp: int, fn: int) -> float:
@@ -86,7 +87,8 @@ def step_metrics(
 
 def best_of_n(
     prm,
-    questions,
+    questions: Sequence[QA],
+    task: Task,
     engine,
     retriever,
     ns: Sequence[int] = (1, 4, 16),
@@ -94,37 +96,44 @@ def best_of_n(
     seed: int = 0,
     **rgr_options,
 ) -> list[dict]:
-    """Rows of (n, family group) with greedy, majority and PRM-selected accuracy."""
+    """Rows of (n, family group) with greedy, majority and PRM-selected accuracy (by the task's
+    answer check; `held_back` rows are the task's new groups)."""
     n_max = max(ns)
-    greedy = run_rgr([q.text for q in questions], engine, retriever, **rgr_options)
+    greedy = run_rgr([q.question for q in questions], engine, retriever, **rgr_options)
     flat = [q for q in questions for _ in range(n_max)]
     samples = run_rgr(
-        [q.text for q in flat], engine, retriever, temperature=temperature, seed=seed, **rgr_options
+        [q.question for q in flat],
+        engine,
+        retriever,
+        temperature=temperature,
+        seed=seed,
+        **rgr_options,
     )
     items = trajectory_items(samples)
     step_scores = prm.score_many(items)
     taus = [prm.r_tau(s) for s in step_scores]
     rng = random.Random(seed)
+    new = set(task.new_groups)
     rows = []
     for group in ("trained", "held_back"):
-        idx = [i for i, q in enumerate(questions) if q.held_back == (group == "held_back")]
+        idx = [i for i, q in enumerate(questions) if (q.group in new) == (group == "held_back")]
         if not idx:
             continue
         for n in ns:
             hits = {"greedy": 0, "majority": 0, "prm": 0}
             for i in idx:
                 q = questions[i]
-                gold = normalize(q.answer)
-                hits["greedy"] += normalize(greedy[i].answer) == gold
+                hits["greedy"] += task.is_right(greedy[i].answer, q)
                 pool = list(range(i * n_max, i * n_max + n))
+                # the vote is over normalized answers; the winner is checked like any answer
                 answers = [normalize(samples[j].answer) for j in pool]
                 counts = Counter(a for a in answers if a)
                 if counts:
                     top = max(counts.values())
                     tied = [a for a in counts if counts[a] == top]
-                    hits["majority"] += rng.choice(sorted(tied)) == gold
+                    hits["majority"] += task.is_right(rng.choice(sorted(tied)), q)
                 best = max(pool, key=lambda j: taus[j])
-                hits["prm"] += normalize(samples[best].answer) == gold
+                hits["prm"] += task.is_right(samples[best].answer, q)
             rows.append(
                 {
                     "n": n,

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from cls_ray.answers import EXACT
+from cls_ray.answers import EXACT, AnswerCheck
 from cls_ray.rgr import run_rgr
 from cls_ray.steps import answer_step, overlap_f1, parse_answer
 from cls_ray.world.core import RELATIONS, Question, World
@@ -266,18 +266,20 @@ def sampled_examples(
 
 def mc_labels(
     examples: Sequence[StepExample],
-    answers: Sequence[str],
+    answers: Sequence[Sequence[str] | str],
     engine,
     retriever,
     rollouts: int = 4,
     temperature: float = 1.0,
     soft: bool = True,
     seed: int = 0,
+    check: AnswerCheck = EXACT,
     **rgr_options,
 ) -> list[StepExample]:
     """Math-Shepherd labels: from each step prefix of each example, `rollouts` completions with
-    RGR; a step's label is the share of them that reach `answers[i]` (soft) or whether any does
-    (hard). An answer step is labelled by itself: right or wrong."""
+    RGR; a step's label is the share of them that reach `answers[i]` (any alias, by `check`;
+    soft) or whether any does (hard). An answer step is labelled by itself: right or wrong."""
+    gold = [(a,) if isinstance(a, str) else tuple(a) for a in answers]
     jobs: list[tuple[int, int]] = []  # (example, prefix length) to roll out
     for i, ex in enumerate(examples):
         for k in range(1, len(ex.completions) + 1):
@@ -295,7 +297,7 @@ def mc_labels(
             **rgr_options,
         )
         for (i, k), tr in zip(jobs, trajs, strict=True):
-            if EXACT(tr.answer, [answers[i]]):
+            if check(tr.answer, gold[i]):
                 reached[(i, k)] += 1
     out = []
     for i, ex in enumerate(examples):
@@ -303,7 +305,7 @@ def mc_labels(
         for k, step in enumerate(ex.completions, start=1):
             final = parse_answer(step)
             if final is not None:
-                labels.append(float(EXACT(final, [answers[i]])))
+                labels.append(float(check(final, gold[i])))
             else:
                 share = reached[(i, k)] / rollouts
                 labels.append(share if soft else float(share > 0))
@@ -317,13 +319,14 @@ def mc_labels(
 # Human labels and merging
 # ------------------------------------------------------------------------------------------
 def human_examples(
-    sessions: Sequence[dict], evidence_of: Callable[[str], str] | None = None
+    sessions: Sequence[dict], evidence_of: Callable[[str, dict], str] | None = None
 ) -> list[StepExample]:
     """Labels from feedback on served sessions. Corrected steps are right; the original steps
     agree with them up to the first difference, which is wrong, as is everything after it. A
     rating alone (no correction) labels the whole trajectory when positive, and only its final
-    step when negative (which step failed is unknown)."""
-    ev = evidence_of or (lambda step: "")
+    step when negative (which step failed is unknown). `evidence_of(step, session)` finds a
+    step's evidence (among what its session retrieved)."""
+    ev = evidence_of or (lambda step, session: "")
     out: list[StepExample] = []
     for s in sessions:
         steps = [st["text"] for st in s.get("steps") or []]
@@ -334,7 +337,7 @@ def human_examples(
                     s["question"],
                     list(completions),
                     labels,
-                    [ev(x) for x in completions],
+                    [ev(x, s) for x in completions],
                     "human",
                     {"session_id": s["id"]},
                 )

@@ -21,54 +21,139 @@ from cls_ray.prm.labels import (
 from cls_ray.prm.model import ProcessRewardModel
 from cls_ray.prm.store import next_prm_path
 from cls_ray.prm.train import train_prm
+from cls_ray.prm.trajectories import gold_and_corrupted as task_gold_and_corrupted
+from cls_ray.prm.trajectories import sampled
 from cls_ray.stack import Stack
+from cls_ray.task import QA
+from cls_ray.task.world_task import world_qa
 
 logger = logging.getLogger(__name__)
+
+
+def label_sources(stack: Stack) -> list[str]:
+    """`prm.label_sources`, or where unset the verifier where the task has one, else Monte
+    Carlo rollouts; the verifier on a task without one is a config error."""
+    task, sources = stack.task, stack.cfg.prm.label_sources
+    if sources is None:
+        return ["verifier"] if task.verify is not None else ["mc"]
+    if "verifier" in sources and task.verify is None:
+        raise ValueError(f"prm.label_sources names verifier, but task {task.name} has none; use mc")
+    return sorted(set(sources))
+
+
+def _support_texts(stack: Stack, questions: Sequence[QA]) -> dict[str, str]:
+    ids = sorted({d for q in questions for d in q.support_ids})
+    return stack.retriever.get_documents(ids) if ids else {}
+
+
+def task_trajectories(
+    stack: Stack, questions: Sequence[QA], per_question: int, samples: int, seed: int
+) -> list[StepExample]:
+    """Unlabelled trajectories on any task: gold chains and their wrong versions (where the
+    questions have gold steps) and the model's own samples."""
+    cfg = stack.cfg
+    pool = task_gold_and_corrupted(questions, _support_texts(stack, questions), per_question, seed)
+    if samples:
+        pool += sampled(
+            questions,
+            stack.engine,
+            stack.retriever,
+            samples=samples,
+            temperature=cfg.prm.sample_temperature,
+            seed=seed,
+            **cfg.rgr_options(),
+        )
+    return pool
+
+
+def mc_labelled(stack: Stack, pool: Sequence[StepExample], answers: dict[str, tuple]) -> list:
+    cfg, p = stack.cfg, stack.cfg.prm
+    out = mc_labels(
+        pool,
+        [answers[e.prompt] for e in pool],
+        stack.engine,
+        stack.retriever,
+        rollouts=p.mc_rollouts,
+        temperature=p.sample_temperature,
+        soft=p.mc_soft,
+        seed=p.seed,
+        check=stack.task.check,
+        **cfg.rgr_options(),
+    )
+    for e in out:
+        e.meta = {**e.meta, "correct": bool(e.labels) and all(x >= 0.5 for x in e.labels)}
+    return out
+
+
+def session_evidence(stack: Stack, sessions: Sequence[dict]):
+    """`evidence_of(step, session)` for human labels: the document the step restates best among
+    those its session retrieved (and, on the world, the stated fact's own document)."""
+    ids = sorted(
+        {r["id"] for s in sessions for st in s.get("steps") or [] for r in st["retrieved"]}
+    )
+    texts = stack.retriever.get_documents(ids) if ids else {}
+    world = stack.task.world
+
+    def evidence_of(step: str, session: dict) -> str:
+        docs = [
+            texts[r["id"]]
+            for st in session.get("steps") or []
+            for r in st["retrieved"]
+            if r["id"] in texts
+        ]
+        if world is not None:
+            docs += world_docs_for(world, step)
+        return evidence_for(step, docs)
+
+    return evidence_of
 
 
 def training_examples(
     stack: Stack, feedback: Sequence[dict] = (), log: Callable[[str], None] = logger.info
 ) -> tuple[list[StepExample], dict]:
-    """Labelled trajectories on train-split entities of every family (the PRM must judge the
-    held-back relation's steps too): gold chains, corruptions and the model's own samples,
-    labelled by the configured sources, merged with the human labels of the `feedback`
-    sessions (which win)."""
-    cfg, world = stack.cfg, stack.world
+    """Labelled trajectories on the task's `train` questions of every group (the PRM must judge
+    the new groups' steps too): gold chains, wrong versions of them and the model's own samples,
+    labelled by the sources (`label_sources`), merged with the human labels of the `feedback`
+    sessions (which win). The world makes its wrong chains from its own facts."""
+    cfg, task = stack.cfg, stack.task
     p = cfg.prm
-    qs = world.questions("train", per_family=p.questions_per_family, seed=p.seed)
-    examples = gold_and_corrupted(world, qs, p.corruptions_per_question, seed=p.seed)
-    log(f"prm data: {len(examples)} gold and corrupted chains from {len(qs)} questions")
-    sampled: list[StepExample] = []
-    if p.samples_per_question:
-        sampled = sampled_examples(
-            qs,
-            stack.engine,
-            stack.retriever,
-            samples=p.samples_per_question,
-            temperature=p.sample_temperature,
-            seed=p.seed,
-            **cfg.rgr_options(),
+    sources = label_sources(stack)
+    if task.world is not None:
+        world = task.world
+        wqs = world.questions("train", per_family=p.questions_per_family, seed=p.seed)
+        examples = gold_and_corrupted(world, wqs, p.corruptions_per_question, seed=p.seed)
+        qs = [world_qa(q) for q in wqs]
+        log(f"prm data: {len(examples)} gold and corrupted chains from {len(qs)} questions")
+        sampled_ = []
+        if p.samples_per_question:
+            sampled_ = sampled_examples(
+                wqs,
+                stack.engine,
+                stack.retriever,
+                samples=p.samples_per_question,
+                temperature=p.sample_temperature,
+                seed=p.seed,
+                **cfg.rgr_options(),
+            )
+            log(f"prm data: {len(sampled_)} sampled trajectories")
+        pool = examples + sampled_
+    else:
+        qs = task.questions("train", per_group=p.questions_per_family, seed=p.seed)
+        if not qs:
+            raise ValueError(f"task {task.name} has no train questions to label")
+        pool = task_trajectories(
+            stack, qs, p.corruptions_per_question, p.samples_per_question, p.seed
         )
-        log(f"prm data: {len(sampled)} sampled trajectories")
+        log(
+            f"prm data: {len(pool)} trajectories (gold, wrong versions, samples) from {len(qs)} questions"
+        )
     auto: list[StepExample] = []
-    if "verifier" in p.label_sources:
-        auto += examples + sampled
-    if "mc" in p.label_sources:
-        answers = {q.text: q.answer for q in qs}
-        pool = examples + sampled
-        auto += mc_labels(
-            pool,
-            [answers[e.prompt] for e in pool],
-            stack.engine,
-            stack.retriever,
-            rollouts=p.mc_rollouts,
-            temperature=p.sample_temperature,
-            soft=p.mc_soft,
-            seed=p.seed,
-            **cfg.rgr_options(),
-        )
+    if "verifier" in sources:
+        auto += pool
+    if "mc" in sources:
+        auto += mc_labelled(stack, pool, {q.question: q.answers for q in qs})
         log(f"prm data: Monte Carlo labels for {len(pool)} trajectories ({p.mc_rollouts} rollouts)")
-    human = human_examples(feedback, lambda step: evidence_for(step, world_docs_for(world, step)))
+    human = human_examples(feedback, session_evidence(stack, feedback))
     merged = merge_labels(auto + human, consensus=p.consensus)
     steps = [lab for e in merged for lab in e.labels]
     stats = {
@@ -76,17 +161,26 @@ def training_examples(
         "human_trajectories": len(human),
         "labelled_steps": sum(lab is not None for lab in steps),
         "wrong_steps": sum(lab is not None and lab < 0.5 for lab in steps),
-        "sources": sorted(p.label_sources),
+        "sources": sources,
         "consensus": p.consensus,
+        "task": task.name,
     }
     return merged, stats
 
 
 def eval_examples(stack: Stack) -> list[StepExample]:
-    """Held-out questions (entities never trained on), every family: gold chains, corruptions
-    and the model's own samples, labelled by the verifier."""
-    cfg, world = stack.cfg, stack.world
+    """Held-out trajectories labelled by the task's verifier where it has one (the world:
+    held-out entities, every family, its own wrong chains), else by Monte Carlo rollouts on
+    the task's `eval` questions."""
+    cfg, task = stack.cfg, stack.task
     p = cfg.prm
+    if task.world is None:
+        qs = task.questions("eval", per_group=p.eval_per_family, seed=p.seed + 1)
+        pool = task_trajectories(
+            stack, qs, p.corruptions_per_question, p.eval_samples_per_question, p.seed + 1
+        )
+        return mc_labelled(stack, pool, {q.question: q.answers for q in qs})
+    world = task.world
     qs = world.questions("heldout", per_family=p.eval_per_family, seed=p.seed + 1)
     examples = gold_and_corrupted(world, qs, p.corruptions_per_question, seed=p.seed + 1)
     if p.eval_samples_per_question:
@@ -139,11 +233,12 @@ def train_new_prm(
 def evaluate_prm(stack: Stack, prm: ProcessRewardModel, log: Callable[[str], None] = logger.info):
     """`cls-ray prm eval`: step labels on held-out trajectories (step F1, first error, AUROC of
     R(τ)), then best-of-N with the PRM against greedy and majority vote."""
-    cfg, world = stack.cfg, stack.world
-    log(f"== PRM {prm.path}: step labels on held-out trajectories")
+    cfg, task = stack.cfg, stack.task
+    how = "the verifier" if task.world is not None else "Monte Carlo rollouts"
+    log(f"== PRM {prm.path}: step labels on held-out trajectories (labelled by {how})")
     examples = eval_examples(stack)
     scores = prm.score_many([(e.prompt, e.completions, e.evidence) for e in examples])
-    result = {"prm": str(prm.path), "aggregation": cfg.prm.aggregation}
+    result = {"prm": str(prm.path), "aggregation": cfg.prm.aggregation, "labels": how}
     result.update(step_metrics(examples, scores, cfg.prm.aggregation))
     log(
         f"step_f1 {result['step_f1']:.3f} (correct {result['step_f1_correct']:.3f}, wrong "
@@ -151,11 +246,12 @@ def evaluate_prm(stack: Stack, prm: ProcessRewardModel, log: Callable[[str], Non
         f"{result['first_error_accuracy']:.3f}; auroc_tau {result['auroc_tau']:.3f} on "
         f"{result['trajectories']} trajectories ({result['wrong_trajectories']} wrong)"
     )
-    qs = world.questions("heldout", per_family=cfg.prm.best_of_n_per_family, seed=cfg.prm.seed + 2)
+    qs = task.questions("eval", per_group=cfg.prm.best_of_n_per_family, seed=cfg.prm.seed + 2)
     log(f"== best-of-N on {len(qs)} held-out questions, N in {cfg.prm.best_of_n}")
     result["best_of_n"] = best_of_n(
         prm,
         qs,
+        task,
         stack.engine,
         stack.retriever,
         ns=cfg.prm.best_of_n,
