@@ -195,7 +195,7 @@ def markdown(report: dict, plots: list[Path]) -> str:
         f"Episodic fast path (base weights + the indexed procedures), sessions' families: "
         f"{s.get('new_family_fast_path') or float('nan'):.2f}.",
         f"Retention gate: {'passed' if s['passes_gate'] else 'refused'} ({s['reason']}); "
-        f"KL(base ‖ candidate) {s['kl_base_candidate']:.3f}; "
+        f"KL(base ‖ candidate) {s['kl_base_candidate'] or float('nan'):.3f}; "
         f"{'promoted and broadcast' if s['promoted'] else 'kept as a candidate'}.",
         f"Sleep data: {json.dumps(s['data'])}.",
         "",

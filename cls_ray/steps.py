@@ -5,6 +5,8 @@ Two templates share one parser:
   `question: ... doc: ... doc: ... step: ... step:` (the model writes the next step, then EOS);
 - `chat`: for instruct models (Qwen, Llama): a system prompt, the numbered documents, the steps
   so far and "write the next step or the answer", rendered with the tokenizer's chat template.
+A `StepFormat` (template, tokenizer, system prompt) renders every prompt of one model: the
+engines', and the training data of SFT and PPO, so a model learns the format it is asked in.
 Everything that reads a step (the RGR loop, the verifier, the PRM, extraction) goes through
 `parse_answer` and `cite`.
 """
@@ -14,7 +16,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 ANSWER_PREFIX = "the answer is"
 StepTemplate = Literal["compact", "chat"]
@@ -53,26 +56,73 @@ def compact_prompt(question: str, docs: Sequence[str], steps: Sequence[str]) -> 
     return " ".join(parts)
 
 
-def chat_messages(question: str, docs: Sequence[str], steps: Sequence[str]) -> list[dict]:
+def chat_messages(
+    question: str, docs: Sequence[str], steps: Sequence[str], system: str = CHAT_SYSTEM
+) -> list[dict]:
     listing = "\n".join(f"[{i + 1}] {d}" for i, d in enumerate(docs)) or "(none)"
     so_far = "\n".join(f"{i + 1}. {s}" for i, s in enumerate(steps)) or "(none yet)"
     user = (
         f"Documents:\n{listing}\n\nQuestion: {question}\n\nSteps so far:\n{so_far}\n\n"
         "Write the next step or the answer."
     )
-    return [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+@dataclass(frozen=True)
+class StepFormat:
+    """How one model is prompted for its next step: `template`, the tokenizer (whose chat
+    template renders `chat`) and the system prompt."""
+
+    template: StepTemplate = "compact"
+    tokenizer: Any = None
+    system: str = CHAT_SYSTEM
+
+    def render(self, question: str, docs: Sequence[str], steps: Sequence[str]) -> str:
+        if self.template == "chat":
+            if self.tokenizer is None:
+                raise ValueError("the chat template needs the model's tokenizer")
+            return self.tokenizer.apply_chat_template(
+                chat_messages(question, docs, steps, self.system),
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+        return compact_prompt(question, docs, steps)
+
+    @property
+    def grounded_default(self) -> bool:
+        """Grounded decoding suits the compact format's models; an instruct model writes its
+        own sentences."""
+        return self.template == "compact"
+
+    @property
+    def prepends_bos(self) -> bool:
+        """Whether the model's input needs a BOS in front of the rendered text (the chat
+        template writes its own)."""
+        return self.template == "compact"
+
+
+def step_format(cfg, tokenizer=None) -> StepFormat:
+    """The step format of `cfg`'s model (`model.template`, `model.system_prompt`); the chat
+    template needs the model's tokenizer, loaded from `model_path` unless given."""
+    if cfg.model.template == "chat" and tokenizer is None:
+        # transformers' tokenizers import torch: only a chat template needs one here
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(cfg.model_path))
+    return StepFormat(cfg.model.template, tokenizer, cfg.model.system_prompt or CHAT_SYSTEM)
 
 
 def grounded_choices(
     question: str, docs: Sequence[str], steps: Sequence[str], max_span: int = 4
 ) -> list[str]:
-    """The steps the compact grammar allows next: restate one context document, or answer
-    with a span (up to `max_span` words) of what the steps so far established.
+    """The steps the grammar allows next: restate one sentence of a context document (a
+    one-sentence document, as the world's facts, is restated whole), or answer with a span (up
+    to `max_span` words) of what the steps so far established.
 
     Decoding inside this set removes garbled copies, the small model's commonest error; which
     document to follow, and when and what to answer, stay the model's decisions.
     """
-    out = list(dict.fromkeys(docs))
+    out = list(dict.fromkeys(s for d in docs for s in sentences(d)))
     words = [w for s in (steps or [question]) for w in s.split()]
     spans = {
         " ".join(words[i : i + n])
@@ -85,17 +135,12 @@ def grounded_choices(
 
 
 _WORDLIKE = re.compile(r"\w")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
 
-def render_prompt(
-    template: StepTemplate, tokenizer, question: str, docs: Sequence[str], steps: Sequence[str]
-) -> str:
-    """The prompt for the next step in `template`; `chat` uses the tokenizer's chat template."""
-    if template == "chat":
-        return tokenizer.apply_chat_template(
-            chat_messages(question, docs, steps), add_generation_prompt=True, tokenize=False
-        )
-    return compact_prompt(question, docs, steps)
+def sentences(text: str) -> list[str]:
+    """`text` split into sentences (after . ! ? followed by a capital, digit or quote)."""
+    return [s for s in (x.strip() for x in _SENTENCE_END.split(text)) if s]
 
 
 def _tokens(text: str) -> Counter:
@@ -116,8 +161,8 @@ def cite(step: str, docs: Sequence[str], min_overlap: float = 0.6) -> list[int]:
     """Indexes into `docs` of the documents a step cites.
 
     Explicit markers (`[2]`, 1-based) win. Otherwise a reasoning step cites the document(s) it
-    restates: the best token-overlap F1 between step and document, when it reaches
-    `min_overlap`. An answer step without markers cites nothing: it concludes from the steps
+    restates: those that contain it word for word, else the best token-overlap F1 between step
+    and document, when it reaches `min_overlap`. An answer step without markers cites nothing: it concludes from the steps
     before it, whose citations are its support.
     """
     marked = [int(m) - 1 for m in _CITE_RE.findall(step)]
@@ -127,6 +172,10 @@ def cite(step: str, docs: Sequence[str], min_overlap: float = 0.6) -> list[int]:
     text = _CITE_RE.sub("", step)
     if not _tokens(text) or not docs:
         return []
+    folded = " ".join(text.split())
+    inside = [i for i, d in enumerate(docs) if folded in " ".join(d.split())]
+    if inside:  # a step that restates a sentence of a paragraph cites the paragraph
+        return inside
     scores = [overlap_f1(text, d) for d in docs]
     best = max(scores)
     if best < min_overlap:

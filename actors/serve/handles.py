@@ -13,7 +13,7 @@ from cls_ray.memory.documents import RetrievedDoc
 from cls_ray.memory.procedures import Pattern, parse_pattern
 from cls_ray.serving.batching import slices
 from cls_ray.serving.names import RETRIEVER
-from cls_ray.steps import StepTemplate, render_prompt
+from cls_ray.steps import StepFormat
 
 
 def in_groups(method, n: int, max_group: int | None, body: Callable[[slice], dict]) -> list:
@@ -31,20 +31,18 @@ class RemoteEngine:
         self,
         handle,
         version: str,
-        template: StepTemplate = "compact",
-        tokenizer=None,
+        fmt: StepFormat,
         max_group: int | None = None,
     ):
         self.handle = handle
         self.version = version
-        self.template: StepTemplate = template
-        self.tokenizer = tokenizer
+        self.format = fmt
         self.max_group = max_group
 
     def render(self, question, docs, steps) -> str:
         # Rendering is string formatting (or the tokenizer's chat template): done here, it
         # saves the generator a round trip per step.
-        return render_prompt(self.template, self.tokenizer, question, docs, steps)
+        return self.format.render(question, docs, steps)
 
     def generate(self, prompts, temperature=0.0, max_new_tokens=None, seed=None, choices=None):
         """One request for all prompts of a round (the sessions of one ingress batch)."""

@@ -36,6 +36,7 @@ from cls_ray.serving.names import NAMESPACE, buffer_actor_name, scheduler_actor_
 from cls_ray.serving.openai import Completion, model_list, question_of
 from cls_ray.serving.sessions import pick_best, session_records, session_reply
 from cls_ray.session import Feedback
+from cls_ray.steps import step_format
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +61,9 @@ class Ingress:
         self.registry = start_registry(
             str(self.cfg.state_path / "registry.json"), str(self.cfg.model_path), s.app_name
         )
-        self.tokenizer = None
-        if self.cfg.model.template == "chat":
-            # transformers' tokenizers import torch (seconds, hundreds of MB): only a chat
-            # template needs one in the ingress.
-            from transformers import AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.cfg.model_path))
+        # transformers' tokenizers import torch (seconds, hundreds of MB): only a chat
+        # template needs one in the ingress (`step_format` loads it then).
+        self.format = step_format(self.cfg)
         # RGR is a blocking loop of handle calls; each running session batch holds one thread.
         self.pool = ThreadPoolExecutor(s.max_concurrent_sessions, thread_name_prefix="rgr")
         self._sessions.set_max_batch_size(s.session_batch_size)
@@ -123,8 +120,7 @@ class Ingress:
         engine = RemoteEngine(
             self.generator,
             version,
-            self.cfg.model.template,
-            self.tokenizer,
+            self.format,
             s.generator.max_batch_size,
         )
         retriever = (

@@ -147,7 +147,7 @@ def bench_consolidation_cmd(args, cfg: Config) -> dict:
     print(
         f"new family {result['new_family_before']:.2f} -> {result['new_family_after']:.2f}; "
         f"retention {result['retention_before']:.2f} -> {result['retention_after']:.2f}; "
-        f"KL(base||candidate) {result['kl_base_candidate']:.4f}"
+        f"KL(base||candidate) {result['kl_base_candidate'] or float('nan'):.4f}"
     )
     for row in result.get("ablation", []):
         print(

@@ -110,6 +110,9 @@ class ModelConfig(Section):
         "", description="Hugging Face checkpoint path; empty: the built default under state_dir."
     )
     template: Literal["compact", "chat"] = "compact"
+    system_prompt: str = Field(
+        "", description="chat: the system prompt; empty: the built-in one (cls_ray.steps)."
+    )
     version: str = Field(
         "",
         description="The registered version local commands run (`--version`); empty: the "
@@ -136,10 +139,11 @@ class RGRConfig(Section):
     exclude_cited: bool = Field(
         True, description="Later steps skip documents earlier steps already cited."
     )
-    grounded: bool = Field(
-        True,
-        description="Decode each step inside the grammar 'restate a context document, or "
-        "answer from the steps so far' (no garbled copies); false: free generation.",
+    grounded: bool | None = Field(
+        None,
+        description="Decode each step inside the grammar 'restate a sentence of a context "
+        "document, or answer from the steps so far' (no garbled copies); false: free "
+        "generation; null: on for the compact template, off for chat.",
     )
     patterns: bool = Field(
         True,
@@ -209,13 +213,19 @@ class Config(Section):
     def model_path(self) -> Path:
         return Path(self.model.path) if self.model.path else self.state_path / "models" / "base"
 
+    @property
+    def grounded(self) -> bool:
+        """`rgr.grounded`, or by default: on for the compact template, off for chat."""
+        g = self.rgr.grounded
+        return self.model.template == "compact" if g is None else g
+
     def rgr_options(self, **overrides) -> dict:
         """Keyword arguments of `run_rgr` / `bench_rgr` from `rgr`; non-None overrides win."""
         opts = {
             "top_k": self.rgr.top_k,
             "max_steps": self.rgr.max_steps,
             "exclude_cited": self.rgr.exclude_cited,
-            "grounded": self.rgr.grounded,
+            "grounded": self.grounded,
             "patterns": self.rgr.patterns,
         }
         opts.update({k: v for k, v in overrides.items() if v is not None})

@@ -133,6 +133,12 @@ class ConsolidateConfig(TrainerConfig):
     retention_tolerance: float = Field(
         0.02, ge=0, le=1, description="Largest retention drop a promoted candidate may show."
     )
+    max_length: int | None = Field(
+        None,
+        ge=16,
+        description="SFT/PPO: tokens per example at most; null: the model's "
+        "context length (max_position_embeddings).",
+    )
     new_per_family: int = Field(20, ge=1, description="bench: sessions per new family.")
     sample_n: int = Field(16, ge=1, description="bench: best-of-N samples per session.")
     eval_per_family: int = Field(20, ge=1)

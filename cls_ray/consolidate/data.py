@@ -19,19 +19,17 @@ from cls_ray.model.examples import episode_pair
 from cls_ray.ports import Memory, Retriever, Scorer
 from cls_ray.prm.labels import evidence_for
 from cls_ray.rgr import step_query
-from cls_ray.steps import answer_step, parse_answer, render_prompt
+from cls_ray.steps import StepFormat, answer_step, parse_answer
 from cls_ray.task import Task
 from cls_ray.world.core import World
 from cls_ray.world.episodes import EpisodeSampler
 
 
-def subplan_pairs(artifacts: Sequence[Artifact], template: str = "compact", tokenizer=None):
+def subplan_pairs(artifacts: Sequence[Artifact], fmt: StepFormat):
     """(prompt, target) for each gated subplan, in the model's step format."""
     return [
         (
-            render_prompt(
-                template, tokenizer, a.content["question"], a.content["docs"], a.content["steps"]
-            ),
+            fmt.render(a.content["question"], a.content["docs"], a.content["steps"]),
             a.content["next"],
         )
         for a in artifacts
@@ -39,13 +37,19 @@ def subplan_pairs(artifacts: Sequence[Artifact], template: str = "compact", toke
     ]
 
 
-def replay_pairs(world: World, n: int, k_docs: int, seed: int = 0) -> list[tuple[str, str]]:
-    """`n` episodes of the families the model already knows, as bootstrap drew them."""
+def replay_pairs(
+    world: World, n: int, k_docs: int, seed: int = 0, fmt: StepFormat | None = None
+) -> list[tuple[str, str]]:
+    """`n` episodes of the families the model already knows, as bootstrap drew them, in the
+    model's step format (the compact one by default)."""
     if n <= 0:
         return []
     sampler = EpisodeSampler(world, world.trained_families, k_docs)
     rng = random.Random(seed)
-    return [episode_pair(sampler.sample(rng)) for _ in range(n)]
+    if fmt is None or fmt.template == "compact":
+        return [episode_pair(sampler.sample(rng)) for _ in range(n)]
+    eps = [sampler.sample(rng) for _ in range(n)]
+    return [(fmt.render(e.question, e.docs, e.steps), e.target) for e in eps]
 
 
 class KnownSkills:
@@ -53,8 +57,11 @@ class KnownSkills:
     the world; elsewhere the gold chains of the task's `train` questions outside its new groups
     (question, their supporting documents, the gold steps so far → the next gold step)."""
 
-    def __init__(self, task: Task, memory: Memory | None, cfg, max_questions: int = 2000):
+    def __init__(
+        self, task: Task, memory: Memory | None, cfg, fmt: StepFormat, max_questions: int = 2000
+    ):
         self.task, self.cfg = task, cfg
+        self.format = fmt
         self.pool: list[tuple[str, str]] = []
         if task.world is not None or memory is None:
             return
@@ -67,14 +74,13 @@ class KnownSkills:
             docs = [texts[d] for d in q.support_ids if d in texts][: cfg.rgr.top_k]
             steps = [*q.steps, answer_step(q.answer)]
             for i, nxt in enumerate(steps):
-                prompt = render_prompt(cfg.model.template, None, q.question, docs, steps[:i])
-                self.pool.append((prompt, nxt))
+                self.pool.append((fmt.render(q.question, docs, steps[:i]), nxt))
         rng.shuffle(self.pool)
 
     def take(self, n: int) -> list[tuple[str, str]]:
         if self.task.world is not None:
             c = self.cfg.consolidate
-            return replay_pairs(self.task.world, n, self.cfg.rgr.top_k, c.seed)
+            return replay_pairs(self.task.world, n, self.cfg.rgr.top_k, c.seed, self.format)
         return self.pool[: max(0, n)]
 
 
@@ -126,14 +132,14 @@ def sessions_to_pairs(
         good = gate(arts, c.min_r_tau, c.min_step_score)
     else:
         good = gate(arts, 0.0, 0.0)
-    new = subplan_pairs(good, cfg.model.template)
+    new = subplan_pairs(good, known.format)
     old = subplan_pairs(
         gate(
             [a for s in replayed for a in extract(s, doc_texts, type_of)],
             c.min_r_tau,
             c.min_step_score,
         ),
-        cfg.model.template,
+        known.format,
     )
     random.Random(c.seed).shuffle(old)
     want = round(len(new) * c.replay_ratio / (1 - c.replay_ratio)) if c.replay_ratio else 0

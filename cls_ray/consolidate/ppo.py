@@ -40,7 +40,7 @@ from cls_ray.prm.labels import evidence_for
 from cls_ray.rgr import run_rgr
 from cls_ray.session import Session
 from cls_ray.stack import Stack
-from cls_ray.steps import grounded_choices, render_prompt
+from cls_ray.steps import StepFormat, grounded_choices
 
 
 class ActorCritic(torch.nn.Module):
@@ -67,7 +67,7 @@ class ActorCritic(torch.nn.Module):
 def experience_rows(
     sessions: Sequence[dict],
     doc_texts: dict[str, str],
-    template: str = "compact",
+    fmt: StepFormat,
     reward_offset: float = 0.5,
     grounded: bool = True,
 ) -> list[dict]:
@@ -84,7 +84,7 @@ def experience_rows(
         pairs, choices = [], []
         for i, st in enumerate(s["steps"]):
             docs = [doc_texts.get(r["id"], "") for r in st.get("retrieved") or []]
-            pairs.append((render_prompt(template, None, s["question"], docs, steps[:i]), steps[i]))
+            pairs.append((fmt.render(s["question"], docs, steps[:i]), steps[i]))
             if grounded:
                 choices.append(grounded_choices(s["question"], docs, steps[:i]))
         rows.append(

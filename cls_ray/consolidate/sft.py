@@ -18,7 +18,12 @@ import ray.train
 
 from cls_ray.distributed import deepspeed_steps, gathered, launch, trainer_options
 from cls_ray.model.examples import encode_examples
-from cls_ray.model.loading import load_model_and_tokenizer, save_full_checkpoint, save_version
+from cls_ray.model.loading import (
+    context_length,
+    load_model_and_tokenizer,
+    save_full_checkpoint,
+    save_version,
+)
 from cls_ray.model.lora import lora_model
 
 
@@ -68,7 +73,7 @@ def adapter_run(cfg, out: Path, steps: int, method: str, **counts) -> dict:
         "base": str(cfg.model_path.resolve()),
         "lora_r": c.lora_r,
         "lora_alpha": c.lora_alpha,
-        "max_len": cfg.model.arch.max_position,
+        "max_len": context_length(cfg.model_path, cfg.consolidate.max_length),
         "steps": steps,
         "weights": c.weights,
         "out": str(out),

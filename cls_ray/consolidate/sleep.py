@@ -33,6 +33,7 @@ from cls_ray.consolidate.evaluate import (
 from cls_ray.consolidate.ppo import experience_rows, fresh_rollouts, train_ppo
 from cls_ray.consolidate.promotion import SleepServices, conclude, decide
 from cls_ray.consolidate.sft import train_sft
+from cls_ray.engine.factory import build_engine
 from cls_ray.engine.hf import HFEngine
 from cls_ray.ports import Buffer, Scorer
 from cls_ray.replay.data import read_leased
@@ -66,9 +67,9 @@ def train_candidate(
         rows = experience_rows(
             batch.sessions,
             batch.doc_texts,
-            cfg.model.template,
+            known.format,
             c.ppo.reward_offset,
-            cfg.rgr.grounded,
+            cfg.grounded,
         )
         replay = known.take(4 * len(rows))
         log(f"ppo: {len(rows)} scored trajectories, {len(replay)} replayed pairs for ptx")
@@ -92,7 +93,7 @@ def sleep_once(
     Before any weight changes, the procedures of A_good go to episodic memory (the fast path,
     `index`); the candidate is then measured on what its weights alone do."""
     cfg, memory, task = stack.cfg, services.memory, stack.task
-    known = KnownSkills(task, memory, cfg)
+    known = KnownSkills(task, memory, cfg, stack.engine.format)
     pairs, data, good = sessions_to_pairs(
         batch.sessions, batch.doc_texts, cfg, task, known, replayed=batch.replayed, check=task.check
     )
@@ -118,9 +119,11 @@ def sleep_once(
     out = out or cfg.state_path / "adapters" / f"{method}-{int(time.time())}"
     train = train_candidate(cfg, method, batch, pairs, out, log, known)
     log(f"sleep: trained {out.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
-    cand = HFEngine.from_config(cfg, "candidate", out)
+    cand = build_engine(cfg, "candidate", out)  # the configured engine: HF, or vLLM on a GPU
     after = evaluate_version(cfg, cand, memory, new_qs, retention_qs, episodes, check=check)
-    kl = kl_base_candidate(stack.engine, cand, pairs[:256])
+    # Teacher-forced logits need the model in this process (HF); vLLM keeps it in its workers.
+    both_local = isinstance(stack.engine, HFEngine) and isinstance(cand, HFEngine)
+    kl = kl_base_candidate(stack.engine, cand, pairs[:256]) if both_local else None
     ok, reason = decide(before, after, cfg.consolidate.retention_tolerance)
     metrics = {
         "method": method,

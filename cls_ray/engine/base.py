@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from cls_ray.steps import StepTemplate
+from cls_ray.steps import StepFormat
 
 if TYPE_CHECKING:
     from cls_ray.weight_sync import Rendezvous, TensorSpec
@@ -26,11 +26,11 @@ class Generation:
 class Engine(Protocol):
     """A model that writes the next reasoning step for many prompts at once."""
 
-    template: StepTemplate
+    format: StepFormat
     version: str
 
     def render(self, question: str, docs: Sequence[str], steps: Sequence[str]) -> str:
-        """The prompt for the next step, in this engine's template."""
+        """The prompt for the next step, in this engine's format."""
         ...
 
     def generate(

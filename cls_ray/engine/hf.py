@@ -11,7 +11,7 @@ import torch
 from cls_ray.engine.base import Generation, StreamableEngine
 from cls_ray.model.examples import left_pad
 from cls_ray.model.loading import load_model_and_tokenizer, weights_checksum
-from cls_ray.steps import StepTemplate, clean_step, render_prompt
+from cls_ray.steps import CHAT_SYSTEM, StepFormat, StepTemplate, clean_step
 from cls_ray.weight_sync import Channel, copy_into, receive
 
 
@@ -33,11 +33,13 @@ class HFEngine:
         max_new_tokens: int = 24,
         batch_size: int = 32,
         version: str = "base",
+        system: str = CHAT_SYSTEM,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         self.template: StepTemplate = template
+        self.format = StepFormat(template, tokenizer, system)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.version = version
@@ -82,6 +84,7 @@ class HFEngine:
             self.max_new_tokens,
             self.batch_size,
             version,
+            self.format.system,
         )
         return engine, {"stream": [engine.checksum()], "checksum": engine.checksum()}
 
@@ -108,15 +111,16 @@ class HFEngine:
             cfg.engine.max_new_tokens,
             cfg.engine.batch_size,
             version,
+            cfg.model.system_prompt or CHAT_SYSTEM,
         )
 
     def render(self, question: str, docs: Sequence[str], steps: Sequence[str]) -> str:
-        return render_prompt(self.template, self.tokenizer, question, docs, steps)
+        return self.format.render(question, docs, steps)
 
     def _encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
         ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
-        if self.template == "compact" and tok.bos_token_id is not None:
+        if self.format.prepends_bos and tok.bos_token_id is not None:
             ids = [[tok.bos_token_id] + x for x in ids]
         input_ids, attn = left_pad(ids, tok.pad_token_id)
         dev = self.model.device

@@ -23,7 +23,7 @@ from vllm.lora.request import LoRARequest
 from vllm.sampling_params import StructuredOutputsParams
 
 from cls_ray.engine.base import Generation, StreamableEngine
-from cls_ray.steps import StepTemplate, clean_step, render_prompt
+from cls_ray.steps import CHAT_SYSTEM, StepFormat, StepTemplate, clean_step
 
 _LLMS: dict[tuple, object] = {}
 _HOLDS: dict[int, str] = {}  # id(LLM) -> the version whose weights it holds
@@ -58,6 +58,7 @@ class VLLMEngine:
         lora_path: str | Path | None = None,
         lora_int_id: int = 1,
         weights_path: str | Path | None = None,
+        system: str = CHAT_SYSTEM,
         **llm_kwargs,
     ):
         self.template: StepTemplate = template
@@ -69,6 +70,7 @@ class VLLMEngine:
         self.weights = version if weights_path is not None else "base"
         _hold(self.llm, self.weights, weights_path or model_path)
         self.tokenizer = self.llm.get_tokenizer()
+        self.format = StepFormat(template, self.tokenizer, system)
         try:
             self.sync_ranks = int(self.llm.llm_engine.vllm_config.parallel_config.world_size)
         except AttributeError:
@@ -98,6 +100,7 @@ class VLLMEngine:
                 version,
                 lora_path=path,
                 lora_int_id=_lora_int_id(version),
+                system=cfg.model.system_prompt or CHAT_SYSTEM,
                 **common,
             )
         return cls(
@@ -106,6 +109,7 @@ class VLLMEngine:
             cfg.engine.max_new_tokens,
             version,
             weights_path=path,
+            system=cfg.model.system_prompt or CHAT_SYSTEM,
             **common,
         )
 
@@ -136,7 +140,7 @@ class VLLMEngine:
         return engine, {"stream": list(digests)}
 
     def render(self, question: str, docs: Sequence[str], steps: Sequence[str]) -> str:
-        return render_prompt(self.template, self.tokenizer, question, docs, steps)
+        return self.format.render(question, docs, steps)
 
     def generate(
         self,

@@ -107,7 +107,7 @@ def ablation(
     log(f"ablation: {n_bad} of {len(mixed)} sessions corrupted and scored by the PRM")
     episodes = retention_episodes(world, k_docs=cfg.rgr.top_k)
     ev = {"episodes": episodes, "check": check}
-    known = KnownSkills(task, None, cfg)  # the world's bootstrap episodes
+    known = KnownSkills(task, None, cfg, stack.engine.format)  # the world's bootstrap episodes
     reg = registry_for(cfg)
     rows = []
     stamp = int(time.time())

@@ -33,7 +33,9 @@ def encode_examples(
     p_ids = tokenizer([p for p, _ in examples], add_special_tokens=False)["input_ids"]
     t_ids = tokenizer([t for _, t in examples], add_special_tokens=False)["input_ids"]
     for p, t in zip(p_ids, t_ids, strict=True):
-        ids = ([bos] if bos is not None else []) + p + t + [eos]
+        # one BOS: a chat template writes its own at the start of the prompt
+        head = [bos] if bos is not None and (not p or p[0] != bos) else []
+        ids = head + p + t + [eos]
         lab = [-100] * (len(ids) - len(t) - 1) + t + [eos]
         rows.append(ids[-max_len:])
         labels.append(lab[-max_len:])

@@ -77,6 +77,15 @@ def is_checkpoint(path: str | Path) -> bool:
     return (Path(path) / "config.json").exists()
 
 
+def context_length(path: str | Path, cap: int | None = None) -> int:
+    """The longest sequence the checkpoint at `path` takes (its `max_position_embeddings`),
+    at most `cap`: the length SFT and PPO cut their examples to."""
+    n = int(
+        json.loads((Path(path) / "config.json").read_text()).get("max_position_embeddings", 2048)
+    )
+    return min(n, cap) if cap else n
+
+
 def load_model_and_tokenizer(path: str | Path, device: str = "cpu", dtype: str = "float32"):
     """`from_pretrained` on a local checkpoint: the built default or any Hugging Face model."""
     path = Path(path)

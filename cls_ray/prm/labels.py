@@ -27,6 +27,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from tqdm.auto import tqdm
+
 from cls_ray.answers import EXACT, AnswerCheck
 from cls_ray.rgr import run_rgr
 from cls_ray.steps import answer_step, overlap_f1, parse_answer
@@ -274,11 +276,14 @@ def mc_labels(
     soft: bool = True,
     seed: int = 0,
     check: AnswerCheck = EXACT,
+    progress: bool = False,
+    chunk: int = 1024,
     **rgr_options,
 ) -> list[StepExample]:
     """Math-Shepherd labels: from each step prefix of each example, `rollouts` completions with
     RGR; a step's label is the share of them that reach `answers[i]` (any alias, by `check`;
-    soft) or whether any does (hard). An answer step is labelled by itself: right or wrong."""
+    soft) or whether any does (hard). An answer step is labelled by itself: right or wrong.
+    Rollouts run `chunk` at a time (a progress bar with `progress`)."""
     gold = [(a,) if isinstance(a, str) else tuple(a) for a in answers]
     jobs: list[tuple[int, int]] = []  # (example, prefix length) to roll out
     for i, ex in enumerate(examples):
@@ -286,19 +291,23 @@ def mc_labels(
             if parse_answer(ex.completions[k - 1]) is None:
                 jobs.extend([(i, k)] * rollouts)
     reached: Counter = Counter()
-    if jobs:
+    bar = tqdm(total=len(jobs), desc="mc rollouts", unit="rollout", disable=not progress)
+    for c in range(0, len(jobs), chunk):
+        part = jobs[c : c + chunk]
         trajs = run_rgr(
-            [examples[i].prompt for i, _ in jobs],
+            [examples[i].prompt for i, _ in part],
             engine,
             retriever,
             temperature=temperature,
-            seed=seed,
-            prefixes=[examples[i].completions[:k] for i, k in jobs],
+            seed=seed + c,
+            prefixes=[examples[i].completions[:k] for i, k in part],
             **rgr_options,
         )
-        for (i, k), tr in zip(jobs, trajs, strict=True):
+        for (i, k), tr in zip(part, trajs, strict=True):
             if check(tr.answer, gold[i]):
                 reached[(i, k)] += 1
+        bar.update(len(part))
+    bar.close()
     out = []
     for i, ex in enumerate(examples):
         labels: list[Label] = []

@@ -66,7 +66,9 @@ def task_trajectories(
     return pool
 
 
-def mc_labelled(stack: Stack, pool: Sequence[StepExample], answers: dict[str, tuple]) -> list:
+def mc_labelled(
+    stack: Stack, pool: Sequence[StepExample], answers: dict[str, tuple], progress: bool = True
+) -> list:
     cfg, p = stack.cfg, stack.cfg.prm
     out = mc_labels(
         pool,
@@ -78,6 +80,7 @@ def mc_labelled(stack: Stack, pool: Sequence[StepExample], answers: dict[str, tu
         soft=p.mc_soft,
         seed=p.seed,
         check=stack.task.check,
+        progress=progress,
         **cfg.rgr_options(),
     )
     for e in out:

@@ -13,6 +13,7 @@ from cls_ray.engine.hf import HFEngine
 from cls_ray.model.examples import encode_examples
 from cls_ray.rgr import run_rgr
 from cls_ray.session import Session
+from cls_ray.steps import StepFormat
 from cls_ray.world.verifier import verify_trajectory
 from tests.helpers import TINY_OVERRIDES
 
@@ -80,7 +81,7 @@ def test_a_ppo_run_lowers_the_loss_changes_the_adapter_and_favours_rewarded_step
         ]
         sessions.append(s)
     docs = {d.id: d.text for d in world.documents}
-    rows = experience_rows(sessions, docs)
+    rows = experience_rows(sessions, docs, StepFormat())
     assert len(rows) == len(sessions)
     assert any(b for r in rows for b in r["behaviour"])  # the engine's log-probs were kept
     good = [p for r in rows for p, x in zip(r["pairs"], r["rewards"], strict=True) if x > 0]

@@ -14,6 +14,7 @@ from cls_ray.consolidate.sft import train_sft
 from cls_ray.engine.hf import HFEngine
 from cls_ray.rgr import run_rgr
 from cls_ray.session import Session
+from cls_ray.steps import StepFormat
 from cls_ray.world.verifier import verify_trajectory
 from tests.helpers import TINY_OVERRIDES
 
@@ -55,7 +56,7 @@ def test_sleep_sft_lowers_the_loss_and_changes_the_adapter(
         s.r_tau = min(s.prm_step_scores) if s.prm_step_scores else None
         artifacts += extract(s, docs)
     good = gate(artifacts, cfg.consolidate.min_r_tau, cfg.consolidate.min_step_score)
-    new = subplan_pairs(good)
+    new = subplan_pairs(good, StepFormat())
     # Gold chains as trusted sessions too, so the gate always passes something.
     for q in qs:
         for i, step in enumerate(q.gold_steps):
