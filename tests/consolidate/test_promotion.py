@@ -25,10 +25,10 @@ def test_a_candidate_that_forgets_is_refused_promotion(tiny_cfg, tiny_stack, tmp
             if "lora_" in name:
                 p.normal_(0, 0.5)
     lora.save_pretrained(tmp_path / "forgetful")
-    world = tiny_stack.world
-    new_qs = world.questions("heldout", world.held_back_families, per_family=2)
-    old_qs = world.questions("heldout", world.trained_families, per_family=2)
-    episodes = retention_episodes(world, n=64)
+    task = tiny_stack.task
+    new_qs = task.questions("eval", task.new_groups, per_group=2)
+    old_qs = task.questions("retention", per_group=2)
+    episodes = retention_episodes(task.world, n=64)
     engine, retriever = tiny_stack.engine, tiny_stack.retriever
     before = evaluate_version(tiny_cfg, engine, retriever, new_qs, old_qs, episodes)
     cand = HFEngine.from_config(tiny_cfg, "cand", tmp_path / "forgetful")
