@@ -50,6 +50,14 @@ class PRMConfig(TrainerConfig):
     consensus: bool = Field(False, description="Keep only steps where automatic sources agree.")
     mc_rollouts: int = Field(4, ge=1)
     mc_soft: bool = True
+    mc_relative: bool = Field(
+        False,
+        description="Label a step by the progress it makes (the share of rollouts that reach "
+        "the answer after it against before it) instead of the share alone.",
+    )
+    mc_tolerance: float = Field(
+        0.25, ge=0, le=1, description="mc_relative: the drop a right step may show (noise)."
+    )
     questions_per_family: int = Field(40, ge=1, description="Training questions per family.")
     samples_per_question: int = Field(2, ge=0)
     corruptions_per_question: int = Field(2, ge=0)

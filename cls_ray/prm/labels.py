@@ -278,14 +278,29 @@ def mc_labels(
     check: AnswerCheck = EXACT,
     progress: bool = False,
     chunk: int = 1024,
+    relative: bool = False,
+    tolerance: float = 0.25,
     **rgr_options,
 ) -> list[StepExample]:
     """Math-Shepherd labels: from each step prefix of each example, `rollouts` completions with
     RGR; a step's label is the share of them that reach `answers[i]` (any alias, by `check`;
     soft) or whether any does (hard). An answer step is labelled by itself: right or wrong.
+
+    `relative` judges a step by the progress it makes instead (as process advantage verifiers
+    do): right when the share reached after it is not lower than before it (the question alone
+    for the first step) by more than `tolerance`, wrong otherwise; a step from which, as
+    before it, no rollout succeeds says nothing (None) unless an earlier step was already
+    wrong (the trajectory has left the path). A model that cannot finish a skill then does not
+    blame its right steps, and a wrong step the model recovers from is still a drop.
     Rollouts run `chunk` at a time (a progress bar with `progress`)."""
     gold = [(a,) if isinstance(a, str) else tuple(a) for a in answers]
     jobs: list[tuple[int, int]] = []  # (example, prefix length) to roll out
+    first_of: dict[str, int] = {}  # the question alone is rolled out once per prompt
+    if relative:
+        for i, ex in enumerate(examples):
+            if ex.prompt not in first_of:
+                first_of[ex.prompt] = i
+                jobs.extend([(i, 0)] * rollouts)
     for i, ex in enumerate(examples):
         for k in range(1, len(ex.completions) + 1):
             if parse_answer(ex.completions[k - 1]) is None:
@@ -311,13 +326,20 @@ def mc_labels(
     out = []
     for i, ex in enumerate(examples):
         labels: list[Label] = []
+        before = reached[(first_of.get(ex.prompt, i), 0)] / rollouts
         for k, step in enumerate(ex.completions, start=1):
             final = parse_answer(step)
             if final is not None:
                 labels.append(float(check(final, gold[i])))
-            else:
-                share = reached[(i, k)] / rollouts
+                continue
+            share = reached[(i, k)] / rollouts
+            if not relative:
                 labels.append(share if soft else float(share > 0))
+            elif before == 0 and share == 0:
+                labels.append(0.0 if 0.0 in labels else None)
+            else:
+                labels.append(float(share >= before - tolerance))
+            before = share
         out.append(
             StepExample(ex.prompt, list(ex.completions), labels, list(ex.evidence), "mc", ex.meta)
         )

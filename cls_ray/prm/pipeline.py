@@ -81,6 +81,8 @@ def mc_labelled(
         seed=p.seed,
         check=stack.task.check,
         progress=progress,
+        relative=p.mc_relative,
+        tolerance=p.mc_tolerance,
         **cfg.rgr_options(),
     )
     for e in out:

@@ -134,3 +134,33 @@ def test_monte_carlo_labels_come_from_rollouts_to_the_known_answer(tiny_stack):
     assert got[0].labels[-1] == 1.0 and got[1].labels[-1] == 0.0  # answer steps judge themselves
     # Every reasoning step's label is a share of 3 rollouts.
     assert all(round(lab * 3) == lab * 3 for e in got for lab in e.labels[:-1])
+
+
+def test_relative_monte_carlo_labels_judge_the_progress_a_step_makes(tiny_stack):
+    """Relative labels are right, wrong or unknown (no rollout succeeds before or after the
+    step); the gold chain's steps keep the share of rollouts that succeed: labelled right."""
+    world = tiny_stack.world
+    qs = [q for q in world.questions("train", per_family=3) if q.hops == 2]
+    c, rng = Corruptor(world), random.Random(0)
+    pairs = [(q, c.corrupt(q, "wrong_entity", rng)) for q in qs]
+    pairs = [(q, bad) for q, bad in pairs if bad and bad[0] != q.gold_steps[0]][:6]
+    examples = [verifier_example(q, q.gold_steps, world=world) for q, _ in pairs]
+    examples += [verifier_example(q, bad, world=world) for q, bad in pairs]
+    answers = [q.answer for q, _ in pairs] * 2
+    got = mc_labels(
+        examples,
+        answers,
+        tiny_stack.engine,
+        tiny_stack.retriever,
+        rollouts=4,
+        seed=0,
+        relative=True,
+        **tiny_stack.cfg.rgr_options(),
+    )
+    n = len(pairs)
+    assert all(lab in (0.0, 1.0, None) for e in got for lab in e.labels)
+    assert [e.labels[-1] for e in got] == [1.0] * n + [
+        float(q.answer == bad[-1].removeprefix("the answer is ").rstrip(" .")) for q, bad in pairs
+    ]  # answer steps judge themselves
+    gold_steps = [lab for e in got[:n] for lab in e.labels[:-1] if lab is not None]
+    assert gold_steps and sum(x == 1.0 for x in gold_steps) >= 0.8 * len(gold_steps)
