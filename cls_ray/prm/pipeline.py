@@ -86,7 +86,8 @@ def mc_labelled(
         **cfg.rgr_options(),
     )
     for e in out:
-        e.meta = {**e.meta, "correct": bool(e.labels) and all(x >= 0.5 for x in e.labels)}
+        known = [x for x in e.labels if x is not None]  # relative labels may be unknown
+        e.meta = {**e.meta, "correct": bool(known) and all(x >= 0.5 for x in known)}
     return out
 
 
