@@ -94,12 +94,6 @@ class StepFormat:
         own sentences."""
         return self.template == "compact"
 
-    @property
-    def prepends_bos(self) -> bool:
-        """Whether the model's input needs a BOS in front of the rendered text (the chat
-        template writes its own)."""
-        return self.template == "compact"
-
 
 def step_format(cfg, tokenizer=None) -> StepFormat:
     """The step format of `cfg`'s model (`model.template`, `model.system_prompt`); the chat
@@ -161,7 +155,7 @@ def cite(step: str, docs: Sequence[str], min_overlap: float = 0.6) -> list[int]:
     """Indexes into `docs` of the documents a step cites.
 
     Explicit markers (`[2]`, 1-based) win. Otherwise a reasoning step cites the document(s) it
-    restates: those that contain it word for word, else the best token-overlap F1 between step
+    restates: those with a sentence equal to it, else the best token-overlap F1 between step
     and document, when it reaches `min_overlap`. An answer step without markers cites nothing: it concludes from the steps
     before it, whose citations are its support.
     """
@@ -173,8 +167,10 @@ def cite(step: str, docs: Sequence[str], min_overlap: float = 0.6) -> list[int]:
     if not _tokens(text) or not docs:
         return []
     folded = " ".join(text.split())
-    inside = [i for i, d in enumerate(docs) if folded in " ".join(d.split())]
-    if inside:  # a step that restates a sentence of a paragraph cites the paragraph
+    inside = [
+        i for i, d in enumerate(docs) if folded in {" ".join(x.split()) for x in sentences(d)}
+    ]
+    if inside:  # a step that restates a sentence of a paragraph (or all of it) cites it
         return inside
     scores = [overlap_f1(text, d) for d in docs]
     best = max(scores)

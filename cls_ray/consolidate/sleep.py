@@ -93,6 +93,11 @@ def sleep_once(
     Before any weight changes, the procedures of A_good go to episodic memory (the fast path,
     `index`); the candidate is then measured on what its weights alone do."""
     cfg, memory, task = stack.cfg, services.memory, stack.task
+    current = services.registry.current()
+    if stack.model_version.name != current.name:
+        raise ValueError(
+            f"a sleep consolidates the current version ({current.name}), not {stack.model_version.name}"
+        )
     known = KnownSkills(task, memory, cfg, stack.engine.format)
     pairs, data, good = sessions_to_pairs(
         batch.sessions, batch.doc_texts, cfg, task, known, replayed=batch.replayed, check=task.check
@@ -101,7 +106,6 @@ def sleep_once(
         f"sleep: {data['sessions']} sessions -> {data['artifacts']} artifacts, A_good "
         f"{data['a_good']} -> {data['new_pairs']} pairs (+ replay: {data['pairs']})"
     )
-    current = services.registry.current()
     episodes = retention_episodes(task.world, k_docs=cfg.rgr.top_k) if task.world else None
     new_qs, retention_qs = batch.new_questions, batch.retention_questions
     check = task.check
@@ -119,7 +123,9 @@ def sleep_once(
     out = out or cfg.state_path / "adapters" / f"{method}-{int(time.time())}"
     train = train_candidate(cfg, method, batch, pairs, out, log, known)
     log(f"sleep: trained {out.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
-    cand = build_engine(cfg, "candidate", out)  # the configured engine: HF, or vLLM on a GPU
+    # The configured engine (HF, or vLLM on a GPU), under a name no other sleep used: vLLM
+    # caches adapters and weights by name.
+    cand = build_engine(cfg, f"candidate-{out.name}", out)
     after = evaluate_version(cfg, cand, memory, new_qs, retention_qs, episodes, check=check)
     # Teacher-forced logits need the model in this process (HF); vLLM keeps it in its workers.
     both_local = isinstance(stack.engine, HFEngine) and isinstance(cand, HFEngine)

@@ -120,8 +120,9 @@ class HFEngine:
     def _encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
         ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
-        if self.format.prepends_bos and tok.bos_token_id is not None:
-            ids = [[tok.bos_token_id] + x for x in ids]
+        bos = tok.bos_token_id
+        if bos is not None:  # one BOS, as in training (`encode_examples`): unless written
+            ids = [x if x[:1] == [bos] else [bos] + x for x in ids]
         input_ids, attn = left_pad(ids, tok.pad_token_id)
         dev = self.model.device
         return {"input_ids": input_ids.to(dev), "attention_mask": attn.to(dev)}

@@ -71,6 +71,10 @@ def bench_consolidation(
         result = sleep_once(stack, batch, SleepServices.local(cfg, memory), promote=False, log=log)
     result["new_family_questions"] = len(new_qs)
     result["retention_questions"] = len(retention_qs)
-    if arms:
+    if arms and task.world is None:
+        log(
+            "bench consolidation: the ablation arms corrupt sessions with the world's facts: skipped"
+        )
+    elif arms:
         result["ablation"] = ablation(stack, prm, sessions, docs, new_qs, retention_qs, log)
     return result

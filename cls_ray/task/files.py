@@ -95,12 +95,16 @@ class FilesTask:
             raise TaskError(f"{self.path}: a files task needs eval.jsonl")
         meta = self._meta()
         self.name = str(meta.get("name") or self.path.name)
-        kind = answer_check or meta.get("answer_check", "em")
+        where = self.path / "task.yaml"
+        kind = answer_check or meta.get("answer_check") or "em"
         if kind not in ("em", "f1"):
-            raise TaskError(
-                f"{self.path / 'task.yaml'}: answer_check must be em or f1, not {kind!r}"
-            )
-        threshold = f1_threshold if f1_threshold is not None else meta.get("f1_threshold", 0.5)
+            raise TaskError(f"{where}: answer_check must be em or f1, not {kind!r}")
+        threshold = f1_threshold if f1_threshold is not None else meta.get("f1_threshold")
+        threshold = 0.5 if threshold is None else threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise TaskError(f"{where}: f1_threshold must be a number in (0, 1], not {threshold!r}")
+        if not 0 < threshold <= 1:
+            raise TaskError(f"{where}: f1_threshold must be in (0, 1], not {threshold}")
         self.check = AnswerCheck(kind, float(threshold))
         self.new_groups = _str_list(
             meta.get("new_groups"), "new_groups", str(self.path / "task.yaml"), required=False

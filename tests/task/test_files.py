@@ -53,6 +53,9 @@ def test_repeated_ids_and_a_bad_task_yaml_are_refused(tmp_path):
         _task(tmp_path, [q, q])
     with pytest.raises(TaskError, match="answer_check must be em or f1"):
         _task(tmp_path, [q], "answer_check: judge-me\n")
+    with pytest.raises(TaskError, match="f1_threshold must be in"):
+        _task(tmp_path, [q], "answer_check: f1\nf1_threshold: 2\n")
+    assert _task(tmp_path, [q], "answer_check: null\nf1_threshold: null\n").check.kind == "em"
     with pytest.raises(TaskError, match=r"unknown key\(s\) \['newgroups'\]"):
         _task(tmp_path, [q], "newgroups: [x]\n")
     with pytest.raises(TaskError, match="no such folder"):
