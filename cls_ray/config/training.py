@@ -30,6 +30,21 @@ class TrainerConfig(Section):
     bf16: bool = False
 
 
+class JudgeConfig(Section):
+    """An OpenAI-compatible chat endpoint that labels steps (`prm.label_sources: [judge]`)."""
+
+    url: str = Field("", description="Base URL, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field("", description="The model name the endpoint serves.")
+    api_key_env: str = Field(
+        "CLS_RAY_JUDGE_KEY",
+        description="Environment variable holding the key (empty: the endpoint needs none).",
+    )
+    timeout_s: float = Field(60.0, gt=0, le=600, description="Per request.")
+    retries: int = Field(1, ge=0, le=5)
+    max_requests: int = Field(2000, ge=1, description="At most this many trajectories judged.")
+    concurrency: int = Field(4, ge=1, le=64)
+
+
 class PRMConfig(TrainerConfig):
     """The process reward model: labels, encoder, Ray Train + DeepSpeed training, use."""
 
@@ -41,12 +56,13 @@ class PRMConfig(TrainerConfig):
     max_length: int = Field(512, ge=32)
     aggregation: Literal["min", "product", "last", "mean"] = "min"
     # Labels
-    label_sources: list[Literal["verifier", "mc"]] | None = Field(
+    label_sources: list[Literal["verifier", "mc", "judge"]] | None = Field(
         None,
         description="verifier (exact, where the task has one), mc (Monte Carlo rollouts against "
-        "the reference answers: any task) or both; null: the verifier where the task has one, "
-        "else mc.",
+        "the reference answers: any task), judge (an OpenAI-compatible endpoint, prm.judge), "
+        "or several; null: the verifier where the task has one, else mc.",
     )
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
     consensus: bool = Field(False, description="Keep only steps where automatic sources agree.")
     mc_rollouts: int = Field(4, ge=1)
     mc_soft: bool = True
@@ -140,6 +156,12 @@ class ConsolidateConfig(TrainerConfig):
     min_step_score: float = Field(0.5, ge=0, le=1, description="PRM gate on single steps.")
     retention_tolerance: float = Field(
         0.02, ge=0, le=1, description="Largest retention drop a promoted candidate may show."
+    )
+    retention_suite: int = Field(
+        256,
+        ge=0,
+        description="Trusted steps of promoted sleeps kept, frozen, as step-level retention "
+        "evidence on tasks without episodes (0: none).",
     )
     max_length: int | None = Field(
         None,

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from cls_ray.answers import EXACT, AnswerCheck
+from cls_ray.consolidate.retention import TrustedStep, next_step_accuracy
 from cls_ray.engine.hf import HFEngine
 from cls_ray.model.examples import encode_examples
 from cls_ray.rgr import run_rgr
@@ -92,11 +93,13 @@ def evaluate_version(
     episodes=None,
     patterns: bool = False,
     check: AnswerCheck = EXACT,
+    trusted: Sequence[TrustedStep] = (),
 ) -> dict:
     """Greedy RGR accuracy on the new groups and on the retention questions (by the task's
     answer `check`), and, where the task has episodes (the world), grounded next-step accuracy
-    on them (more sensitive to small losses). `patterns` lets RGR follow episodic procedures
-    (off: what the weights alone do)."""
+    on them (more sensitive to small losses); elsewhere, next-step accuracy on the `trusted`
+    steps of the frozen suite, where it has any. `patterns` lets RGR follow episodic
+    procedures (off: what the weights alone do)."""
     opts = {**cfg.rgr_options(), "patterns": patterns, "check": check}
     hops: dict = {}
     out = {
@@ -107,4 +110,6 @@ def evaluate_version(
     }
     if episodes:
         out["retention_steps"] = step_accuracy(engine, episodes, grounded=True)
+    elif trusted:
+        out["retention_steps"] = next_step_accuracy(engine, trusted, grounded=cfg.grounded)
     return out

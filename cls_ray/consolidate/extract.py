@@ -1,7 +1,9 @@
 """Extraction f(τ): a scored session becomes structured artifacts, and the PRM gates them.
 
-- `pattern`: the reasoning chain with its entities replaced by typed variables
-  (`{person_1}`, `{org_1}`, ...): a reusable procedure for a relation composition;
+- `pattern`: the reasoning chain with its entities replaced by variables: typed on the world
+  (`{person_1}`, `{org_1}`, ...), numbered on any other text (`{entity_1}`, `{number_1}`: the
+  names and numbers a step takes from the question or from its retrieved documents), a reusable
+  procedure for a question's shape;
 - `subplan`: (state, retrieved documents) → next step, one per step;
 - `failure`: a low-scoring step, with the step that should have come instead where a user's
   correction says so.
@@ -13,7 +15,8 @@ reaches `min_step_score` (in a trajectory that reaches `min_r_tau` when `whole_t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -40,12 +43,90 @@ def _as_dict(session) -> dict:
     return session if isinstance(session, dict) else session.model_dump()
 
 
+# A name or a number in running text: capitalised words or numbers, joined by the small words
+# names contain ("University of Oslo", "Jean de La Fontaine", "30 July 1970").
+_TOKEN = r"(?:[A-Z][\w'’.&-]*|\d[\d,.:/-]*)"
+_SPAN = re.compile(
+    rf"(?<![\w{{}}]){_TOKEN}(?:\s+(?:(?:of|the|de|del|la|le|von|van|der|&)\s+)*{_TOKEN})*"
+)
+# Capitalised only because they begin a sentence or a question.
+_LEADING = frozenset(
+    "A An And As At But By For From He Her His How I If In Is It Its Of On Or She So That The "
+    "Their There These They This Those To Was We Were What When Where Which Who Whom Whose Why "
+    "Are Did Do Does Has Have Had Can Could Would Will Yes No".split()
+)
+
+
+def spans(text: str) -> list[str]:
+    """The names and numbers in `text`, in order (sentence-initial small words dropped)."""
+    out = []
+    for m in _SPAN.finditer(text):
+        words = m.group(0).rstrip(".,:;").split()
+        while words and words[0] in _LEADING:
+            words = words[1:]
+        if words and len(" ".join(words)) > 1:
+            out.append(" ".join(words))
+    return out
+
+
+def _substitute(text: str, names: Mapping[str, str]) -> str:
+    """Every whole occurrence of a name replaced by its variable, longest names first."""
+    if not names:
+        return text
+    alt = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.sub(rf"(?<![\w{{}}])(?:{alt})(?![\w}}])", lambda m: names[m.group(0)], text)
+
+
+def abstract_text(question: str, steps: Sequence[str], sources: Iterable[str] = ()) -> dict | None:
+    """f(τ)'s pattern on any text: the names and numbers a step takes from the question or from
+    `sources` (its retrieved documents) become numbered variables (`{entity_1}`, `{number_1}`),
+    the same name the same variable everywhere; the answer is a variable where it is such a
+    name (a "yes" stays). None when nothing in the chain is taken from anywhere, or when it
+    has no step before the answer."""
+    seen = [question, *sources]
+    names: dict[str, str] = {}
+    counts: dict[str, int] = {}
+
+    def var(name: str) -> None:
+        if name not in names:
+            t = "number" if name[0].isdigit() else "entity"
+            counts[t] = counts.get(t, 0) + 1
+            names[name] = f"{{{t}_{counts[t]}}}"
+
+    body = [s for s in steps if parse_answer(s) is None]
+    if not body:
+        return None
+    for step in steps:
+        answer = parse_answer(step)
+        found = spans(step) if answer is None else [answer.rstrip(" .")]
+        for name in found:
+            if name and any(_contains(t, name) for t in seen):
+                var(name)
+    if not any(v in _substitute(question, names) for v in names.values()):
+        return None
+    return {
+        "question": _substitute(question, names),
+        "steps": [_substitute(s, names) for s in steps],
+        "relations": [],
+    }
+
+
+def _contains(text: str, name: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text) is not None
+
+
 def abstract_chain(
-    question: str, steps: Sequence[str], type_of: Callable[[str], str | None] | None = None
+    question: str,
+    steps: Sequence[str],
+    type_of: Callable[[str], str | None] | None = None,
+    sources: Iterable[str] = (),
 ) -> dict | None:
-    """The chain with entities as typed variables, or None when a step is not a fact or the
-    answer. Variables are numbered per type in order of appearance; the same entity keeps its
-    variable everywhere (question, steps, answer)."""
+    """The chain with entities as variables, or None. With `type_of` (the world), every step
+    must be a world fact or the answer and variables are typed (numbered per type in order of
+    appearance; the same entity keeps its variable everywhere); without it, the names a step
+    takes from the question or `sources` become variables (`abstract_text`)."""
+    if type_of is None:
+        return abstract_text(question, steps, sources)
     names: dict[str, str] = {}
     counts: dict[str, int] = {}
 
@@ -83,8 +164,8 @@ def extract(
     min_step_score: float = 0.5,
 ) -> list[Artifact]:
     """f(τ) for one scored session (a `Session` or its dict). `doc_texts` maps retrieved ids to
-    their text for subplans (ids are kept when a text is unknown); `type_of` names an entity's
-    type for patterns."""
+    their text for subplans (ids are kept when a text is unknown) and for the names patterns
+    take from documents; `type_of` names an entity's type for patterns (the world)."""
     s = _as_dict(session)
     steps = [st["text"] for st in s.get("steps") or []]
     scores = list(s.get("prm_step_scores") or [])
@@ -92,14 +173,20 @@ def extract(
         raise ValueError(f"session {s['id']}: {len(scores)} scores for {len(steps)} steps")
     common = {"session_id": s["id"], "step_scores": scores, "r_tau": s.get("r_tau")}
     out: list[Artifact] = []
-    pattern = abstract_chain(s["question"], steps, type_of)
+    docs_of = doc_texts or {}
+    sources = [
+        docs_of[r["id"]]
+        for st in s.get("steps") or []
+        for r in st.get("retrieved") or []
+        if r["id"] in docs_of
+    ]
+    pattern = abstract_chain(s["question"], steps, type_of, sources)
     if pattern is not None:
         out.append(Artifact("pattern", pattern, **common))
     corrected: list[str] = []
     for fb in s.get("feedback") or []:
         if fb.get("corrected_steps"):
             corrected = list(fb["corrected_steps"])
-    docs_of = doc_texts or {}
     for i, st in enumerate(s.get("steps") or []):
         state = {"question": s["question"], "steps": steps[:i]}
         docs = [docs_of.get(r["id"], r["id"]) for r in st.get("retrieved") or []]

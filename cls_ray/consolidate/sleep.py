@@ -32,6 +32,7 @@ from cls_ray.consolidate.evaluate import (
 )
 from cls_ray.consolidate.ppo import experience_rows, fresh_rollouts, train_ppo
 from cls_ray.consolidate.promotion import SleepServices, conclude, decide
+from cls_ray.consolidate.retention import RetentionSuite
 from cls_ray.consolidate.sft import train_sft
 from cls_ray.engine.factory import build_engine
 from cls_ray.engine.hf import HFEngine
@@ -106,18 +107,23 @@ def sleep_once(
         f"sleep: {data['sessions']} sessions -> {data['artifacts']} artifacts, A_good "
         f"{data['a_good']} -> {data['new_pairs']} pairs (+ replay: {data['pairs']})"
     )
+    # Step-level retention: the world's episodes, else the frozen suite earlier sleeps taught.
     episodes = retention_episodes(task.world, k_docs=cfg.rgr.top_k) if task.world else None
+    suite = RetentionSuite.of(cfg)
+    trusted = [] if task.world else suite.steps()
     new_qs, retention_qs = batch.new_questions, batch.retention_questions
-    check = task.check
-    before = evaluate_version(
-        cfg, stack.engine, memory, new_qs, retention_qs, episodes, check=check
-    )
-    fast = None
+    measure = {"episodes": episodes, "check": task.check, "trusted": trusted}
+    before = evaluate_version(cfg, stack.engine, memory, new_qs, retention_qs, **measure)
+    fast, pats = None, []
     if index:
         pats = fold_patterns(good)
         memory.add_patterns(pats)
         fast = greedy_accuracy(
-            stack.engine, memory, new_qs, check=check, **{**cfg.rgr_options(), "patterns": True}
+            stack.engine,
+            memory,
+            new_qs,
+            check=task.check,
+            **{**cfg.rgr_options(), "patterns": True},
         )
         log(f"sleep: {len(pats)} procedures indexed; new family with them {fast:.3f}")
     out = out or cfg.state_path / "adapters" / f"{method}-{int(time.time())}"
@@ -126,7 +132,7 @@ def sleep_once(
     # The configured engine (HF, or vLLM on a GPU), under a name no other sleep used: vLLM
     # caches adapters and weights by name.
     cand = build_engine(cfg, f"candidate-{out.name}", out)
-    after = evaluate_version(cfg, cand, memory, new_qs, retention_qs, episodes, check=check)
+    after = evaluate_version(cfg, cand, memory, new_qs, retention_qs, **measure)
     # Teacher-forced logits need the model in this process (HF); vLLM keeps it in its workers.
     both_local = isinstance(stack.engine, HFEngine) and isinstance(cand, HFEngine)
     kl = kl_base_candidate(stack.engine, cand, pairs[:256]) if both_local else None
@@ -136,6 +142,7 @@ def sleep_once(
         "new_family_before": before["new_family"],
         "new_family_after": after["new_family"],
         "new_family_fast_path": fast,
+        "procedures": len(pats),
         "new_family_by_hops_before": before["new_family_by_hops"],
         "new_family_by_hops_after": after["new_family_by_hops"],
         "retention_before": before["retention"],
@@ -143,12 +150,16 @@ def sleep_once(
         "retention_steps_before": before.get("retention_steps"),
         "retention_steps_after": after.get("retention_steps"),
         "retention_questions": len(retention_qs),
+        "retention_suite_steps": len(trusted),
         "kl_base_candidate": kl,
         "train": train,
         "data": data,
     }
     v = conclude(cfg, services, out, method, current.name, metrics, (ok, reason), promote)
     log(f"sleep: {v.name} {'passes' if ok else 'fails'} the retention gate: {reason}")
+    if ok and promote and not task.world:
+        joined = suite.add(good, v.name)
+        log(f"sleep: {joined} trusted steps of {v.name} join the frozen retention suite")
     return {
         **metrics,
         "version": v.name,

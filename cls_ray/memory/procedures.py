@@ -1,9 +1,9 @@
 """Procedures in episodic memory: trusted reasoning chains in Milvus, read by RGR before any
 weight changes (the fast path of consolidation).
 
-A procedure is a chain with typed variables ("what is the rival of the mentor of {person_1} ?"
+A procedure is a chain with variables, typed on the world ("what is the rival of the mentor of {person_1} ?"
 → "the mentor of {person_1} is {person_2} .", "the rival of {person_2} is {person_3} .", "the
-answer is {person_3} ."). Sleep folds the gated patterns of many sessions into one procedure per
+answer is {person_3} ."), numbered on other text (`{entity_1}`, `{number_1}`). Sleep folds the gated patterns of many sessions into one procedure per
 question shape (`cls_ray.consolidate.episodic`) and upserts it into the `episodic` collection,
 keyed by that shape, so a later sleep replaces it.
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 _VAR = re.compile(r"\{([a-z]+_\d+)\}")
 _PREFIX = "procedure for "
+_SEP = " || "
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,10 @@ class Pattern:
 
     @property
     def text(self) -> str:
-        return f"{_PREFIX}{self.question} : " + " ".join(self.steps)
+        """`procedure for <question> : <steps>`; steps of the compact format (each one
+        sentence ending in " .") are joined by spaces, any others by `_SEP`."""
+        compact = all(s.endswith(" .") and s.count(" .") == 1 for s in self.steps)
+        return f"{_PREFIX}{self.question} : " + (" " if compact else _SEP).join(self.steps)
 
     @property
     def source(self) -> str:
@@ -47,12 +51,23 @@ class Pattern:
 
 
 def parse_pattern(text: str) -> Pattern | None:
-    """The inverse of `Pattern.text` (support and R(τ) are not in the text)."""
-    if not text.startswith(_PREFIX) or " ? : " not in text:
+    """The inverse of `Pattern.text` (support and R(τ) are not in the text). The question
+    ends at its "?" (else at the first " : ")."""
+    if not text.startswith(_PREFIX):
         return None
-    question, body = text[len(_PREFIX) :].split(" ? : ", 1)
-    steps = tuple(s.strip() + " ." for s in body.strip().split(" .") if s.strip())
-    return Pattern(question + " ?", steps) if steps else None
+    rest = text[len(_PREFIX) :]
+    cut = rest.find("? : ")
+    if cut >= 0:
+        question, body = rest[: cut + 1], rest[cut + 4 :]
+    elif " : " in rest:
+        question, body = rest.split(" : ", 1)
+    else:
+        return None
+    if _SEP in body:
+        steps = tuple(s.strip() for s in body.split(_SEP) if s.strip())
+    else:
+        steps = tuple(s.strip() + " ." for s in body.strip().split(" .") if s.strip())
+    return Pattern(question, steps) if steps else None
 
 
 def _regex(template: str) -> re.Pattern:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cls_ray.prm.evaluate import best_of_n, step_metrics
+from cls_ray.prm.judge import judge_client, judge_labels
 from cls_ray.prm.labels import (
     StepExample,
     evidence_for,
@@ -114,6 +115,19 @@ def session_evidence(stack: Stack, sessions: Sequence[dict]):
     return evidence_of
 
 
+def judged_labels(stack: Stack, pool: Sequence[StepExample], answers: dict[str, tuple]):
+    """`pool` labelled by the judge of `prm.judge` (an OpenAI-compatible endpoint)."""
+    j = stack.cfg.prm.judge
+    return judge_labels(
+        pool,
+        [answers[ex.prompt] for ex in pool],
+        judge_client(stack.cfg),
+        j.model,
+        max_requests=j.max_requests,
+        concurrency=j.concurrency,
+    )
+
+
 def training_examples(
     stack: Stack, feedback: Sequence[dict] = (), log: Callable[[str], None] = logger.info
 ) -> tuple[list[StepExample], dict]:
@@ -159,6 +173,13 @@ def training_examples(
     if "mc" in sources:
         auto += mc_labelled(stack, pool, {q.question: q.answers for q in qs})
         log(f"prm data: Monte Carlo labels for {len(pool)} trajectories ({p.mc_rollouts} rollouts)")
+    if "judge" in sources:
+        judged, js = judged_labels(stack, pool, {q.question: q.answers for q in qs})
+        auto += judged
+        log(
+            f"prm data: the judge labelled {js.labelled_steps} steps in {js.requests} requests "
+            f"({js.failed} failed, {js.skipped} over prm.judge.max_requests)"
+        )
     human = human_examples(feedback, session_evidence(stack, feedback))
     merged = merge_labels(auto + human, consensus=p.consensus)
     steps = [lab for e in merged for lab in e.labels]

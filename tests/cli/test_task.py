@@ -9,6 +9,7 @@ import cls_ray.stack
 from cls_ray.cli.main import main
 from cls_ray.cli.parser import make_parser, resolve_config
 from cls_ray.config import load_config
+from cls_ray.consolidate.retention import RetentionSuite
 from cls_ray.registry import registry_for
 from cls_ray.stack import Stack
 from tests.cli.test_main import _last_json
@@ -118,3 +119,8 @@ def test_sleep_on_a_files_task_needs_retention_evidence(files_args, tiny_prm, ra
     assert set(done["families"]) <= set(task.new_groups) and done["retention_questions"] > 0
     assert registry_for(cfg).current().name == done["version"]
     assert done["data"]["pairs"] > done["data"]["new_pairs"] > 0  # replay of the train chains
+    # f(τ) on the files task's text: procedures with numbered variables, no world types
+    assert done["procedures"] > 0
+    # the promoted sleep's trusted steps are frozen as the next sleep's step-level evidence
+    suite = RetentionSuite.of(cfg).steps()
+    assert suite and {s.version for s in suite} == {done["version"]}

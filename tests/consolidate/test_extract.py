@@ -90,3 +90,57 @@ def test_the_gate_keeps_only_what_the_prm_trusts():
     loose = gate(bad, min_r_tau=0.5, min_step_score=0.5, whole_trajectory=False)
     assert [a.meta["step"] for a in loose] == [0, 2]
     assert pattern_text(kept[0]).startswith("procedure for what is the headquarters of")
+
+
+PARAGRAPHS = {
+    "p1": "Christopher Nolan: Christopher Edward Nolan (born 30 July 1970) is an English "
+    "film director.",
+    "p2": "Sathish Kalathil: Sathish Kalathil is an Indian film director and producer.",
+    "p3": "Greta Gerwig: Greta Celeste Gerwig (born 4 August 1983) is an Irish film director.",
+    "p4": "Celine Song: Celine Song is an American film director and producer.",
+}
+
+
+def paragraph_session(sid, question, ids, answer):
+    steps = [
+        SessionStep(text=PARAGRAPHS[i], retrieved=[RetrievedRef(id=i, score=0.9)]) for i in ids
+    ]
+    steps.append(SessionStep(text=f"the answer is {answer} .", is_answer=True))
+    return Session(
+        id=sid,
+        question=question,
+        steps=steps,
+        answer=answer,
+        model_version="base",
+        prm_step_scores=[0.9] * len(steps),
+        r_tau=0.9,
+    )
+
+
+def test_patterns_form_on_any_text_with_numbered_variables():
+    """Off the world, the names and numbers a step takes from the question or its documents
+    become numbered variables: two sessions of one question shape fold into one procedure that
+    binds a third question of that shape and guides its first retrieval."""
+    from cls_ray.consolidate.episodic import fold_patterns
+    from cls_ray.memory.procedures import bind, hint_query, parse_pattern
+
+    a = paragraph_session(
+        "s1", "Are Christopher Nolan and Sathish Kalathil both film directors?", ["p1", "p2"], "yes"
+    )
+    b = paragraph_session(
+        "s2", "Are Greta Gerwig and Celine Song both film directors?", ["p3", "p4"], "yes"
+    )
+    arts = [x for s in (a, b) for x in extract(s, PARAGRAPHS)]
+    pats = [x for x in arts if x.kind == "pattern"]
+    assert len(pats) == 2
+    assert pats[0].content["question"] == "Are {entity_1} and {entity_4} both film directors?"
+    assert pats[0].content["steps"][-1] == "the answer is yes ."  # "yes" is in no document
+    assert "{number_1}" in pats[0].content["steps"][0]  # the year, taken from the document
+    (p,) = fold_patterns(gate(arts, 0.5, 0.5))
+    assert p.support == 2  # support and R(τ) live in the source field, not the text
+    assert (parse_pattern(p.text).question, parse_pattern(p.text).steps) == (p.question, p.steps)
+    q = "Are Jane Campion and Sofia Coppola both film directors?"
+    assert bind(p.question, q) == {"entity_1": "Jane Campion", "entity_4": "Sofia Coppola"}
+    assert hint_query(p, q, []) == "Jane Campion:"
+    # nothing taken from the question or a document: no pattern
+    assert abstract_chain("what now?", ["I think so.", "the answer is maybe ."]) is None

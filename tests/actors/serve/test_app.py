@@ -22,6 +22,8 @@ from actors.weight_stream import stream_version
 from cls_ray.cluster import serve_config
 from cls_ray.config import load_config
 from cls_ray.model.loading import load_model_and_tokenizer
+from cls_ray.prm.judge import judge_client, judge_labels
+from cls_ray.prm.labels import StepExample
 from cls_ray.registry import ModelVersion, registry_for
 from cls_ray.serving.names import buffer_actor_name
 from tests.helpers import ADMIN_KEY_ENV, TINY_OVERRIDES, free_port, make_full_checkpoint
@@ -158,6 +160,24 @@ def test_openai_client_plain_and_streaming(served):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == resp.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_the_served_ingress_is_an_openai_compatible_judge_endpoint(served):
+    """`prm.judge` speaks to any OpenAI-compatible endpoint; here cls-ray's own ingress. Every
+    trajectory is one request that succeeds; the small model's reply is no verdict, so the
+    judge abstains (no label) instead of guessing."""
+    cfg = load_config(
+        None,
+        [f"prm.judge.url={served['url']}/v1", "prm.judge.model=base", "prm.judge.api_key_env="],
+    )
+    q = served["world"].questions("heldout", per_family=1)[:2]
+    exs = [
+        StepExample(x.text, list(x.gold_steps), [None] * len(x.gold_steps), [], "gold") for x in q
+    ]
+    out, stats = judge_labels(exs, [[x.answer] for x in q], judge_client(cfg), "base")
+    assert (stats.requests, stats.failed) == (2, 0)
+    assert all(lab in (None, 0.0, 1.0) for e in out for lab in e.labels)
+    assert [len(e.labels) for e in out] == [len(x.gold_steps) for x in q]
 
 
 BAD = [
