@@ -74,6 +74,11 @@ class PRMConfig(TrainerConfig):
     mc_tolerance: float = Field(
         0.25, ge=0, le=1, description="mc_relative: the drop a right step may show (noise)."
     )
+    mc_agree: bool = Field(
+        False,
+        description="mc_relative: keep a step's label only where the hard absolute label (any "
+        "rollout reaches the answer) agrees; the ambiguous steps stay unlabelled.",
+    )
     questions_per_family: int = Field(40, ge=1, description="Training questions per family.")
     samples_per_question: int = Field(2, ge=0)
     corruptions_per_question: int = Field(2, ge=0)

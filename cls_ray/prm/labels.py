@@ -280,6 +280,7 @@ def mc_labels(
     chunk: int = 1024,
     relative: bool = False,
     tolerance: float = 0.25,
+    agree: bool = False,
     **rgr_options,
 ) -> list[StepExample]:
     """Math-Shepherd labels: from each step prefix of each example, `rollouts` completions with
@@ -291,7 +292,9 @@ def mc_labels(
     for the first step) by more than `tolerance`, wrong otherwise; a step from which, as
     before it, no rollout succeeds says nothing (None) unless an earlier step was already
     wrong (the trajectory has left the path). A model that cannot finish a skill then does not
-    blame its right steps, and a wrong step the model recovers from is still a drop.
+    blame its right steps, and a wrong step the model recovers from is still a drop. With
+    `agree`, a relative label stands only where the absolute (hard) one says the same: a step
+    the rollouts recover from, or a right step with a noisy drop, stays unlabelled.
     Rollouts run `chunk` at a time (a progress bar with `progress`)."""
     gold = [(a,) if isinstance(a, str) else tuple(a) for a in answers]
     jobs: list[tuple[int, int]] = []  # (example, prefix length) to roll out
@@ -338,7 +341,8 @@ def mc_labels(
             elif before == 0 and share == 0:
                 labels.append(0.0 if 0.0 in labels else None)
             else:
-                labels.append(float(share >= before - tolerance))
+                label = float(share >= before - tolerance)
+                labels.append(None if agree and label != float(share > 0) else label)
             before = share
         out.append(
             StepExample(ex.prompt, list(ex.completions), labels, list(ex.evidence), "mc", ex.meta)

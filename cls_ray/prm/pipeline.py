@@ -84,6 +84,7 @@ def mc_labelled(
         progress=progress,
         relative=p.mc_relative,
         tolerance=p.mc_tolerance,
+        agree=p.mc_agree,
         **cfg.rgr_options(),
     )
     for e in out:

@@ -164,3 +164,23 @@ def test_relative_monte_carlo_labels_judge_the_progress_a_step_makes(tiny_stack)
     ]  # answer steps judge themselves
     gold_steps = [lab for e in got[:n] for lab in e.labels[:-1] if lab is not None]
     assert gold_steps and sum(x == 1.0 for x in gold_steps) >= 0.8 * len(gold_steps)
+    # `agree` keeps a relative label only where the hard absolute label says the same
+    both = mc_labels(
+        examples,
+        answers,
+        tiny_stack.engine,
+        tiny_stack.retriever,
+        rollouts=4,
+        seed=0,
+        relative=True,
+        agree=True,
+        **tiny_stack.cfg.rgr_options(),
+    )
+    # the same rollouts (same jobs, same seed): a label stays or is dropped, never flipped
+    kept = [
+        (lr, la)
+        for r, a in zip(got, both, strict=True)
+        for lr, la in zip(r.labels, a.labels, strict=True)
+    ]
+    assert all(la in (lr, None) for lr, la in kept)
+    assert [e.labels[-1] for e in both] == [e.labels[-1] for e in got]
