@@ -20,17 +20,18 @@ from pathlib import Path
 
 import requests
 
-from cls_ray.answers import EXACT
 from cls_ray.bootstrap import describe, ensure_model
 from cls_ray.eval.plots import plt, save
 from cls_ray.eval.reports import write_report
 from cls_ray.memory.ingest import ingest_paths
+from cls_ray.model.loading import is_checkpoint
 from cls_ray.ports import Buffer, Scheduler, ServingRuntime
 from cls_ray.prm.pipeline import describe_training, prepare_training, train_new_prm
 from cls_ray.prm.store import latest_prm
+from cls_ray.prm.trajectories import gold_steps
 from cls_ray.replay.buffer import feedback_in_files
 from cls_ray.stack import Stack
-from cls_ray.world.core import World
+from cls_ray.task import QA, Split, Task
 
 Log = Callable[[str], None]
 
@@ -55,41 +56,55 @@ def ask_many(
         return list(pool.map(one, requests_))
 
 
-def accuracy(questions, replies) -> float:
+def accuracy(task: Task, questions: Sequence[QA], replies) -> float:
     right = [
-        "error" not in r and EXACT(r.get("answer"), [q.answer])
+        "error" not in r and task.is_right(r.get("answer"), q)
         for q, r in zip(questions, replies, strict=True)
     ]
     return sum(right) / max(1, len(right))
 
 
-def workload(cfg, world, new_per_family: int, old_per_family: int, best_of: int):
-    """The simulated users: (question, request body) pairs, held-back family first."""
-    new = world.questions("train", world.held_back_families, per_family=new_per_family)
-    old = world.questions("train", world.trained_families, per_family=old_per_family)
+def known_groups(task: Task, split: Split) -> list[str]:
+    return [g for g in task.groups(split) if g not in task.new_groups]
+
+
+def workload(cfg, task: Task, new_per_family: int, old_per_family: int, best_of: int):
+    """The simulated users: (question, request body) pairs on the task's `train` questions,
+    the new groups' first."""
+    new = (
+        task.questions("train", task.new_groups, per_group=new_per_family)
+        if task.new_groups
+        else []
+    )
+    old = task.questions("train", known_groups(task, "train"), per_group=old_per_family)
     users = [
-        (q, {"question": q.text, "best_of": best_of, "temperature": cfg.prm.sample_temperature})
+        (
+            q,
+            {"question": q.question, "best_of": best_of, "temperature": cfg.prm.sample_temperature},
+        )
         for q in new
     ]
-    users += [(q, {"question": q.text, "score": True}) for q in old]
+    users += [(q, {"question": q.question, "score": True}) for q in old]
+    if not users:
+        raise ValueError(f"task {task.name} has no train questions for the simulated users")
     return users
 
 
-def send_feedback(url: str, users, replies, every: int = 3) -> dict:
-    """Every `every`-th user with a wrong answer sends the corrected steps; users with a right
-    answer rate it."""
+def send_feedback(url: str, task: Task, users, replies, every: int = 3) -> dict:
+    """Every `every`-th user with a wrong answer sends the corrected steps (where the task has
+    gold steps); users with a right answer rate it."""
     corrected = rated = wrong = 0
     for (q, _), r in zip(users, replies, strict=True):
         if "error" in r:
             continue
-        ok = EXACT(r.get("answer"), [q.answer])
+        ok = task.is_right(r.get("answer"), q)
         body = None
         if ok:
             body, rated = {"rating": 1.0}, rated + 1
         else:
             wrong += 1
-            if wrong % every == 0:
-                body, corrected = {"corrected_steps": q.gold_steps, "rating": -1.0}, corrected + 1
+            if wrong % every == 0 and q.steps:
+                body, corrected = {"corrected_steps": gold_steps(q), "rating": -1.0}, corrected + 1
         if body:
             requests.post(
                 f"{url}/v1/sessions/{r['session_id']}/feedback", json=body, timeout=60
@@ -97,14 +112,14 @@ def send_feedback(url: str, users, replies, every: int = 3) -> dict:
     return {"corrected": corrected, "rated": rated}
 
 
-def measure(url: str, new_qs, old_qs) -> dict:
+def measure(url: str, task: Task, new_qs, old_qs) -> dict:
     """Greedy accuracy of the serving application on held-out questions."""
-    new_r = ask_many(url, [{"question": q.text} for q in new_qs])
-    old_r = ask_many(url, [{"question": q.text} for q in old_qs])
+    new_r = ask_many(url, [{"question": q.question} for q in new_qs])
+    old_r = ask_many(url, [{"question": q.question} for q in old_qs])
     versions = sorted({r.get("model_version") for r in new_r + old_r if "error" not in r})
     return {
-        "new_family": accuracy(new_qs, new_r),
-        "old_families": accuracy(old_qs, old_r),
+        "new_family": accuracy(task, new_qs, new_r),
+        "old_families": accuracy(task, old_qs, old_r),
         "versions": versions,
         "failed": sum("error" in r for r in new_r + old_r),
         "session_ids": [r["session_id"] for r in new_r + old_r if "error" not in r],
@@ -204,28 +219,33 @@ def markdown(report: dict, plots: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_loop(cfg, world: World, url: str, buffer: Buffer, scheduler: Scheduler, log: Log) -> dict:
-    """Users → scores → sleep → promotion → measurement, on a running application."""
+def run_loop(cfg, task: Task, url: str, buffer: Buffer, scheduler: Scheduler, log: Log) -> dict:
+    """Users → scores → sleep → promotion → measurement, on a running application. The new
+    groups are measured on their `eval` questions, the others on the `retention` set."""
     c = cfg.consolidate
-    new_qs = world.questions("heldout", world.held_back_families, per_family=c.eval_per_family)
-    old_qs = world.questions("heldout", world.trained_families, per_family=3)
+    new_qs = (
+        task.questions("eval", task.new_groups, per_group=c.eval_per_family)
+        if task.new_groups
+        else []
+    )
+    old_qs = task.questions("retention", per_group=3)
     log(f"measuring the served base model on {len(new_qs) + len(old_qs)} held-out questions")
-    before = measure(url, new_qs, old_qs)
+    before = measure(url, task, new_qs, old_qs)
     log(f"  new family {before['new_family']:.2f}, old families {before['old_families']:.2f}")
     # The held-out probes are stored like any session; acknowledging them now keeps them out
     # of the sleep's training data.
     buffer.ack(before.pop("session_ids"))
     best_of = min(8, c.sample_n)
-    users = workload(cfg, world, c.new_per_family, 3, best_of)
+    users = workload(cfg, task, c.new_per_family, 3, best_of)
     log(f"{len(users)} simulated users ask (held-back family: best of {best_of})")
     t0 = time.time()
     replies = ask_many(url, [b for _, b in users], concurrency=8)
     failed = sum("error" in r for r in replies)
     log(f"  answered in {time.time() - t0:.0f} s ({failed} failed)")
-    fb = send_feedback(url, users, replies)
+    fb = send_feedback(url, task, users, replies)
     log(f"  feedback: {fb['corrected']} corrected, {fb['rated']} ratings")
     r_tau = [
-        (r["r_tau"], EXACT(r.get("answer"), [q.answer]))
+        (r["r_tau"], task.is_right(r.get("answer"), q))
         for (q, _), r in zip(users, replies, strict=True)
         if "error" not in r and r.get("r_tau") is not None
     ]
@@ -244,12 +264,12 @@ def run_loop(cfg, world: World, url: str, buffer: Buffer, scheduler: Scheduler, 
     )
     sleep = json.loads((cfg.state_path / "reports" / "sleep.json").read_text())
     log("measuring the served model after the sleep")
-    after = measure(url, new_qs, old_qs)
+    after = measure(url, task, new_qs, old_qs)
     buffer.ack(after.pop("session_ids"))
     log(f"  new family {after['new_family']:.2f}, old families {after['old_families']:.2f}")
     return {
         "users": len(users),
-        "new_users": sum(1 for q, _ in users if q.held_back),
+        "new_users": sum(1 for q, _ in users if q.group in task.new_groups),
         "best_of": best_of,
         "failed_requests": failed,
         "feedback": fb,
@@ -268,10 +288,14 @@ def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = T
     promote, measure, and write the report. Returns the report (with `report_path`)."""
     cfg = stack.cfg
     t_start = time.time()
+    task = stack.task
     log("== 1/6 bootstrap: the small default model")
-    log(describe(ensure_model(cfg, stack.world, progress=progress)))
-    log("== 2/6 ingest: the built-in world into Milvus")
-    ingest = ingest_paths([stack.export_world()], cfg, stack.store, progress, use_ray=False)
+    if is_checkpoint(cfg.model_path):
+        log(f"model at {cfg.model_path}")
+    else:  # only the small default model is built here, from the world
+        log(describe(ensure_model(cfg, stack.world, progress=progress)))
+    log(f"== 2/6 ingest: the corpus of task {task.name} into Milvus")
+    ingest = ingest_paths([stack.task_corpus()], cfg, stack.store, progress, use_ray=False)
     for e in ingest.errors:
         log(f"error: {e}")
     log(ingest.describe(stack.store.count(), stack.store.name()))
@@ -297,7 +321,7 @@ def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = T
         url = runtime.deploy(cfg)
         log(f"   {url}")
         log("== 5/6 users, scores, sleep, promotion, measurement")
-        report = run_loop(cfg, stack.world, url, runtime.buffer(), runtime.scheduler(), log)
+        report = run_loop(cfg, task, url, runtime.buffer(), runtime.scheduler(), log)
     finally:
         runtime.stop()
     log("== 6/6 report")

@@ -112,8 +112,8 @@ def bench_serve_cmd(args, cfg: Config) -> dict:
         retriever = serve.get_deployment_handle(RETRIEVER, cfg.serve.app_name)
         if retriever.count.remote().result() == 0:
             raise SystemExit("cls-ray bench serve: the store is empty; run `cls-ray demo`")
-        questions, queries = serve_workload(Stack(cfg).world)
-        print(f"== bench serve at {url}: {len(questions)} held-out questions")
+        questions, queries = serve_workload(Stack(cfg).task)
+        print(f"== bench serve at {url}: {len(questions)} eval questions of the task")
         result = bench_serve(
             cfg,
             functools.partial(deploy, cfg),

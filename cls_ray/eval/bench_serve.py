@@ -28,7 +28,7 @@ from cls_ray.config import Config
 from cls_ray.model.loading import load_model_and_tokenizer
 from cls_ray.registry import registry_for
 from cls_ray.rgr import step_query
-from cls_ray.world.core import World
+from cls_ray.task import Task
 
 # Deploys the application on a version with batch sizes (`actors.deploy.deploy` bound to a
 # config): `deploy(version, max_batch_size=..., session_batch_size=...,
@@ -132,14 +132,18 @@ def wait_for_version(url: str, version: str, checks: int = 8, timeout_s: float =
         streak = streak + 1 if got == version else 0
 
 
-def serve_workload(world: World, per_family: int = 4) -> tuple[list[str], list[str]]:
-    """Held-out questions of the trained families, and the retrieval queries of their first
-    two hops (the question, then the reasoning state after the gold first step)."""
-    qs = world.questions("heldout", world.trained_families, per_family=per_family)
-    queries = [step_query(q.text, []) for q in qs] + [
-        step_query(q.text, [fact.text for fact in q.chain[:1]]) for q in qs
+def serve_workload(task: Task, per_group: int = 4) -> tuple[list[str], list[str]]:
+    """Eval questions of the groups the model knows (all groups where none is new), and the
+    retrieval queries of their first two hops (the question, then the reasoning state after
+    the gold first step, where the task has gold steps)."""
+    known = [g for g in task.groups("eval") if g not in task.new_groups]
+    qs = task.questions("eval", known or None, per_group=per_group)
+    if not qs:
+        raise ValueError(f"task {task.name} has no eval questions to serve")
+    queries = [step_query(q.question, []) for q in qs] + [
+        step_query(q.question, list(q.steps[:1])) for q in qs if q.steps
     ]
-    return [q.text for q in qs], queries
+    return [q.question for q in qs], queries
 
 
 def bench_serve(
