@@ -35,8 +35,8 @@ class ReplayBufferActor:
     def add_many(self, sessions: list[dict]) -> list[str]:
         return [self.buffer.add(s) for s in sessions]
 
-    def add_feedback(self, session_id: str, feedback: dict) -> None:
-        self.buffer.add_feedback(session_id, feedback)
+    def add_feedback(self, session_id: str, feedback: dict, token: str | None = None) -> None:
+        self.buffer.add_feedback(session_id, feedback, token)
 
     def get(self, session_id: str) -> dict | None:
         s = self.buffer.get(session_id)

@@ -1,8 +1,9 @@
-"""The main job (`cls-ray demo`): the whole loop on the embedded default.
+"""The main job (`cls-ray demo`): the whole loop on the configured task (the embedded world by
+default).
 
-Simulated users talk to the serving application over HTTP: users of the families the model
-knows, and users of the held-back family it cannot yet solve (they ask for the best of N samples,
-and some send the corrected steps when the answer is wrong). The PRM scores every session; the
+Simulated users talk to the serving application over HTTP: users of the groups the model
+knows, and users of the new groups it cannot yet solve (they ask for the best of N samples);
+users rate right answers, and a curator (a key with that role) corrects some wrong ones. The PRM scores every session; the
 sleep scheduler consolidates them (procedures into episodic memory at once, then a LoRA
 candidate), the retention gate decides, and the promoted version is broadcast to every replica.
 Accuracy is measured through the same HTTP API before and after, and a report (Markdown and
@@ -30,6 +31,7 @@ from cls_ray.prm.pipeline import describe_training, prepare_training, train_new_
 from cls_ray.prm.store import latest_prm
 from cls_ray.prm.trajectories import gold_steps
 from cls_ray.replay.buffer import feedback_in_files
+from cls_ray.serving.keys import KeyStore
 from cls_ray.stack import Stack
 from cls_ray.task import QA, Split, Task
 
@@ -90,24 +92,28 @@ def workload(cfg, task: Task, new_per_family: int, old_per_family: int, best_of:
     return users
 
 
-def send_feedback(url: str, task: Task, users, replies, every: int = 3) -> dict:
-    """Every `every`-th user with a wrong answer sends the corrected steps (where the task has
-    gold steps); users with a right answer rate it."""
+def send_feedback(url: str, task: Task, users, replies, curator_key: str, every: int = 3) -> dict:
+    """Users with a right answer rate it (their own sessions, by the feedback token); a curator
+    corrects every `every`-th wrong answer (where the task has gold steps): only a curator's
+    corrections are trusted as given, a user's would go through the PRM's gate."""
     corrected = rated = wrong = 0
     for (q, _), r in zip(users, replies, strict=True):
         if "error" in r:
             continue
-        ok = task.is_right(r.get("answer"), q)
-        body = None
-        if ok:
+        body, headers = None, {"X-Session-Token": r["feedback_token"]}
+        if task.is_right(r.get("answer"), q):
             body, rated = {"rating": 1.0}, rated + 1
         else:
             wrong += 1
             if wrong % every == 0 and q.steps:
                 body, corrected = {"corrected_steps": gold_steps(q), "rating": -1.0}, corrected + 1
+                headers = {"X-API-Key": curator_key}
         if body:
             requests.post(
-                f"{url}/v1/sessions/{r['session_id']}/feedback", json=body, timeout=60
+                f"{url}/v1/sessions/{r['session_id']}/feedback",
+                json=body,
+                headers=headers,
+                timeout=60,
             ).raise_for_status()
     return {"corrected": corrected, "rated": rated}
 
@@ -242,8 +248,9 @@ def run_loop(cfg, task: Task, url: str, buffer: Buffer, scheduler: Scheduler, lo
     replies = ask_many(url, [b for _, b in users], concurrency=8)
     failed = sum("error" in r for r in replies)
     log(f"  answered in {time.time() - t0:.0f} s ({failed} failed)")
-    fb = send_feedback(url, task, users, replies)
-    log(f"  feedback: {fb['corrected']} corrected, {fb['rated']} ratings")
+    _, curator = KeyStore(cfg.keys_path).add("demo curator", "curator")
+    fb = send_feedback(url, task, users, replies, curator)
+    log(f"  feedback: {fb['corrected']} corrected by a curator, {fb['rated']} ratings")
     r_tau = [
         (r["r_tau"], task.is_right(r.get("answer"), q))
         for (q, _), r in zip(users, replies, strict=True)

@@ -36,11 +36,25 @@ class SessionStep(_Record):
     is_answer: bool = False
 
 
+Role = Literal["anonymous", "user", "curator", "admin"]  # each includes the ones before
+TRUSTED_ROLES: frozenset[str] = frozenset({"curator", "admin"})  # their feedback teaches as given
+
+
 class Feedback(_Record):
     rating: float | None = Field(None, ge=-1, le=1, description="-1 bad .. 1 good")
     corrected_steps: list[str] | None = None
     comment: str | None = Field(None, max_length=4000)
     at: float = Field(default_factory=time.time)
+    by: str | None = Field(None, description="The key that gave it (None: anonymous).")
+    role: Role = Field(
+        "anonymous",
+        description="The giver's role: only a curator's (or admin's) corrections and ratings "
+        "are trusted for training; the others are evidence that goes through the PRM's gate.",
+    )
+
+    @property
+    def trusted(self) -> bool:
+        return self.role in TRUSTED_ROLES
 
 
 class Session(_Record):
@@ -55,6 +69,10 @@ class Session(_Record):
     r_tau: float | None = None
     prm_version: str | None = Field(None, description="The PRM that scored the steps.")
     feedback: list[Feedback] = Field(default_factory=list)
+    owner: str | None = Field(None, description="The key that asked (None: anonymous).")
+    owner_token_sha256: str | None = Field(
+        None, description="SHA-256 of the session's feedback token, which only the asker got."
+    )
     created_at: float = Field(default_factory=time.time)
     finished_at: float | None = None
 

@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from ray import serve
 
@@ -31,10 +31,17 @@ from cls_ray.serving.api import (
     SleepRequest,
 )
 from cls_ray.serving.batching import session_groups
-from cls_ray.serving.http import BodyLimit, check_admin_key, install
+from cls_ray.serving.http import BodyLimit, access_error, install
+from cls_ray.serving.keys import Access, AccessDenied, Principal
 from cls_ray.serving.names import NAMESPACE, buffer_actor_name, scheduler_actor_name
 from cls_ray.serving.openai import Completion, model_list, question_of
-from cls_ray.serving.sessions import pick_best, session_records, session_reply
+from cls_ray.serving.sessions import (
+    issue_tokens,
+    pick_best,
+    session_records,
+    session_reply,
+    session_request,
+)
 from cls_ray.session import Feedback
 from cls_ray.steps import step_format
 
@@ -50,6 +57,7 @@ class Ingress:
         s = self.cfg.serve
         BodyLimit.max_body_bytes = s.max_body_bytes
         self.generator, self.retriever, self.scorer = generator, retriever, scorer
+        self.access = Access(self.cfg)
         self._background: set[asyncio.Task] = set()
         # Started by `deploy` on the node that holds the state directory; found here by name.
         self.buffer = start_replay_buffer(
@@ -75,29 +83,13 @@ class Ingress:
             self._sessions.set_max_batch_size(int(user_config["session_batch_size"]))
 
     # -- sessions ----------------------------------------------------------------------------
-    async def _run(
-        self, question: str, mode: str, top_k, max_steps, temperature, best_of=1, score=False
-    ) -> dict:
-        if len(question) > self.cfg.serve.max_question_chars:
-            raise HTTPException(
-                422, f"question: longer than {self.cfg.serve.max_question_chars} characters"
-            )
-        if (best_of > 1 or score) and self.scorer is None:
-            raise HTTPException(
-                422, "best_of/score: no PRM is deployed (run `cls-ray prm train`, then redeploy)"
-            )
-        return await self._sessions(
-            {
-                "question": question,
-                "mode": mode,
-                "top_k": top_k,
-                "max_steps": max_steps,
-                # Best-of-N samples; greedy decoding would give N copies of one trajectory.
-                "temperature": temperature or (1.0 if best_of > 1 else 0.0),
-                "best_of": best_of,
-                "score": score,
-            }
-        )
+    def _door(self, key: str | None, needed: str, request: Request) -> Principal:
+        """The caller, if its role allows `needed` and it is within its rate (else 401/403/429)."""
+        try:
+            client = request.client.host if request.client else "?"
+            return self.access.require(key, needed, client)  # type: ignore[arg-type]
+        except AccessDenied as e:
+            raise access_error(e) from None
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, max_concurrent_batches=8)
     async def _sessions(self, requests: list[dict]) -> list[dict]:
@@ -144,7 +136,8 @@ class Ingress:
             trajs, scored = pick_best(trajs, await self._score(trajs), n)
         elif self.scorer is not None and any(r["score"] for r in reqs):
             scored = await self._score(trajs)  # asked for: stored and returned with the session
-        sessions = session_records(trajs, scored, version, started)
+        sessions = session_records(trajs, scored, version, started, [r["owner"] for r in reqs])
+        tokens = issue_tokens(sessions)
         # Acknowledged only once durable: the buffer fsyncs before it answers.
         await asyncio.gather(*(self.buffer.add.remote(x.model_dump()) for x in sessions))
         if self.scorer is not None and scored[0] is None:
@@ -152,8 +145,8 @@ class Ingress:
             task = asyncio.create_task(self._score_and_store(trajs, [x.id for x in sessions]))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        for i, tr, session in zip(idx, trajs, sessions, strict=True):
-            out[i] = session_reply(tr, session, version)
+        for i, tr, session, token in zip(idx, trajs, sessions, tokens, strict=True):
+            out[i] = session_reply(tr, session, version, token)
 
     async def _score(self, trajs) -> list[dict]:
         return await asyncio.gather(
@@ -188,54 +181,69 @@ class Ingress:
         return model_list(await self.registry.list.remote(), version)
 
     @api.post("/v1/rgr")
-    async def rgr(self, body: RGRRequest) -> dict:
-        return await self._run(
-            body.question,
-            body.mode,
-            body.top_k,
-            body.max_steps,
-            body.temperature,
-            body.best_of,
-            body.score,
+    async def rgr(
+        self, body: RGRRequest, request: Request, x_api_key: str | None = Header(None)
+    ) -> dict:
+        who = self._door(x_api_key, "user", request)
+        return await self._sessions(
+            session_request(self.cfg, body, who.key_id, scorer=self.scorer is not None)
         )
 
     @api.post("/v1/chat/completions")
-    async def chat(self, body: ChatRequest):
+    async def chat(self, body: ChatRequest, request: Request, x_api_key: str | None = Header(None)):
+        who = self._door(x_api_key, "user", request)
         current = await self.generator.current_version.remote()
         if body.model not in (None, "", current, "cls-ray"):
             raise HTTPException(404, f"model: unknown model version {body.model!r}")
-        reply = await self._run(question_of(body), "rgr", None, None, body.temperature or 0.0)
+        # built from a validated body: the question's length is checked by `session_request`
+        ask = RGRRequest.model_construct(
+            question=question_of(body), temperature=body.temperature or 0.0
+        )
+        reply = await self._sessions(session_request(self.cfg, ask, who.key_id))
         completion = Completion(reply)
         if not body.stream:
             return completion.message()
         return StreamingResponse(completion.events(), media_type="text/event-stream")
 
     @api.post("/v1/documents")
-    async def documents(self, body: DocumentsRequest) -> dict:
+    async def documents(
+        self, body: DocumentsRequest, request: Request, x_api_key: str | None = Header(None)
+    ) -> dict:
+        self._door(x_api_key, "curator", request)
         n = await self.retriever.add_documents.remote([d.model_dump() for d in body.documents])
         return {"written": n}
 
     @api.post("/v1/sessions/{session_id}/feedback")
-    async def feedback(self, session_id: str, body: FeedbackRequest) -> dict:
+    async def feedback(
+        self,
+        session_id: str,
+        body: FeedbackRequest,
+        request: Request,
+        x_api_key: str | None = Header(None),
+        x_session_token: str | None = Header(None),
+    ) -> dict:
+        """From the session's owner (its key, or its feedback token) or a curator."""
+        who = self._door(x_api_key, "user", request)
         if body.rating is None and not body.corrected_steps and not body.comment:
             raise HTTPException(422, "feedback: give a rating, corrected_steps or a comment")
         try:
-            await self.buffer.add_feedback.remote(
-                session_id, Feedback(**body.model_dump()).model_dump()
-            )
+            fb = Feedback(**body.model_dump(), by=who.key_id, role=who.role)
+            await self.buffer.add_feedback.remote(session_id, fb.model_dump(), x_session_token)
         except ray.exceptions.RayTaskError as e:
             if isinstance(e.cause, KeyError):
                 raise HTTPException(404, f"session {session_id!r} not found") from None
+            if isinstance(e.cause, PermissionError):
+                raise HTTPException(403, str(e.cause)) from None
             raise
         return {"session_id": session_id, "stored": True}
 
     # -- admin -------------------------------------------------------------------------------
-    def _admin(self, key: str | None) -> None:
-        check_admin_key(self.cfg.serve.admin_key_env, key)
+    def _admin(self, key: str | None, request: Request) -> None:
+        self._door(key, "admin", request)
 
     @api.get("/admin/buffer")
-    async def buffer_stats(self, x_api_key: str | None = Header(None)) -> dict:
-        self._admin(x_api_key)
+    async def buffer_stats(self, request: Request, x_api_key: str | None = Header(None)) -> dict:
+        self._admin(x_api_key, request)
         return await self.buffer.stats.remote()
 
     def _scheduler(self):
@@ -245,15 +253,17 @@ class Ingress:
             raise HTTPException(503, "the sleep scheduler is not running") from None
 
     @api.post("/admin/sleep")
-    async def sleep(self, body: SleepRequest, x_api_key: str | None = Header(None)) -> dict:
+    async def sleep(
+        self, body: SleepRequest, request: Request, x_api_key: str | None = Header(None)
+    ) -> dict:
         """Starts a consolidation now (202-style: it runs in the background); refused while one
         runs. `GET /admin/sleep` shows the running one and the history."""
-        self._admin(x_api_key)
+        self._admin(x_api_key, request)
         return await self._scheduler().trigger.remote("admin request", body.method)
 
     @api.get("/admin/sleep")
-    async def sleep_status(self, x_api_key: str | None = Header(None)) -> dict:
-        self._admin(x_api_key)
+    async def sleep_status(self, request: Request, x_api_key: str | None = Header(None)) -> dict:
+        self._admin(x_api_key, request)
         return await self._scheduler().status.remote()
 
     async def _switch(self, change) -> dict:
@@ -275,13 +285,15 @@ class Ingress:
         return {"version": v.name, "status": v.status, "swap_seconds": time.perf_counter() - t0}
 
     @api.post("/admin/promote")
-    async def promote(self, body: PromoteRequest, x_api_key: str | None = Header(None)) -> dict:
+    async def promote(
+        self, body: PromoteRequest, request: Request, x_api_key: str | None = Header(None)
+    ) -> dict:
         """Promotes a registered version and waits until every generator replica serves it."""
-        self._admin(x_api_key)
+        self._admin(x_api_key, request)
         return await self._switch(lambda: self.registry.promote.remote(body.version, body.reason))
 
     @api.post("/admin/rollback")
-    async def rollback(self, x_api_key: str | None = Header(None)) -> dict:
+    async def rollback(self, request: Request, x_api_key: str | None = Header(None)) -> dict:
         """Rolls back to the version promoted before the current one."""
-        self._admin(x_api_key)
+        self._admin(x_api_key, request)
         return await self._switch(lambda: self.registry.rollback.remote())

@@ -20,6 +20,7 @@ COMMANDS = {
     "bootstrap": "build:cmd_bootstrap",
     "ingest": "build:cmd_ingest",
     "task": "task:cmd_task",
+    "keys": "keys:cmd_keys",
     "ask": "ask:cmd_ask",
     "up": "stack:cmd_up",
     "down": "stack:cmd_down",

@@ -82,6 +82,10 @@ def make_parser() -> argparse.ArgumentParser:
         "--per-family", type=int, default=None, help="export-world: questions per family and split"
     )
     i.add_argument("--no-ray", action="store_true", help="embed in this process, without Ray Data")
+    k = sub.add_parser("keys", parents=[common], help="API keys with roles: add, list, revoke")
+    k.add_argument("action", choices=["add", "list", "revoke"])
+    k.add_argument("name", nargs="?", help="add: who holds the key; revoke: the key's id")
+    k.add_argument("--role", choices=["user", "curator", "admin"], default="user")
     a = sub.add_parser("ask", parents=[common], help="answer a question with RGR")
     a.add_argument("question", nargs="?", help="the question (default: a held-out one of the task)")
     a.add_argument("--mode", choices=["rgr", "single", "none"], default="rgr")

@@ -232,6 +232,12 @@ class Config(Section):
         return opts
 
     @property
+    def keys_path(self) -> Path:
+        """The hashed API keys (`cls-ray keys`)."""
+        a = self.serve.auth
+        return Path(a.keys_file) if a.keys_file else self.state_path / "keys.json"
+
+    @property
     def replay_path(self) -> Path:
         return self.state_path / "replay"
 

@@ -71,6 +71,24 @@ class WeightSyncConfig(Section):
     )
 
 
+class AuthConfig(Section):
+    """Who may do what (`cls_ray.serving.keys`): keys with roles, anonymous asking, rates."""
+
+    keys_file: str = Field(
+        "", description="The hashed keys file; empty: <state_dir>/keys.json (`cls-ray keys`)."
+    )
+    anonymous: bool = Field(
+        True, description="Requests without a key may ask (and only ask); off on a cluster."
+    )
+    rate_per_minute: float = Field(
+        600.0, ge=0, description="Requests a minute per key (0: no limit); 429 beyond it."
+    )
+    anonymous_rate_per_minute: float = Field(
+        120.0, ge=0, description="Requests a minute per client address without a key."
+    )
+    burst: int = Field(60, ge=1, description="Requests a caller may send at once.")
+
+
 class ServeConfig(Section):
     """The Serve application: HTTP on `host:port`, replicas and batching from here."""
 
@@ -88,6 +106,7 @@ class ServeConfig(Section):
     max_concurrent_sessions: int = Field(
         64, ge=1, description="Sessions one ingress replica runs at once; more wait in queue."
     )
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     admin_key_env: str = Field(
         "CLS_RAY_ADMIN_KEY",
         description="Environment variable holding the admin API key; unset: admin disabled.",

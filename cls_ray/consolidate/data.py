@@ -19,6 +19,7 @@ from cls_ray.model.examples import episode_pair
 from cls_ray.ports import Memory, Retriever, Scorer
 from cls_ray.prm.labels import evidence_for
 from cls_ray.rgr import step_query
+from cls_ray.session import Feedback
 from cls_ray.steps import StepFormat, answer_step, parse_answer
 from cls_ray.task import Task
 from cls_ray.world.core import World
@@ -177,21 +178,17 @@ def score_sessions(prm: Scorer, sessions: Sequence[dict], doc_texts: dict[str, s
 
 
 def corrected_sessions(sessions: Sequence[dict], retriever: Retriever, top_k: int):
-    """Users' corrected steps as trusted sessions: each corrected chain, with the documents RGR
-    retrieves for it step by step, scored 1.0 (a person vouched for it). Returns the sessions
-    and the texts of what they retrieved."""
+    """Corrected steps as sessions of their own, with the documents RGR retrieves for each step.
+    A curator's (or admin's) correction is trusted: scored 1.0, it joins A_good as given. Any
+    other correction is evidence, not truth: it comes unscored (`model_version` "user"), and
+    the PRM scores and the gate judge it like any trajectory. Returns the sessions and the
+    texts of what they retrieved."""
     out, docs = [], {}
     for s in sessions:
-        fixed = next(
-            (
-                fb["corrected_steps"]
-                for fb in reversed(s.get("feedback") or [])
-                if fb.get("corrected_steps")
-            ),
-            None,
-        )
-        if not fixed:
+        fb = next((f for f in reversed(s.get("feedback") or []) if f.get("corrected_steps")), None)
+        if fb is None:
             continue
+        fixed, trusted = fb["corrected_steps"], Feedback.model_validate(fb).trusted
         queries = [step_query(s["question"], fixed[:i]) for i in range(len(fixed))]
         got = retriever.retrieve(queries, top_k)
         steps = []
@@ -215,10 +212,10 @@ def corrected_sessions(sessions: Sequence[dict], retriever: Retriever, top_k: in
                 "id": f"{s['id']}-corrected",
                 "steps": steps,
                 "answer": parse_answer(fixed[-1]),
-                "model_version": "human",
-                "prm_step_scores": [1.0] * len(steps),
-                "r_tau": 1.0,
-                "prm_version": "human",
+                "model_version": "human" if trusted else "user",
+                "prm_step_scores": [1.0] * len(steps) if trusted else None,
+                "r_tau": 1.0 if trusted else None,
+                "prm_version": "human" if trusted else None,
                 "feedback": [],
             }
         )

@@ -205,8 +205,12 @@ def sleep_from_buffer(
     fixed, more = corrected_sessions(taken, services.memory, cfg.rgr.top_k)
     if fixed:
         doc_texts.update(more)
+        judged = score_sessions(prm, fixed, doc_texts)  # users' corrections: the PRM judges
         learn += fixed
-        log(f"sleep: {len(fixed)} sessions corrected by users join as trusted trajectories")
+        log(
+            f"sleep: {len(fixed) - len(judged)} curators' corrections join as trusted "
+            f"trajectories, {len(judged)} users' corrections as PRM-scored ones"
+        )
     if method == "ppo" and c.ppo.fresh_per_family:
         replay_qs = task.questions("train", groups, per_group=c.ppo.fresh_per_family)
         fresh, more = fresh_rollouts(

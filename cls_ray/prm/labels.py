@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from cls_ray.answers import EXACT, AnswerCheck
 from cls_ray.rgr import run_rgr
+from cls_ray.session import TRUSTED_ROLES
 from cls_ray.steps import answer_step, overlap_f1, parse_answer
 from cls_ray.world.core import RELATIONS, Question, World
 from cls_ray.world.verifier import parse_fact, verify_trajectory
@@ -356,11 +357,13 @@ def mc_labels(
 def human_examples(
     sessions: Sequence[dict], evidence_of: Callable[[str, dict], str] | None = None
 ) -> list[StepExample]:
-    """Labels from feedback on served sessions. Corrected steps are right; the original steps
-    agree with them up to the first difference, which is wrong, as is everything after it. A
-    rating alone (no correction) labels the whole trajectory when positive, and only its final
-    step when negative (which step failed is unknown). `evidence_of(step, session)` finds a
-    step's evidence (among what its session retrieved)."""
+    """Labels from trusted feedback on served sessions: a curator's or admin's (a user's
+    ratings and corrections are evidence, not truth; they never override the PRM's labels).
+    Corrected steps are right; the original steps agree with them up to the first difference,
+    which is wrong, as is everything after it. A rating alone (no correction) labels the whole
+    trajectory when positive, and only its final step when negative (which step failed is
+    unknown). `evidence_of(step, session)` finds a step's evidence (among what its session
+    retrieved)."""
     ev = evidence_of or (lambda step, session: "")
     out: list[StepExample] = []
     for s in sessions:
@@ -379,6 +382,8 @@ def human_examples(
             )
 
         for fb in s.get("feedback") or []:
+            if fb.get("role") not in TRUSTED_ROLES:  # `Feedback.trusted`
+                continue
             fixed = fb.get("corrected_steps")
             if fixed:
                 add(fixed, [1.0] * len(fixed))

@@ -17,6 +17,8 @@ record and joins its session on read.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -46,6 +48,21 @@ def feedback_in_files(cfg) -> list[dict]:
     if not cfg.replay_path.exists():
         return []
     return ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments).with_feedback()
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def may_give_feedback(session: Session, fb: Feedback, token: str | None) -> bool:
+    """A curator (or admin) may comment on any session; otherwise the feedback must come from
+    the key that asked, or with the session's feedback token."""
+    if fb.trusted:
+        return True
+    if fb.by is not None and session.owner == fb.by:
+        return True
+    digest = session.owner_token_sha256
+    return bool(token and digest and hmac.compare_digest(token_digest(token), digest))
 
 
 class ReplayBuffer:
@@ -153,10 +170,20 @@ class ReplayBuffer:
             self.seal()
         return s.id
 
-    def add_feedback(self, session_id: str, feedback: Feedback | dict) -> None:
+    def add_feedback(
+        self, session_id: str, feedback: Feedback | dict, token: str | None = None
+    ) -> None:
+        """Stores feedback on a session from its owner (the key that asked it, or whoever
+        holds the session's feedback token) or from a curator; anyone else gets
+        PermissionError."""
         if session_id not in self.sessions:
             raise KeyError(session_id)
         fb = feedback if isinstance(feedback, Feedback) else Feedback.model_validate(feedback)
+        if not may_give_feedback(self.sessions[session_id], fb, token):
+            raise PermissionError(
+                f"session {session_id}: feedback only from the key that asked it, the holder of "
+                "its feedback token, or a curator"
+            )
         _fsync_append(
             self.wal,
             [json.dumps({"op": "feedback", "id": session_id, "feedback": fb.model_dump()})],

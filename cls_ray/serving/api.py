@@ -3,7 +3,7 @@ allows them (its clients send many optional ones)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -57,7 +57,9 @@ class DocumentsRequest(_Body):
 
 class FeedbackRequest(_Body):
     rating: float | None = Field(None, ge=-1, le=1)
-    corrected_steps: list[str] | None = Field(None, max_length=32)
+    corrected_steps: list[Annotated[str, Field(min_length=1, max_length=2000)]] | None = Field(
+        None, max_length=32, description="At most 32 steps of at most 2,000 characters."
+    )
     comment: str | None = Field(None, max_length=4000)
 
 

@@ -1,16 +1,16 @@
 """HTTP concerns of the ingress that are not Ray: a body limit enforced before parsing, errors
-that name the field, and the admin key check."""
+that name the field, and the answer to a caller the door refuses (`keys.Access`)."""
 
 from __future__ import annotations
 
-import hmac
 import json
-import os
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+from cls_ray.serving.keys import AccessDenied, retry_after
 
 
 class BodyLimit:
@@ -93,11 +93,9 @@ def install(api: FastAPI) -> FastAPI:
     return api
 
 
-def check_admin_key(env_name: str, key: str | None) -> None:
-    """Admin routes need the key held in the environment variable `env_name`; with no key
-    configured they are disabled (403), never open."""
-    expected = os.environ.get(env_name)
-    if not expected:
-        raise HTTPException(403, f"admin endpoints are disabled: {env_name} is not set")
-    if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
-        raise HTTPException(401, "missing or wrong admin key (header X-API-Key)")
+def access_error(e: AccessDenied) -> HTTPException:
+    """The HTTP answer to a refused caller (429 with `Retry-After`)."""
+    headers = {"Retry-After": retry_after(e.retry_after_s)} if e.retry_after_s else None
+    if e.status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "ApiKey"}
+    return HTTPException(e.status, e.detail, headers=headers)

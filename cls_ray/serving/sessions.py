@@ -4,11 +4,38 @@ reply a client gets."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 
+from fastapi import HTTPException
+
 from cls_ray.prm.best_of_n import best_indices
+from cls_ray.replay.buffer import token_digest
 from cls_ray.rgr import Trajectory
+from cls_ray.serving.api import RGRRequest
 from cls_ray.session import Session
+
+
+def session_request(cfg, body: RGRRequest, owner: str | None, scorer: bool = False) -> dict:
+    """What the ingress batches for one `/v1/rgr` (or chat) request; 422 naming the field for
+    what the service cannot do."""
+    if len(body.question) > cfg.serve.max_question_chars:
+        raise HTTPException(422, f"question: longer than {cfg.serve.max_question_chars} characters")
+    if (body.best_of > 1 or body.score) and not scorer:
+        raise HTTPException(
+            422, "best_of/score: no PRM is deployed (run `cls-ray prm train`, then redeploy)"
+        )
+    return {
+        "question": body.question,
+        "mode": body.mode,
+        "top_k": body.top_k,
+        "max_steps": body.max_steps,
+        # Best-of-N samples; greedy decoding would give N copies of one trajectory.
+        "temperature": body.temperature or (1.0 if body.best_of > 1 else 0.0),
+        "best_of": body.best_of,
+        "score": body.score,
+        "owner": owner,
+    }
 
 
 def pick_best(
@@ -20,13 +47,19 @@ def pick_best(
 
 
 def session_records(
-    trajs: Sequence[Trajectory], scored: Sequence[dict | None], version: str, started: float
+    trajs: Sequence[Trajectory],
+    scored: Sequence[dict | None],
+    version: str,
+    started: float,
+    owners: Sequence[str | None] | None = None,
 ) -> list[Session]:
-    """One session per trajectory, with its PRM scores where it was scored."""
+    """One session per trajectory, with its PRM scores where it was scored and the key that
+    asked it (`owners`; None: anonymous)."""
     out = []
-    for tr, sc in zip(trajs, scored, strict=True):
+    for i, (tr, sc) in enumerate(zip(trajs, scored, strict=True)):
         tr.model_version = version
         session = Session.from_trajectory(tr, started_at=started)
+        session.owner = owners[i] if owners else None
         if sc is not None:
             session.prm_step_scores, session.r_tau = sc["scores"], sc["r_tau"]
             session.prm_version = sc["prm"]
@@ -34,11 +67,22 @@ def session_records(
     return out
 
 
-def session_reply(tr: Trajectory, session: Session, version: str) -> dict:
+def issue_tokens(sessions: Sequence[Session]) -> list[str]:
+    """A fresh feedback token per session: the reply carries it, the record keeps its hash, and
+    only its holder (or the key that asked, or a curator) may give the session feedback."""
+    tokens = [secrets.token_urlsafe(18) for _ in sessions]
+    for s, t in zip(sessions, tokens, strict=True):
+        s.owner_token_sha256 = token_digest(t)
+    return tokens
+
+
+def session_reply(tr: Trajectory, session: Session, version: str, token: str = "") -> dict:
     """The `/v1/rgr` reply: the answer, every step with its query, what it retrieved and the
-    documents it cites, and the PRM's scores when they were asked for."""
+    documents it cites, the PRM's scores when they were asked for, and the session's feedback
+    token (send it as `X-Session-Token` with feedback)."""
     return {
         "session_id": session.id,
+        "feedback_token": token,
         "question": tr.question,
         "answer": tr.answer,
         "model_version": version,

@@ -53,9 +53,9 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local, tiny_prm):
     serve.shutdown()  # a Serve left by an earlier test would keep its own HTTP port
     url = up(cfg)
     docs = [{"id": d.id, "text": d.text} for d in tiny_stack.world.documents]
-    r = requests.post(f"{url}/v1/documents", json={"documents": docs}, timeout=120)
-    assert r.status_code == 200, r.text
     admin = {"X-API-Key": os.environ[ADMIN_KEY_ENV]}
+    r = requests.post(f"{url}/v1/documents", json={"documents": docs}, headers=admin, timeout=120)
+    assert r.status_code == 200, r.text
     yield {"url": url, "cfg": cfg, "world": tiny_stack.world, "admin": admin}
     take_down(cfg)
     serve.shutdown()

@@ -1,5 +1,5 @@
-"""Users' corrected steps join a sleep as trusted trajectories, grounded in what RGR retrieves
-for them."""
+"""Corrected steps join a sleep grounded in what RGR retrieves for them: a curator's as a
+trusted trajectory, a user's as evidence the PRM must score like any other."""
 
 from cls_ray.consolidate.data import corrected_sessions
 from cls_ray.consolidate.extract import extract, gate
@@ -14,12 +14,21 @@ def test_a_corrected_session_becomes_a_trusted_grounded_trajectory(tiny_stack):
         "steps": [{"text": "the answer is nobody .", "retrieved": [], "is_answer": True}],
         "answer": "nobody",
         "model_version": "base",
-        "feedback": [{"corrected_steps": q.gold_steps, "rating": -1}],
+        "feedback": [{"corrected_steps": q.gold_steps, "rating": -1, "role": "curator"}],
     }
-    untouched = {**wrong, "id": "s2", "feedback": [{"rating": 1}]}
-    out, docs = corrected_sessions([wrong, untouched], tiny_stack.retriever, 5)
-    assert len(out) == 1
-    s = out[0]
+    untouched = {**wrong, "id": "s2", "feedback": [{"rating": 1, "role": "curator"}]}
+    by_user = {
+        **wrong,
+        "id": "s3",
+        "feedback": [{"corrected_steps": q.gold_steps, "by": "k1", "role": "user"}],
+    }
+    out, docs = corrected_sessions([wrong, untouched, by_user], tiny_stack.retriever, 5)
+    assert len(out) == 2
+    s, u = out
+    # a user's correction is evidence: unscored, so the PRM scores it and the gate decides
+    assert u["id"] == "s3-corrected" and u["model_version"] == "user"
+    assert u["prm_step_scores"] is None and u["r_tau"] is None
+    assert gate(extract(u, docs, world.entities.get), 0.5, 0.5) == []
     assert s["id"] == "s1-corrected" and s["model_version"] == "human"
     assert [st["text"] for st in s["steps"]] == q.gold_steps and s["answer"] == q.answer
     assert s["prm_step_scores"] == [1.0] * len(q.gold_steps) and s["r_tau"] == 1.0

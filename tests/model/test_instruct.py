@@ -12,6 +12,7 @@ from cls_ray.cli.main import main
 from cls_ray.cli.parser import make_parser, resolve_config
 from cls_ray.model.examples import encode_examples
 from cls_ray.registry import registry_for
+from cls_ray.serving.keys import KeyStore
 from cls_ray.stack import Stack
 from cls_ray.steps import step_format
 from cls_ray.task import WorldTask, export_task
@@ -77,13 +78,24 @@ def test_an_instruct_model_runs_the_whole_loop_on_a_files_task(instruct, ray_loc
     url = up(cfg)  # the retriever replica owns the Milvus Lite file while the stack is up
     try:
         docs = list(task.documents())
-        r = requests.post(f"{url}/v1/documents", json={"documents": docs}, timeout=300)
+        _, curator = KeyStore(cfg.keys_path).add("test curator", "curator")
+        r = requests.post(
+            f"{url}/v1/documents",
+            json={"documents": docs},
+            headers={"X-API-Key": curator},
+            timeout=300,
+        )
         assert r.status_code == 200, r.text
         for q in task.questions("train", task.new_groups, per_group=2):
             r = requests.post(f"{url}/v1/rgr", json={"question": q.question}, timeout=120)
             assert r.status_code == 200, r.text
-            sid = r.json()["session_id"]
-        fb = requests.post(f"{url}/v1/sessions/{sid}/feedback", json={"rating": 1.0}, timeout=60)
+            sid, token = r.json()["session_id"], r.json()["feedback_token"]
+        fb = requests.post(
+            f"{url}/v1/sessions/{sid}/feedback",
+            json={"rating": 1.0},
+            headers={"X-Session-Token": token},
+            timeout=60,
+        )
         assert fb.status_code == 200, fb.text
     finally:
         take_down(cfg)

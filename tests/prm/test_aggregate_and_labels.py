@@ -79,15 +79,19 @@ def test_evidence_is_the_document_a_step_restates():
     assert evidence_for("something unrelated entirely", docs) == ""
 
 
-def test_human_corrections_win_over_automatic_labels():
+def test_a_curators_corrections_win_over_automatic_labels_and_a_users_do_not():
     steps = ["the boss of A is B .", "the city of B is C .", "the answer is C ."]
     fixed = ["the boss of A is B .", "the city of B is D .", "the answer is D ."]
     session = {
         "id": "s1",
         "question": "what is the city of the boss of A ?",
         "steps": [{"text": t} for t in steps],
-        "feedback": [{"corrected_steps": fixed, "rating": None}],
+        "feedback": [{"corrected_steps": fixed, "rating": None, "role": "curator"}],
     }
+    # a user's (or anonymous) correction is evidence, not truth: it labels nothing
+    for role in ("user", "anonymous"):
+        untrusted = {**session, "feedback": [{"corrected_steps": fixed, "role": role}]}
+        assert human_examples([untrusted]) == []
     human = human_examples([session])
     orig = next(e for e in human if e.completions == steps)
     assert orig.labels == [1.0, 0.0, 0.0]
@@ -109,7 +113,7 @@ def test_a_negative_rating_alone_labels_only_the_final_step():
         "id": "s2",
         "question": "q",
         "steps": [{"text": "x ."}, {"text": "the answer is y ."}],
-        "feedback": [{"rating": -1.0, "corrected_steps": None}],
+        "feedback": [{"rating": -1.0, "corrected_steps": None, "role": "curator"}],
     }
     assert human_examples([session])[0].labels == [None, 0.0]
 

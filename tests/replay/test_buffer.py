@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from cls_ray.replay import ReplayBuffer
+from cls_ray.replay.buffer import token_digest
 from cls_ray.replay.data import read_leased
 from tests.helpers import make_session
 
@@ -80,10 +81,10 @@ def test_take_and_ack_hand_out_each_session_until_acknowledged(tmp_path):
 def test_feedback_joins_its_session_across_seal_and_restart(tmp_path):
     buf = ReplayBuffer(tmp_path, seal_every=3)
     buf.add(make_session(0))
-    buf.add_feedback("s0000", {"rating": 1.0})
+    buf.add_feedback("s0000", {"rating": 1.0, "role": "curator"})
     buf.add(make_session(1))
     buf.add(make_session(2))  # seals 0..2
-    buf.add_feedback("s0000", {"rating": -1.0, "corrected_steps": ["x ."]})  # after the seal
+    buf.add_feedback("s0000", {"rating": -1.0, "corrected_steps": ["x ."], "role": "curator"})
     buf.add(make_session(3))
     buf.add(make_session(4))
     buf.add(make_session(5))  # seals again
@@ -92,6 +93,32 @@ def test_feedback_joins_its_session_across_seal_and_restart(tmp_path):
     assert ratings == [1.0, -1.0]
     with pytest.raises(KeyError):
         again.add_feedback("nope", {"rating": 0.0})
+
+
+def test_feedback_comes_from_the_sessions_owner_or_a_curator(tmp_path):
+    """The key that asked, the holder of the session's feedback token, or a curator; nobody
+    else, and a refused feedback writes nothing."""
+    buf = ReplayBuffer(tmp_path)
+    mine = make_session(0)
+    mine.owner, mine.owner_token_sha256 = "k-alice", token_digest("secret-token")
+    buf.add(mine)
+    buf.add_feedback("s0000", {"rating": 1.0, "by": "k-alice", "role": "user"})
+    buf.add_feedback("s0000", {"rating": 0.5}, token="secret-token")  # anonymous, with the token
+    for fb, token in [
+        ({"rating": -1.0, "by": "k-mallory", "role": "user"}, None),
+        ({"rating": -1.0}, None),
+        ({"rating": -1.0}, "guessed"),
+    ]:
+        with pytest.raises(PermissionError, match="curator"):
+            buf.add_feedback("s0000", fb, token=token)
+    buf.add_feedback("s0000", {"corrected_steps": ["y ."], "by": "k-cora", "role": "curator"})
+    got = ReplayBuffer(tmp_path).get("s0000").feedback
+    assert [(f.rating, f.role) for f in got] == [
+        (1.0, "user"),
+        (0.5, "anonymous"),
+        (None, "curator"),
+    ]
+    assert [f.trusted for f in got] == [False, False, True]
 
 
 def test_prm_scores_join_their_session_across_seal_and_restart(tmp_path):
@@ -135,7 +162,7 @@ def test_a_sleep_reads_its_leased_sessions_from_the_segments_with_ray_data(tmp_p
     buf = ReplayBuffer(tmp_path, seal_every=4)
     for i in range(6):  # one sealed segment of 4, two sessions still in the WAL
         buf.add(make_session(i))
-    buf.add_feedback("s0001", {"rating": 1})
+    buf.add_feedback("s0001", {"rating": 1, "role": "curator"})
     buf.set_scores("s0002", [0.9, 0.8], 0.8, "prm-v1")
     lease = buf.lease(5)
     assert lease["ids"] == [f"s{i:04d}" for i in range(5)]

@@ -58,7 +58,8 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local, tiny_prm):
     serve.shutdown()  # a Serve left by an earlier test would keep its own HTTP port
     url = up(cfg)
     docs = [{"id": d.id, "text": d.text} for d in tiny_stack.world.documents]
-    r = requests.post(f"{url}/v1/documents", json={"documents": docs}, timeout=120)
+    admin = {"X-API-Key": os.environ[ADMIN_KEY_ENV]}
+    r = requests.post(f"{url}/v1/documents", json={"documents": docs}, headers=admin, timeout=120)
     assert r.status_code == 200, r.text
     yield {"url": url, "cfg": cfg, "world": tiny_stack.world}
     take_down(cfg)
@@ -98,9 +99,19 @@ def test_rgr_session_lands_in_the_buffer_with_feedback(served, ray_local):
     fb = requests.post(
         f"{served['url']}/v1/sessions/{res['session_id']}/feedback",
         json={"rating": 1, "corrected_steps": ["the answer is X ."]},
+        headers={"X-Session-Token": res["feedback_token"]},  # the asker's own session
         timeout=30,
     )
     assert fb.status_code == 200, fb.text
+    # someone else's feedback on it is refused: no token, a wrong one
+    for headers in ({}, {"X-Session-Token": "guessed"}):
+        other = requests.post(
+            f"{served['url']}/v1/sessions/{res['session_id']}/feedback",
+            json={"rating": -1},
+            headers=headers,
+            timeout=30,
+        )
+        assert other.status_code == 403 and "curator" in other.json()["detail"]
     stored = ray_local.get(buf.get.remote(res["session_id"]))
     assert stored["feedback"][0]["rating"] == 1.0
 
@@ -209,6 +220,8 @@ BAD = [
     ("POST", "/v1/documents", {"documents": []}, 422),
     ("POST", "/v1/documents", {"documents": [{"text": ""}]}, 422),
     ("POST", "/v1/documents", {"documents": [{"id": "x" * 100, "text": "t"}]}, 422),
+    ("POST", "/v1/documents", {"documents": [{"id": "d-1", "text": "a lie"}]}, 401),  # no key
+    ("POST", "/v1/sessions/nope/feedback", {"corrected_steps": ["x" * 2001]}, 422),
     ("POST", "/v1/sessions/nope/feedback", {"rating": 1}, 404),
     ("POST", "/v1/sessions/nope/feedback", {"rating": 7}, 422),
     ("POST", "/v1/sessions/nope/feedback", {}, 422),
