@@ -31,7 +31,7 @@ from cls_ray.serving.api import (
     SleepRequest,
 )
 from cls_ray.serving.batching import session_groups
-from cls_ray.serving.http import BodyLimit, access_error, install
+from cls_ray.serving.http import BodyLimit, access_error, http_error, install
 from cls_ray.serving.keys import Access, AccessDenied, Principal
 from cls_ray.serving.names import NAMESPACE, buffer_actor_name, scheduler_actor_name
 from cls_ray.serving.openai import Completion, model_list, question_of
@@ -209,8 +209,11 @@ class Ingress:
     async def documents(
         self, body: DocumentsRequest, request: Request, x_api_key: str | None = Header(None)
     ) -> dict:
-        self._door(x_api_key, "curator", request)
-        n = await self.retriever.add_documents.remote([d.model_dump() for d in body.documents])
+        who = self._door(x_api_key, "curator", request)
+        try:
+            n = await self.retriever.add_documents.remote(body.rows(who.name), body.replace)
+        except ray.exceptions.RayTaskError as e:  # DocumentConflict: ids holding another text
+            raise http_error(e, {ValueError: 409}) from None
         return {"written": n}
 
     @api.post("/v1/sessions/{session_id}/feedback")
@@ -230,11 +233,9 @@ class Ingress:
             fb = Feedback(**body.model_dump(), by=who.key_id, role=who.role)
             await self.buffer.add_feedback.remote(session_id, fb.model_dump(), x_session_token)
         except ray.exceptions.RayTaskError as e:
-            if isinstance(e.cause, KeyError):
-                raise HTTPException(404, f"session {session_id!r} not found") from None
-            if isinstance(e.cause, PermissionError):
-                raise HTTPException(403, str(e.cause)) from None
-            raise
+            raise http_error(
+                e, {KeyError: 404, PermissionError: 403}, "session not found: "
+            ) from None
         return {"session_id": session_id, "stored": True}
 
     # -- admin -------------------------------------------------------------------------------
@@ -271,11 +272,7 @@ class Ingress:
         try:
             v = ModelVersion.model_validate(await change())
         except ray.exceptions.RayTaskError as e:
-            if isinstance(e.cause, KeyError):
-                raise HTTPException(404, f"version: {e.cause.args[0]}") from None
-            if isinstance(e.cause, ValueError):
-                raise HTTPException(409, str(e.cause)) from None
-            raise
+            raise http_error(e, {KeyError: 404, ValueError: 409}, "version: ") from None
         # Deploying pulls in the weight-stream machinery (torch, transformers): imported by the
         # admin request that needs it, not by every ingress replica at start.
         from actors.deploy import deploy

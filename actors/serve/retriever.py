@@ -66,8 +66,8 @@ class Retriever:
     async def get_documents(self, ids: list[str]) -> dict[str, str]:
         return await asyncio.to_thread(self.memory.get_documents, ids)
 
-    async def add_documents(self, docs: list[dict]) -> int:
-        return await asyncio.to_thread(self.memory.add_documents, docs)
+    async def add_documents(self, docs: list[dict], replace: bool = False) -> int:
+        return await asyncio.to_thread(self.memory.add_documents, docs, replace)
 
     async def count(self) -> int:
         return await asyncio.to_thread(self.memory.count)

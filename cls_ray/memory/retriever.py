@@ -13,6 +13,10 @@ from cls_ray.memory.procedures import Pattern, index_patterns, lookup
 from cls_ray.memory.store import MilvusStore
 
 
+class DocumentConflict(ValueError):
+    """A write would replace documents without `replace`."""
+
+
 class StoreRetriever:
     """Embedder + Milvus store: one embedding call and one search call per batch of queries."""
 
@@ -41,10 +45,20 @@ class StoreRetriever:
     def get_documents(self, ids: Sequence[str]) -> dict[str, str]:
         return self.store.get(list(ids))
 
-    def add_documents(self, docs: Sequence[dict]) -> int:
-        """Upserts `{"text", "id"?, "source"?}` documents (id: a hash of the text)."""
+    def add_documents(self, docs: Sequence[dict], replace: bool = False) -> int:
+        """Upserts `{"text", "id"?, "source"?}` documents (id: a hash of the text). A document
+        whose id holds another text already is refused (`DocumentConflict`) unless `replace`:
+        nothing overwrites what others retrieve by accident."""
         texts = [d["text"] for d in docs]
         ids = [d.get("id") or doc_id_for(d["text"]) for d in docs]
+        if not replace:
+            have = self.store.get(ids)
+            taken = [i for i, t in zip(ids, texts, strict=True) if i in have and have[i] != t]
+            if taken:
+                raise DocumentConflict(
+                    f"documents: {len(taken)} id(s) already hold another text ({', '.join(taken[:5])}"
+                    f"{', ...' if len(taken) > 5 else ''}); send replace: true to overwrite them"
+                )
         n = self.store.upsert(
             ids, texts, self.embedder.embed(texts), [d.get("source") or "api" for d in docs]
         )

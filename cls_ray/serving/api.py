@@ -3,6 +3,7 @@ allows them (its clients send many optional ones)."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -48,11 +49,20 @@ class ChatRequest(BaseModel):
 class DocumentIn(_Body):
     id: str | None = Field(None, min_length=1, max_length=64)
     text: str = Field(min_length=1, max_length=4096)
-    source: str | None = Field(None, max_length=512)
+    source: str | None = Field(None, max_length=256)
 
 
 class DocumentsRequest(_Body):
     documents: list[DocumentIn] = Field(min_length=1, max_length=1000)
+    replace: bool = Field(False, description="Overwrite ids that hold another text (else 409).")
+
+    def rows(self, by: str) -> list[dict]:
+        """The documents to store, each with who wrote it and when in its `source`."""
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return [
+            {**d.model_dump(), "source": f"{d.source or 'api'} | by {by} at {at}"}
+            for d in self.documents
+        ]
 
 
 class FeedbackRequest(_Body):

@@ -93,6 +93,19 @@ def install(api: FastAPI) -> FastAPI:
     return api
 
 
+def http_error(e: Exception, statuses: dict[type, int], not_found: str = "") -> Exception:
+    """The HTTP answer to a remote call's failure by the type of its cause (a Ray task error's
+    `cause`): the status `statuses` gives it (a KeyError's message is `not_found` + its key),
+    else the error itself, re-raised as it was."""
+    cause = getattr(e, "cause", None)
+    for kind, status in statuses.items():
+        if isinstance(cause, kind):
+            if isinstance(cause, KeyError):
+                return HTTPException(status, f"{not_found}{cause.args[0] if cause.args else ''}")
+            return HTTPException(status, str(cause))
+    return e
+
+
 def access_error(e: AccessDenied) -> HTTPException:
     """The HTTP answer to a refused caller (429 with `Retry-After`)."""
     headers = {"Retry-After": retry_after(e.retry_after_s)} if e.retry_after_s else None

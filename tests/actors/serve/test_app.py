@@ -1,5 +1,6 @@
 """The Serve application over real HTTP on loopback, on a local Ray cluster."""
 
+import functools
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from cls_ray.model.loading import load_model_and_tokenizer
 from cls_ray.prm.judge import judge_client, judge_labels
 from cls_ray.prm.labels import StepExample
 from cls_ray.registry import ModelVersion, registry_for
+from cls_ray.serving.keys import KeyStore
 from cls_ray.serving.names import buffer_actor_name
 from tests.helpers import ADMIN_KEY_ENV, TINY_OVERRIDES, free_port, make_full_checkpoint
 
@@ -171,6 +173,33 @@ def test_openai_client_plain_and_streaming(served):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == resp.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_only_a_curator_writes_documents_and_replacing_one_is_explicit(served):
+    """A user's key cannot write documents; a curator's can, but taking over an id that holds
+    another text answers 409 until `replace: true`; the document keeps who wrote it."""
+    cfg, url = served["cfg"], served["url"]
+    store = KeyStore(cfg.keys_path)
+    _, user = store.add("ursula", "user")
+    _, curator = store.add("cora", "curator")
+    doc = {"id": "t-doc-1", "text": "Ada Lovelace wrote the first program."}
+    post = functools.partial(requests.post, f"{url}/v1/documents", timeout=60)
+    r = post(json={"documents": [doc]}, headers={"X-API-Key": user})
+    assert r.status_code == 403 and "curator" in r.json()["detail"]
+    assert post(json={"documents": [doc]}, headers={"X-API-Key": curator}).status_code == 200
+    lie = {**doc, "text": "Ada Lovelace never wrote a program."}
+    r = post(json={"documents": [lie]}, headers={"X-API-Key": curator})
+    assert r.status_code == 409 and "replace" in r.json()["detail"]
+    r = post(json={"documents": [lie], "replace": True}, headers={"X-API-Key": curator})
+    assert r.status_code == 200
+    r = requests.post(
+        f"{url}/v1/rgr", json={"question": "who wrote the first program ?"}, timeout=60
+    )
+    assert r.status_code == 200  # anonymous asking stays open on the embedded default
+    revoked = store.list()[-1].id
+    store.revoke(revoked)
+    r = post(json={"documents": [doc], "replace": True}, headers={"X-API-Key": curator})
+    assert r.status_code == 401
 
 
 def test_the_served_ingress_is_an_openai_compatible_judge_endpoint(served):
