@@ -151,16 +151,21 @@ def test_relative_monte_carlo_labels_judge_the_progress_a_step_makes(tiny_stack)
     examples = [verifier_example(q, q.gold_steps, world=world) for q, _ in pairs]
     examples += [verifier_example(q, bad, world=world) for q, bad in pairs]
     answers = [q.answer for q, _ in pairs] * 2
-    got = mc_labels(
-        examples,
-        answers,
-        tiny_stack.engine,
-        tiny_stack.retriever,
-        rollouts=4,
-        seed=0,
-        relative=True,
-        **tiny_stack.cfg.rgr_options(),
-    )
+
+    def relative(agree: bool):
+        return mc_labels(
+            examples,
+            answers,
+            tiny_stack.engine,
+            tiny_stack.retriever,
+            rollouts=4,
+            seed=0,
+            relative=True,
+            agree=agree,
+            **tiny_stack.cfg.rgr_options(),
+        )
+
+    got = relative(agree=False)
     n = len(pairs)
     assert all(lab in (0.0, 1.0, None) for e in got for lab in e.labels)
     assert [e.labels[-1] for e in got] == [1.0] * n + [
@@ -169,17 +174,7 @@ def test_relative_monte_carlo_labels_judge_the_progress_a_step_makes(tiny_stack)
     gold_steps = [lab for e in got[:n] for lab in e.labels[:-1] if lab is not None]
     assert gold_steps and sum(x == 1.0 for x in gold_steps) >= 0.8 * len(gold_steps)
     # `agree` keeps a relative label only where the hard absolute label says the same
-    both = mc_labels(
-        examples,
-        answers,
-        tiny_stack.engine,
-        tiny_stack.retriever,
-        rollouts=4,
-        seed=0,
-        relative=True,
-        agree=True,
-        **tiny_stack.cfg.rgr_options(),
-    )
+    both = relative(agree=True)
     # the same rollouts (same jobs, same seed): a label stays or is dropped, never flipped
     kept = [
         (lr, la)
