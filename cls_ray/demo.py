@@ -31,7 +31,7 @@ from cls_ray.prm.pipeline import describe_training, prepare_training, train_new_
 from cls_ray.prm.store import latest_prm
 from cls_ray.prm.trajectories import gold_steps
 from cls_ray.replay.buffer import feedback_in_files
-from cls_ray.serving.keys import KeyStore
+from cls_ray.serving.keys import KeyStore, without_rate_limits
 from cls_ray.stack import Stack
 from cls_ray.task import QA, Split, Task
 
@@ -324,6 +324,7 @@ def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = T
     log("== 4/6 serve: the application on Ray Serve")
     # The demo prints its own progress; replicas' per-request lines would bury it.
     cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"access_log": False})})
+    cfg = without_rate_limits(cfg)  # every simulated user asks from this one address
     try:
         url = runtime.deploy(cfg)
         log(f"   {url}")

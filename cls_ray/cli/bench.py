@@ -22,6 +22,7 @@ from cls_ray.eval.plots import plot_bench_rgr, plot_bench_serve
 from cls_ray.eval.reports import write_report
 from cls_ray.model.loading import is_checkpoint
 from cls_ray.prm.model import load_prm
+from cls_ray.serving.keys import without_rate_limits
 from cls_ray.serving.names import RETRIEVER
 from cls_ray.stack import Stack
 from cls_ray.storage import mirror_reports
@@ -106,6 +107,8 @@ def bench_serve_cmd(args, cfg: Config) -> dict:
     if not is_checkpoint(cfg.model_path):
         raise SystemExit(f"cls-ray bench serve: no model at {cfg.model_path}; run `cls-ray demo`")
     was_up = stack_up(cfg)
+    if not was_up:  # the measured load comes from this one address: no per-caller limits
+        cfg = without_rate_limits(cfg)
     started_ray = connect_ray(cfg, start=True)
     try:
         url = up(cfg)

@@ -222,3 +222,10 @@ class Access:
         if wait > 0:
             raise AccessDenied(429, f"rate limit of {p.name} reached", wait)
         return p
+
+
+def without_rate_limits(cfg):
+    """`cfg` with no per-caller rate limits: for a load the operator runs on purpose from one
+    address (the demo's simulated users, `bench serve`), which the limits would otherwise cut."""
+    auth = cfg.serve.auth.model_copy(update={"rate_per_minute": 0, "anonymous_rate_per_minute": 0})
+    return cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"auth": auth})})

@@ -105,7 +105,9 @@ def test_an_instruct_model_runs_the_whole_loop_on_a_files_task(instruct, ray_loc
 
     assert main(["prm", "train", "--json", *args]) == 0
     trained = _last_json(capsys.readouterr().out)
-    assert trained["data"]["sources"] == ["mc"] and trained["data"]["human_trajectories"] == 1
+    assert (
+        trained["data"]["sources"] == ["mc"] and trained["data"]["human_trajectories"] == 0
+    )  # a user's rating: evidence
     assert trained["data"]["labelled_steps"] > trained["data"]["wrong_steps"] > 0
     assert main(["prm", "eval", "--json", *args]) == 0
     res = _last_json(capsys.readouterr().out)

@@ -7,7 +7,7 @@ from cls_ray.config import load_config
 from cls_ray.demo import workload
 from cls_ray.eval.bench_serve import serve_workload
 from cls_ray.task import FilesTask, WorldTask, export_task
-from tests.task.test_files import HOTPOT
+from tests.task.test_files import HOTPOT, needs_hotpot
 
 
 def test_users_and_load_come_from_the_task(tiny_world, tmp_path):
@@ -29,6 +29,7 @@ def test_users_and_load_come_from_the_task(tiny_world, tmp_path):
     assert len(queries) == 2 * len(questions)  # the question, then after the gold first step
 
 
+@needs_hotpot
 def test_a_real_text_task_serves_its_own_questions():
     t = FilesTask(HOTPOT)
     questions, queries = serve_workload(t, per_group=3)
