@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cls_ray.consolidate.extract import Artifact
-from cls_ray.steps import grounded_choices
+from cls_ray.world.episodes import step_accuracy
 
 
 @dataclass(frozen=True)
@@ -84,16 +84,6 @@ class RetentionSuite:
 
 def next_step_accuracy(engine, steps: Sequence[TrustedStep], grounded: bool = False) -> float:
     """Share of `steps` whose greedy next step, written by `engine` (any `Engine`) in its own
-    format, equals the trusted one; `grounded` decodes inside the grounded grammar."""
-    if not steps:
-        return float("nan")
-    prompts = [engine.render(s.question, list(s.docs), list(s.steps)) for s in steps]
-    choices = (
-        [grounded_choices(s.question, list(s.docs), list(s.steps)) for s in steps]
-        if grounded
-        else None
-    )
-    outs = engine.generate(prompts, choices=choices)
-    return sum(o.text.strip() == s.target.strip() for o, s in zip(outs, steps, strict=True)) / len(
-        steps
-    )
+    format, equals the trusted one (`step_accuracy`, which the world's episodes use too); NaN
+    for none: no evidence."""
+    return step_accuracy(engine, steps, grounded) if steps else float("nan")
