@@ -1,10 +1,11 @@
 """Procedures in episodic memory: trusted reasoning chains in Milvus, read by RGR before any
 weight changes (the fast path of consolidation).
 
-A procedure is a chain with variables, typed on the world ("what is the rival of the mentor of {person_1} ?"
-→ "the mentor of {person_1} is {person_2} .", "the rival of {person_2} is {person_3} .", "the
-answer is {person_3} ."), numbered on other text (`{entity_1}`, `{number_1}`). Sleep folds the gated patterns of many sessions into one procedure per
-question shape (`cls_ray.consolidate.episodic`) and upserts it into the `episodic` collection,
+A procedure is a chain with variables, typed on the world ("what is the rival of the mentor of
+{person_1} ?" → "the mentor of {person_1} is {person_2} .", "the rival of {person_2} is
+{person_3} .", "the answer is {person_3} ."), numbered on other text (`{entity_1}`,
+`{number_1}`). Sleep folds the gated patterns of many sessions into one procedure per question
+shape (`cls_ray.consolidate.episodic`) and upserts it into the `episodic` collection,
 keyed by that shape, so a later sleep replaces it.
 
 RGR looks the procedure up once per question (`StoreRetriever.plans`), binds its variables to

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from cls_ray.answers import EXACT, AnswerCheck
 from cls_ray.rgr import run_rgr
-from cls_ray.session import TRUSTED_ROLES
+from cls_ray.session import Feedback
 from cls_ray.steps import answer_step, overlap_f1, parse_answer
 from cls_ray.world.core import RELATIONS, Question, World
 from cls_ray.world.verifier import parse_fact, verify_trajectory
@@ -382,7 +382,7 @@ def human_examples(
             )
 
         for fb in s.get("feedback") or []:
-            if fb.get("role") not in TRUSTED_ROLES:  # `Feedback.trusted`
+            if not Feedback.model_validate(fb).trusted:
                 continue
             fixed = fb.get("corrected_steps")
             if fixed:

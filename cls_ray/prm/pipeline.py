@@ -171,11 +171,12 @@ def training_examples(
     auto: list[StepExample] = []
     if "verifier" in sources:
         auto += pool
+    answers = {q.question: q.answers for q in qs}
     if "mc" in sources:
-        auto += mc_labelled(stack, pool, {q.question: q.answers for q in qs})
+        auto += mc_labelled(stack, pool, answers)
         log(f"prm data: Monte Carlo labels for {len(pool)} trajectories ({p.mc_rollouts} rollouts)")
     if "judge" in sources:
-        judged, js = judged_labels(stack, pool, {q.question: q.answers for q in qs})
+        judged, js = judged_labels(stack, pool, answers)
         auto += judged
         log(
             f"prm data: the judge labelled {js.labelled_steps} steps in {js.requests} requests "
