@@ -71,7 +71,11 @@ def run_consolidation(
         stack = Stack(cfg)
         services = SleepServices.local(cfg, stack.retriever)
         buffer = ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments)
-    result = sleep_from_buffer(stack, prm, buffer, services, limit, method=method, log=log)
+    try:
+        result = sleep_from_buffer(stack, prm, buffer, services, limit, method=method, log=log)
+    finally:
+        if isinstance(buffer, ReplayBuffer):
+            buffer.close()
     out = write_report(cfg, "ppo" if method == "ppo" else "sleep", result)
     result["report"] = str(out)
     mirror_reports(cfg)

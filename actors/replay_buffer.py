@@ -2,11 +2,16 @@
 
 Ray restarts it after a crash (`max_restarts`) and it recovers from its WAL and segments; calls
 in flight are retried (`max_task_retries`), which is safe because `add` is idempotent by id.
+A thread of its own seals the WAL into segments, so no producer waits for a seal (or fails with
+one when storage is down: `stats()["seal_error"]` says so).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
+import time
 from collections.abc import Sequence
 
 import ray
@@ -24,10 +29,30 @@ class ReplayBufferActor:
         seal_every: int = 256,
         lease_seconds: float = 300.0,
         segments: str | None = None,
+        seal_interval_s: float = 1.0,
     ):
         self.buffer = ReplayBuffer(
-            root, seal_every=seal_every, lease_seconds=lease_seconds, segments=segments
+            root,
+            seal_every=seal_every,
+            lease_seconds=lease_seconds,
+            segments=segments,
+            background_seal=True,
         )
+        self._sealer = threading.Thread(
+            target=self._seal_loop, args=(seal_interval_s,), name="seal", daemon=True
+        )
+        self._sealer.start()
+
+    def _seal_loop(self, every_s: float) -> None:
+        while True:
+            time.sleep(every_s)
+            self.buffer.maybe_seal()
+
+    def fail_writes(self, seconds: float) -> None:
+        """Fault injection (`cls-ray bench chaos`): for `seconds`, every WAL append fails as on
+        a full disk (ENOSPC) after writing half its bytes."""
+        self.buffer.log.fail_writes = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        threading.Timer(seconds, setattr, (self.buffer.log, "fail_writes", None)).start()
 
     def add(self, session: dict) -> str:
         return self.buffer.add(session)

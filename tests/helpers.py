@@ -155,6 +155,7 @@ def buffer_sessions(stack, cfg, questions, **rgr) -> list:
     for tr in trajs:
         tr.model_version = "base"
         buf.add(Session.from_trajectory(tr))
+    buf.close()
     return trajs
 
 

@@ -1,45 +1,57 @@
 """The replay buffer (hippocampus): finished sessions, kept durably.
 
 Layout under its folder:
-- `wal.jsonl`: one line per added session, appended and fsynced before `add` returns, so an
-  acknowledged session survives a crash of the process or of the machine's power;
+- `wal.jsonl`: one framed record per added session (`cls_ray.replay.wal`), appended and fsynced
+  before `add` returns, so an acknowledged session survives a crash of the process or of the
+  machine's power, and a failed or torn write is detected and cut, never glued to the next;
 - `segments/seg-NNNNNNNN.parquet`: sealed segments (written whole: a temporary name, fsynced,
   then renamed, or one object-store upload; the WAL is truncated only after that), readable by
   Ray Data. They may live elsewhere, in any storage `cls_ray.storage` opens (`s3://...`): the
   WAL stays on the owner's disk, where an append can be fsynced;
-- `acks.jsonl`: ids consumers acknowledged, appended and fsynced; never handed out again.
+- `acks.jsonl`: ids consumers acknowledged, appended and fsynced; never handed out again;
+- `.lock`: held by the one process that writes here (a second writer is refused).
 
 Adding is idempotent by session id, so a producer may retry an add whose answer it did not see.
 Consumers `take` a batch (leased, not yet consumed) and `ack` it; a lease that is not acked in
-time, or that a restart forgot, is handed out again. Feedback is appended to the WAL as its own
-record and joins its session on read.
+time, or that a restart forgot, is handed out again. Feedback and PRM scores are appended to the
+WAL as their own records and join their session on read; the next seal writes the sessions they
+changed again (a later segment's copy wins), so the WAL holds only what came after its last seal.
+
+Sealing is not on the producer's path: `add` only appends; the owner seals from a background
+thread (`ReplayBufferActor`) or `maybe_seal` after adding, and a seal that fails (storage down)
+is logged and reported in `stats` while adds go on into the WAL.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
-import json
 import logging
-import os
 import random
+import threading
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cls_ray.replay.wal import FolderLock, Log
 from cls_ray.session import Feedback, Session
 from cls_ray.storage import Storage, read_table
 
 logger = logging.getLogger(__name__)
 
 
-def _fsync_append(path: Path, lines: list[str]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
-        f.flush()
-        os.fsync(f.fileno())
+def _locked(method):
+    """Runs under the buffer's lock: the owner's sealing thread shares its state."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 def feedback_in_files(cfg) -> list[dict]:
@@ -47,7 +59,9 @@ def feedback_in_files(cfg) -> list[dict]:
     process that does not share them with a running buffer actor."""
     if not cfg.replay_path.exists():
         return []
-    return ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments).with_feedback()
+    return ReplayBuffer(
+        cfg.replay_path, segments=cfg.replay_segments, readonly=True
+    ).with_feedback()
 
 
 def token_digest(token: str) -> str:
@@ -72,65 +86,75 @@ class ReplayBuffer:
         seal_every: int = 256,
         lease_seconds: float = 300.0,
         segments: str | None = None,
+        readonly: bool = False,
+        background_seal: bool = False,
     ):
         """`root`: the local folder of the WAL and the acks (the owner's disk, fsynced);
         `segments`: where sealed segments go, a folder or a storage URI (`s3://...`; see
-        `cls_ray.storage`), by default `root/segments`."""
+        `cls_ray.storage`), by default `root/segments`. A writer takes the folder's lock
+        (`FolderLocked` while another process holds it); `readonly` reads without it and
+        changes nothing on disk. `background_seal`: the owner calls `maybe_seal` from its own
+        thread (`ReplayBufferActor`), so `add` never waits for a seal."""
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        if not readonly:
+            self.root.mkdir(parents=True, exist_ok=True)
+        self._folder_lock = None if readonly else FolderLock(self.root, "replay buffer")
+        self._lock = threading.RLock()
+        self._seal_lock = threading.Lock()  # one seal or compaction at a time
         self.store = Storage(segments or self.root / "segments")
         self.wal = self.root / "wal.jsonl"
         self.acks_file = self.root / "acks.jsonl"
+        self.log = Log(self.wal, readonly)
+        self.acks_log = Log(self.acks_file, readonly)
         self.seal_every = seal_every
+        self.background_seal = background_seal
         self.lease_seconds = lease_seconds
         self.sessions: dict[str, Session] = {}  # every session, sealed or not, in arrival order
         self.in_wal: list[str] = []  # ids not yet sealed
+        self.changed: set[str] = set()  # sealed sessions with feedback or scores since
         self.acked: set[str] = set()
         self.leases: dict[str, float] = {}  # id -> lease expiry
         self.segments = 0
+        self.seal_error: dict | None = None  # the last failed seal, until one succeeds
         self._recover()
+
+    def close(self) -> None:
+        """Releases the folder to another writer (a crashed process releases it anyway)."""
+        if self._folder_lock is not None:
+            self._folder_lock.release()
 
     # -- recovery --------------------------------------------------------------------------
     def _recover(self) -> None:
-        if self.store.local:  # a seal that crashed before its rename: the WAL has its rows
+        if self.store.local and not self.readonly:  # a seal that crashed before its rename
             for tmp in Path(self.store.root).glob("*.tmp*"):
                 tmp.unlink()
-        for name in self._segment_names():
+        for name in self._segment_names():  # in order: a later copy of a session wins
             self.segments = max(self.segments, int(name[len("seg-") :].split(".")[0]) + 1)
             for s in self._read(name):
-                self.sessions.setdefault(s.id, s)
+                self.sessions[s.id] = s
         pending_feedback: list[tuple[str, Feedback]] = []
         pending_scores: list[dict] = []
-        self._truncate_torn_tail()
-        if self.wal.exists():
-            for n, line in enumerate(self.wal.read_text(encoding="utf-8").splitlines(), 1):
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    # Only the last line can be torn (a write the producer never saw acked).
-                    logger.warning("replay WAL %s:%d: torn record skipped", self.wal, n)
-                    continue
-                if rec["op"] == "add":
-                    s = Session.model_validate(rec["session"])
-                    if s.id not in self.sessions:
-                        self.sessions[s.id] = s
-                        self.in_wal.append(s.id)
-                elif rec["op"] == "feedback":
-                    pending_feedback.append((rec["id"], Feedback.model_validate(rec["feedback"])))
-                elif rec["op"] == "scores":
-                    pending_scores.append(rec)
+        for rec in self.log.read():
+            if rec["op"] == "add":
+                s = Session.model_validate(rec["session"])
+                if s.id not in self.sessions:
+                    self.sessions[s.id] = s
+                    self.in_wal.append(s.id)
+            elif rec["op"] == "feedback":
+                pending_feedback.append((rec["id"], Feedback.model_validate(rec["feedback"])))
+            elif rec["op"] == "scores":
+                pending_scores.append(rec)
         for rec in pending_scores:
             if rec["id"] in self.sessions:
                 self._apply_scores(rec)
+                self._mark_changed(rec["id"])
         for sid, fb in pending_feedback:
             if sid in self.sessions and fb not in self.sessions[sid].feedback:
                 self.sessions[sid].feedback.append(fb)
-        if self.acks_file.exists():
-            for line in self.acks_file.read_text(encoding="utf-8").splitlines():
-                try:
-                    self.acked.update(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
+                self._mark_changed(sid)
+        for rec in self.acks_log.read():
+            self.acked.update(rec["ids"] if isinstance(rec, dict) else rec)
         self.acked &= set(self.sessions)  # ids a compaction dropped before rewriting the acks
         logger.info(
             "replay buffer at %s: %d sessions (%d unsealed), %d acked, %d segments",
@@ -141,35 +165,42 @@ class ReplayBuffer:
             self.segments,
         )
 
-    def _truncate_torn_tail(self) -> None:
-        """A crash mid-append leaves a last line without its newline: cut it off, or the next
-        append would be glued to it and lost with it."""
-        if not self.wal.exists():
-            return
-        data = self.wal.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            logger.warning(
-                "replay WAL %s: dropping a torn last record (%d bytes)", self.wal, len(data) - keep
-            )
-            with self.wal.open("r+b") as f:
-                f.truncate(keep)
-                f.flush()
-                os.fsync(f.fileno())
-
     # -- producers -------------------------------------------------------------------------
     def add(self, session: Session | dict) -> str:
-        """Stores a session durably and returns its id; adding the same id again is a no-op."""
+        """Stores a session durably and returns its id; adding the same id again is a no-op.
+        Unless the owner seals in the background, a seal follows when `seal_every` sessions
+        wait; its failure does not fail the add (see `maybe_seal`)."""
+        sid = self._add(session)
+        if not self.background_seal:
+            self.maybe_seal()
+        return sid
+
+    @_locked
+    def _add(self, session: Session | dict) -> str:
         s = session if isinstance(session, Session) else Session.model_validate(session)
         if s.id in self.sessions:
             return s.id
-        _fsync_append(self.wal, [json.dumps({"op": "add", "session": s.model_dump()})])
+        self.log.append([{"op": "add", "session": s.model_dump()}])
         self.sessions[s.id] = s
         self.in_wal.append(s.id)
-        if len(self.in_wal) >= self.seal_every:
-            self.seal()
         return s.id
 
+    def needs_seal(self) -> bool:
+        return len(self.in_wal) >= self.seal_every
+
+    def maybe_seal(self, force: bool = False) -> str | None:
+        """Seals if `seal_every` sessions wait (or `force`); a failure is logged and kept in
+        `stats()["seal_error"]`, never raised: the sessions are safe in the WAL meanwhile."""
+        if not (force or self.needs_seal()):
+            return None
+        try:
+            return self.seal()
+        except Exception as e:  # noqa: BLE001 - storage down: the WAL keeps everything
+            logger.exception("replay buffer %s: sealing failed", self.root)
+            self.seal_error = {"error": f"{type(e).__name__}: {e}", "at": time.time()}
+            return None
+
+    @_locked
     def add_feedback(
         self, session_id: str, feedback: Feedback | dict, token: str | None = None
     ) -> None:
@@ -184,12 +215,15 @@ class ReplayBuffer:
                 f"session {session_id}: feedback only from the key that asked it, the holder of "
                 "its feedback token, or a curator"
             )
-        _fsync_append(
-            self.wal,
-            [json.dumps({"op": "feedback", "id": session_id, "feedback": fb.model_dump()})],
-        )
+        self.log.append([{"op": "feedback", "id": session_id, "feedback": fb.model_dump()}])
         self.sessions[session_id].feedback.append(fb)
+        self._mark_changed(session_id)
 
+    def _mark_changed(self, session_id: str) -> None:
+        if session_id not in self.in_wal:  # sealed: the next seal writes it again
+            self.changed.add(session_id)
+
+    @_locked
     def set_scores(
         self, session_id: str, step_scores: list[float], r_tau: float, prm: str | None = None
     ) -> None:
@@ -203,8 +237,9 @@ class ReplayBuffer:
             "r_tau": r_tau,
             "prm": prm,
         }
-        _fsync_append(self.wal, [json.dumps(rec)])
+        self.log.append([rec])
         self._apply_scores(rec)
+        self._mark_changed(session_id)
 
     def _apply_scores(self, rec: dict) -> None:
         s = self.sessions[rec["id"]]
@@ -214,24 +249,33 @@ class ReplayBuffer:
 
     # -- segments --------------------------------------------------------------------------
     def seal(self) -> str | None:
-        """Writes the unsealed sessions as one Parquet segment, then truncates the WAL."""
-        if not self.in_wal:
-            return None
-        final = self._write_segment([self.sessions[i] for i in self.in_wal])
-        # Feedback and score records stay in the WAL: they may arrive after their session was
-        # sealed, and the segment holds only what the session had at sealing (recovery dedupes).
-        carry = [
-            line
-            for line in self.wal.read_text(encoding="utf-8").splitlines()
-            if line.startswith(('{"op": "feedback"', '{"op": "scores"'))
-        ]
-        tmp_wal = self.wal.with_suffix(".tmp")
-        tmp_wal.write_text("".join(line + "\n" for line in carry), encoding="utf-8")
-        with tmp_wal.open("rb") as f:
-            os.fsync(f.fileno())
-        tmp_wal.replace(self.wal)
-        self.in_wal = []
-        return final
+        """Writes the unsealed sessions, and the sealed ones that got feedback or scores since,
+        as one Parquet segment, then drops from the WAL what the segment holds. Only the
+        snapshot and the WAL's rewrite hold the buffer's lock: adds go on while the segment is
+        written (a slow upload)."""
+        if self.readonly:
+            raise PermissionError(f"replay buffer {self.root} is open read-only")
+        with self._seal_lock:
+            with self._lock:
+                ids = list(self.in_wal) + sorted(self.changed - set(self.in_wal))
+                if not ids:
+                    return None
+                rows = [self.sessions[i].model_copy(deep=True) for i in ids]
+                mark, changed = self.log.size, self.changed
+                self.changed = set()
+            try:
+                name = self._write_segment(rows)
+            except BaseException:
+                with self._lock:
+                    self.changed |= changed
+                raise
+            with self._lock:
+                # Every record before `mark` is in the segment; what came after stays.
+                self.log.keep_from(mark)
+                sealed = set(ids)
+                self.in_wal = [i for i in self.in_wal if i not in sealed]
+                self.seal_error = None
+            return name
 
     def _write_segment(self, rows: list[Session]) -> str:
         """The next segment, written whole (see `Storage.write_bytes`); returns its name."""
@@ -248,7 +292,7 @@ class ReplayBuffer:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         name = f"seg-{self.segments:08d}.parquet"
-        self.store.write_bytes(name, sink.getvalue().to_pybytes())
+        self.store.write_bytes(name, sink.getvalue().to_pybytes())  # whole or not at all
         self.segments += 1
         return name
 
@@ -258,6 +302,10 @@ class ReplayBuffer:
         new segment, then the old segments are deleted and the acks rewritten: a crash at any
         point leaves every unconsumed session (at worst, some consumed ones stay)."""
         self.seal()
+        with self._seal_lock, self._lock:
+            return self._compact(keep_replay, seed)
+
+    def _compact(self, keep_replay: int, seed: int) -> dict:
         old = self._segment_names()
         consumed = [i for i in self.sessions if i in self.acked]
         keep = set(random.Random(seed).sample(consumed, min(keep_replay, len(consumed))))
@@ -273,13 +321,11 @@ class ReplayBuffer:
             del self.sessions[i]
             self.leases.pop(i, None)
         self.acked = keep
-        tmp = self.acks_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(keep)) + "\n" if keep else "", encoding="utf-8")
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(self.acks_file)
+        self.changed -= set(dropped)
+        self.acks_log.keep_from(self.acks_log.size, [{"ids": sorted(keep)}] if keep else [])
         return {"dropped": len(dropped), "kept_replay": len(keep), "sessions": len(self.sessions)}
 
+    @_locked
     def replay_sample(self, n: int, seed: int = 0) -> list[Session]:
         """Up to `n` consumed sessions: what earlier sleeps learned from, to replay."""
         consumed = [s for i, s in self.sessions.items() if i in self.acked]
@@ -302,6 +348,7 @@ class ReplayBuffer:
         return [self.store.url(n) for n in self._segment_names()]
 
     # -- consumers -------------------------------------------------------------------------
+    @_locked
     def take(self, n: int) -> list[Session]:
         """Up to `n` sessions that no consumer acknowledged and no live lease holds."""
         now = time.time()
@@ -321,6 +368,10 @@ class ReplayBuffer:
         paths, and what arrived for them after sealing (feedback, PRM scores), which only the
         WAL holds."""
         self.seal()
+        with self._lock:
+            return self._lease(n)
+
+    def _lease(self, n: int) -> dict:
         taken = self.take(n)
         return {
             "ids": [s.id for s in taken],
@@ -336,10 +387,11 @@ class ReplayBuffer:
             },
         }
 
+    @_locked
     def ack(self, ids: list[str]) -> int:
         new = [i for i in ids if i in self.sessions and i not in self.acked]
         if new:
-            _fsync_append(self.acks_file, [json.dumps(new)])
+            self.acks_log.append([{"ids": new}])
             self.acked.update(new)
             for i in new:
                 self.leases.pop(i, None)
@@ -352,10 +404,12 @@ class ReplayBuffer:
     def ids(self) -> list[str]:
         return list(self.sessions)
 
+    @_locked
     def with_feedback(self) -> list[dict]:
         """Sessions that carry user feedback (ratings, corrected steps): the PRM's human labels."""
         return [s.model_dump() for s in self.sessions.values() if s.feedback]
 
+    @_locked
     def stats(self) -> dict:
         versions: dict[str, int] = {}
         for s in self.sessions.values():
@@ -367,4 +421,7 @@ class ReplayBuffer:
             "acked": len(self.acked),
             "pending": len(self.sessions) - len(self.acked),
             "by_version": versions,
+            "wal_bytes": self.log.size,
+            "damaged_records": self.log.skipped,
+            "seal_error": self.seal_error,
         }

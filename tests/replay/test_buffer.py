@@ -1,3 +1,4 @@
+import errno
 import json
 import shutil
 import time
@@ -9,6 +10,7 @@ from pydantic import ValidationError
 from cls_ray.replay import ReplayBuffer
 from cls_ray.replay.buffer import token_digest
 from cls_ray.replay.data import read_leased
+from cls_ray.replay.wal import FolderLocked
 from tests.helpers import make_session
 
 
@@ -16,6 +18,7 @@ def test_added_sessions_survive_reopening(tmp_path):
     buf = ReplayBuffer(tmp_path, seal_every=1000)
     for i in range(5):
         buf.add(make_session(i))
+    buf.close()  # the writer's process ends
     again = ReplayBuffer(tmp_path)
     assert again.ids() == [f"s{i:04d}" for i in range(5)]
     s = again.get("s0003")
@@ -28,6 +31,7 @@ def test_add_is_idempotent_by_id(tmp_path):
     buf.add(make_session(1))
     buf.add(make_session(1).model_dump())
     assert len(buf.ids()) == 1
+    buf.close()  # the writer's process ends
     assert len(ReplayBuffer(tmp_path).ids()) == 1
 
 
@@ -36,9 +40,11 @@ def test_a_torn_last_record_is_skipped(tmp_path):
     buf.add(make_session(1))
     with (tmp_path / "wal.jsonl").open("a") as f:
         f.write('{"op": "add", "session": {"id": "half')  # the crash hit mid-write
+    buf.close()  # the writer's process ends
     again = ReplayBuffer(tmp_path)
     assert again.ids() == ["s0001"]
     again.add(make_session(2))
+    again.close()
     assert ReplayBuffer(tmp_path).ids() == ["s0001", "s0002"]
 
 
@@ -55,9 +61,11 @@ def test_sealed_segments_are_parquet_and_recovered(tmp_path):
         -0.2,
         -0.3,
     ]
+    buf.close()  # the writer's process ends
     again = ReplayBuffer(tmp_path, seal_every=4)
     assert again.ids() == [f"s{i:04d}" for i in range(10)]
     assert again.stats()["by_version"] == {"v1": 5, "v2": 5}
+    again.close()
     # A seal that crashed before its rename leaves only a temporary file: ignored and removed.
     (tmp_path / "segments" / "seg-00000009.tmp").write_bytes(b"garbage")
     assert len(ReplayBuffer(tmp_path).ids()) == 10
@@ -74,6 +82,7 @@ def test_take_and_ack_hand_out_each_session_until_acknowledged(tmp_path):
 
     time.sleep(0.25)  # the lease on `second` runs out unacknowledged: handed out again
     assert [s.id for s in buf.take(10)] == second
+    buf.close()  # the writer's process ends
     again = ReplayBuffer(tmp_path)  # acks are durable; leases are not
     assert [s.id for s in again.take(10)] == second
 
@@ -88,6 +97,7 @@ def test_feedback_joins_its_session_across_seal_and_restart(tmp_path):
     buf.add(make_session(3))
     buf.add(make_session(4))
     buf.add(make_session(5))  # seals again
+    buf.close()  # the writer's process ends
     again = ReplayBuffer(tmp_path)
     ratings = [f.rating for f in again.get("s0000").feedback]
     assert ratings == [1.0, -1.0]
@@ -112,6 +122,7 @@ def test_feedback_comes_from_the_sessions_owner_or_a_curator(tmp_path):
         with pytest.raises(PermissionError, match="curator"):
             buf.add_feedback("s0000", fb, token=token)
     buf.add_feedback("s0000", {"corrected_steps": ["y ."], "by": "k-cora", "role": "curator"})
+    buf.close()  # the writer's process ends
     got = ReplayBuffer(tmp_path).get("s0000").feedback
     assert [(f.rating, f.role) for f in got] == [
         (1.0, "user"),
@@ -129,6 +140,7 @@ def test_prm_scores_join_their_session_across_seal_and_restart(tmp_path):
     for i in range(3, 6):
         buf.add(make_session(i))  # seals again: the score record is carried over
     buf.set_scores("s0004", [0.8, 0.7], 0.7, prm="v1")
+    buf.close()  # the writer's process ends
     again = ReplayBuffer(tmp_path)
     s1, s4 = again.get("s0001"), again.get("s0004")
     assert s1.prm_step_scores == [0.9, 0.2] and s1.r_tau == 0.2 and s1.prm_version == "v1"
@@ -192,6 +204,7 @@ def test_compaction_discards_consumed_sessions_but_the_replay_sample(tmp_path):
     assert out == {"dropped": 5, "kept_replay": 2, "sessions": 5}
     kept = {s.id for s in buf.replay_sample(10)}
     assert len(kept) == 2 and kept <= set(consumed)
+    buf.close()  # the writer's process ends
     again = ReplayBuffer(tmp_path / "buf")
     assert set(again.ids()) == set(ids[7:]) | kept
     assert {s.id for s in again.take(10)} == set(ids[7:])  # the unconsumed, and only them
@@ -208,3 +221,85 @@ def test_compaction_discards_consumed_sessions_but_the_replay_sample(tmp_path):
     rec = ReplayBuffer(crashed)
     assert set(ids) <= set(rec.ids())
     assert {s.id for s in rec.take(10)} == set(ids[7:])
+
+
+def test_a_damaged_record_anywhere_is_cut_and_the_records_after_it_survive(tmp_path):
+    """Records are framed with length and CRC: a flipped byte in the middle of the WAL costs
+    that record only, and the recovered buffer counts it."""
+    buf = ReplayBuffer(tmp_path)
+    for i in range(3):
+        buf.add(make_session(i))
+    buf.close()
+    wal = tmp_path / "wal.jsonl"
+    lines = wal.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b"s0001", b"s0009")  # same length, wrong checksum
+    wal.write_bytes(b"\n".join(lines))
+    again = ReplayBuffer(tmp_path)
+    assert again.ids() == ["s0000", "s0002"]
+    assert again.stats()["damaged_records"] == 1
+
+
+def test_a_failed_append_is_cut_before_the_next_and_nothing_acknowledged_is_lost(tmp_path):
+    """A full disk lets half a record through and the add raises (not acknowledged); the
+    next add is not glued to the half record, and both acknowledged sessions survive."""
+    buf = ReplayBuffer(tmp_path)
+    buf.add(make_session(0))
+    buf.log.fail_writes = OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError, match="No space"):
+        buf.add(make_session(1))
+    assert buf.ids() == ["s0000"]  # not acknowledged, not kept
+    buf.log.fail_writes = None
+    buf.add(make_session(2))
+    buf.close()
+    again = ReplayBuffer(tmp_path)
+    assert again.ids() == ["s0000", "s0002"] and again.stats()["damaged_records"] == 0
+
+
+def test_a_failed_seal_does_not_fail_the_add_and_is_reported(tmp_path, monkeypatch):
+    buf = ReplayBuffer(tmp_path, seal_every=2)
+    real = buf.store.write_bytes
+
+    def down(name, data):
+        raise ConnectionError("storage unreachable")
+
+    monkeypatch.setattr(buf.store, "write_bytes", down)
+    for i in range(3):
+        buf.add(make_session(i))  # the seal at 2 fails; the adds are acknowledged
+    st = buf.stats()
+    assert st["unsealed"] == 3 and "storage unreachable" in st["seal_error"]["error"]
+    monkeypatch.setattr(buf.store, "write_bytes", real)
+    buf.add(make_session(3))
+    st = buf.stats()
+    assert st["unsealed"] == 0 and st["seal_error"] is None and st["segments"] == 1
+    buf.close()
+    assert ReplayBuffer(tmp_path).ids() == [f"s{i:04d}" for i in range(4)]
+
+
+def test_late_feedback_is_sealed_again_and_not_carried_in_the_wal_forever(tmp_path):
+    """Feedback on a sealed session is written into the next segment (a later copy wins), so
+    after that seal the WAL holds only what came after it."""
+    buf = ReplayBuffer(tmp_path, seal_every=2)
+    buf.add(make_session(0))
+    buf.add(make_session(1))  # sealed
+    buf.add_feedback("s0000", {"rating": 1.0, "role": "curator"})
+    buf.set_scores("s0001", [0.5], 0.5)
+    buf.add(make_session(2))
+    buf.add(make_session(3))  # sealed, with s0000 and s0001 again
+    assert buf.stats()["wal_bytes"] == 0
+    buf.close()
+    again = ReplayBuffer(tmp_path)
+    assert again.get("s0000").feedback[0].rating == 1.0 and again.get("s0001").r_tau == 0.5
+    assert again.ids() == [f"s{i:04d}" for i in range(4)]
+
+
+def test_one_writer_per_folder(tmp_path):
+    buf = ReplayBuffer(tmp_path)
+    buf.add(make_session(0))
+    with pytest.raises(FolderLocked, match="in use by another writer"):
+        ReplayBuffer(tmp_path)
+    reader = ReplayBuffer(tmp_path, readonly=True)  # a reader takes no lock and writes nothing
+    assert reader.ids() == ["s0000"]
+    with pytest.raises(PermissionError):
+        reader.seal()
+    buf.close()
+    ReplayBuffer(tmp_path).add(make_session(1))
