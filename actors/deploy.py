@@ -33,7 +33,13 @@ class DeployError(RuntimeError):
 def _client(cfg: Config):
     # The same calls `serve deploy` / `serve run config.yaml` and the dashboard's REST handler
     # make: start (or find) the controller, then apply a declarative config.
-    client = serve_start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    client = serve_start(
+        http_options={
+            "host": cfg.serve.host,
+            "port": cfg.serve.port,
+            "request_timeout_s": cfg.serve.limits.request_timeout_s,
+        }
+    )
     running = client.http_config
     if running.port != cfg.serve.port:
         # Serve was already up with other HTTP options; they cannot change while it runs, and
@@ -121,24 +127,51 @@ def deploy(
     return f"http://{cfg.serve.host}:{cfg.serve.port}"
 
 
-def promote(cfg: Config, name: str, reason: str = "") -> ModelVersion:
-    """Pushes `name` to every generator replica, then marks it promoted in the registry. If a
-    replica refuses it (its weights fail their checksum, it cannot load), the previous version
-    is pushed back and the registry keeps it: serving and the registry never disagree."""
-    reg = registry_for(cfg)
-    v, before = reg.get(name), reg.current()
+def _switch(cfg: Config, v: ModelVersion, before: ModelVersion, change):
+    """Deploys `v`, then applies `change` to the registry; if either fails, `before` is
+    deployed back and the error raised: serving and the registry never disagree."""
     try:
         deploy(cfg, v)
-    except DeployError:
+        return change()
+    except Exception:
+        logger.warning("switching to %s failed: %s is deployed back", v.name, before.name)
         deploy(cfg, before)
         raise
-    return registry_for(cfg).promote(name, reason=reason)
 
 
-def rollback(cfg: Config, reason: str = "rollback") -> ModelVersion:
-    """Rolls back to the previously promoted version and pushes it to every replica."""
-    v = registry_for(cfg).rollback(reason)
-    deploy(cfg, v)
+def promote(
+    cfg: Config,
+    name: str,
+    reason: str = "",
+    request_id: str | None = None,
+    registry=None,
+) -> ModelVersion:
+    """Pushes `name` to every generator replica, then marks it promoted in the registry. If a
+    replica refuses it (its weights fail their checksum, it cannot load), the previous version
+    is pushed back and the registry keeps it. `registry`: the state directory's by default, or
+    any object with its calls (`actors.registry.RegistryClient` of the registry actor); a
+    repeated `request_id` is promoted once."""
+    reg = registry if registry is not None else registry_for(cfg)
+    v, before = reg.get(name), reg.current()
+    if v.status == "rolled_back":  # the registry would refuse it: never serve it meanwhile
+        raise ValueError(f"{name} was rolled back; register it again to promote it")
+    return _switch(cfg, v, before, lambda: reg.promote(name, reason=reason, request_id=request_id))
+
+
+def rollback(
+    cfg: Config,
+    reason: str = "rollback",
+    request_id: str | None = None,
+    registry=None,
+) -> ModelVersion:
+    """Pushes the version promoted before the current one to every replica, then rolls the
+    registry back to it; if the push fails, the current version is pushed back and the registry
+    keeps it. A repeated `request_id` rolls back once (its target is the recorded result)."""
+    reg = registry if registry is not None else registry_for(cfg)
+    target, before = reg.rollback_target(request_id), reg.current()
+    v = _switch(cfg, target, before, lambda: reg.rollback(reason, request_id=request_id))
+    if v.name != target.name:  # another change landed in between: serve what the registry says
+        deploy(cfg, v)
     return v
 
 

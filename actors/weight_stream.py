@@ -145,7 +145,12 @@ def stream_version(cfg: Config, v: ModelVersion) -> dict:
             opened = ray.get(actor.open.remote(), timeout=s.weight_sync.timeout_s)
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
             raise WeightSyncError(f"the sender of {v.name} did not start: {e}") from e
-        if opened["recorded"] and opened["checksum"] != opened["recorded"]:
+        if not opened["recorded"]:  # nothing vouches for these weights: never stream them
+            raise ValueError(
+                f"version {v.name}: the checkpoint at {v.artifact_uri} records no checksum of "
+                "its weights; not streaming it"
+            )
+        if opened["checksum"] != opened["recorded"]:
             raise ValueError(
                 f"version {v.name}: the weights at {v.artifact_uri} do not match the checksum "
                 f"its trainer recorded ({opened['checksum'][:12]} != {opened['recorded'][:12]})"

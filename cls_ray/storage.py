@@ -4,10 +4,17 @@ filesystem by URI (`s3://bucket/prefix`, `gs://...`, `hdfs://...`), through `pya
 The same calls work on both, so the code that writes replay-buffer segments (and reads them with
 Ray Data) does not know where they live. Credentials and endpoints come from the environment the
 way the cloud SDKs read them (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, ...) or from the URI's
-query (`?endpoint_override=host:port&scheme=http`); never from the config file.
+query (`?endpoint_override=host:port&scheme=http`); never from the config file. A URI may name
+`${VAR}`s (`s3://${BUCKET}/state`): they are read from the environment where the URI is opened,
+and a remote URI keeps them wherever it is written down (the registry's artifact URIs, the Serve
+application's config, the replay buffer's leases), so a secret in it is never stored. (A local
+folder is its path.)
 
 Writes are whole or absent: a local file is written under a temporary name, fsynced and renamed;
 an object store publishes an object only when its upload completes.
+
+Keys stay below the root: an absolute key, a `..` component or (local) a path that resolves out
+of the root is refused, and so is a downloaded object that would land outside its folder.
 """
 
 from __future__ import annotations
@@ -20,6 +27,18 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+
+def expand_refs(uri: str) -> str:
+    """`uri` with its `${VAR}` read from the environment; an error naming VAR when it is unset.
+    Called where a URI is opened, never where it is stored."""
+    if "${" not in uri:
+        return uri
+    out = os.path.expandvars(uri)
+    if "${" in out:
+        missing = out[out.index("${") + 2 :].split("}")[0]
+        raise StorageError(f"storage {uri!r} reads ${{{missing}}} from the environment: not set")
+    return out
 
 
 def is_remote(uri: str) -> bool:
@@ -36,13 +55,16 @@ def join_uri(uri: str, rel: str) -> str:
 
 
 def open_uri(uri: str):
-    """(filesystem, path) of a path or storage URI."""
-    if is_remote(uri):
+    """(filesystem, path) of a path or storage URI (its `${VAR}` read from the environment)."""
+    real = expand_refs(uri)
+    if is_remote(real):
         try:
-            return pafs.FileSystem.from_uri(uri)
+            return pafs.FileSystem.from_uri(real)
         except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds
-            raise StorageError(f"storage {uri!r}: {e}") from e
-    return pafs.LocalFileSystem(), uri.removeprefix("file://")
+            # Named as written: the message must not carry what `${VAR}`s expand to.
+            detail = str(e) if real == uri else type(e).__name__
+            raise StorageError(f"storage {uri!r}: {detail}") from None
+    return pafs.LocalFileSystem(), real.removeprefix("file://")
 
 
 def read_table(uri: str, columns: list[str] | None = None):
@@ -55,9 +77,12 @@ def materialize(uri: str | None, cache_dir: str | Path) -> str | None:
     """A local folder holding the artifact at `uri`: the path itself when it is local, else a
     copy under `cache_dir` (downloaded once, under a temporary name, then renamed, so a reader
     never sees half a copy)."""
-    if uri is None or not is_remote(uri):
-        return None if uri is None else uri.removeprefix("file://")
-    dest = Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:20]
+    if uri is None:
+        return None
+    real = expand_refs(uri)
+    if not is_remote(real):
+        return real.removeprefix("file://")
+    dest = Path(cache_dir) / hashlib.sha256(real.encode()).hexdigest()[:20]
     if not dest.exists():
         tmp = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
         Storage(uri).get_dir("", tmp)
@@ -71,7 +96,7 @@ def materialize(uri: str | None, cache_dir: str | Path) -> str | None:
 def mirror_reports(cfg) -> str | None:
     """Copies `state_dir/reports` (figures, plots, the gate's decisions) to the storage's
     `reports/` when `storage.uri` is set; returns where, or None."""
-    uri = cfg.storage_uri
+    uri = cfg.storage.uri  # as written: `Storage` reads its `${VAR}`s
     local = cfg.state_path / "reports"
     if not uri or not local.is_dir():
         return None
@@ -84,9 +109,9 @@ class StorageError(ValueError):
 
 class Storage:
     def __init__(self, uri: str | Path):
-        self.uri = str(uri)
-        self.local = not is_remote(self.uri)
+        self.uri = str(uri)  # as written, `${VAR}`s and all: what `url` and pickling pass on
         fs, root = open_uri(self.uri)
+        self.local = not is_remote(expand_refs(self.uri))
         if self.local:
             root = str(Path(root).expanduser().resolve())
         elif not root.strip("/"):
@@ -102,14 +127,26 @@ class Storage:
         return (Storage, (self.uri,))
 
     # -- paths -----------------------------------------------------------------------------
+    def key(self, rel: str) -> str:
+        """`rel` checked to stay below the root: relative, no `..`, and for a local folder not
+        resolving (through a link) out of it. Returns it without surrounding slashes."""
+        if rel.startswith("/"):
+            raise ValueError(f"storage {self.uri!r}: key {rel!r} is absolute; keys are relative")
+        if ".." in rel.split("/"):
+            raise ValueError(f"storage {self.uri!r}: key {rel!r} climbs out of the root ('..')")
+        rel = rel.strip("/")
+        if self.local and rel and not _inside(Path(self.root, rel), Path(self.root)):
+            raise ValueError(f"storage {self.uri!r}: key {rel!r} resolves outside {self.root}")
+        return rel
+
     def path(self, rel: str = "") -> str:
         """The filesystem path of `rel` (what `pyarrow` readers take with `self.fs`)."""
-        rel = rel.strip("/")
+        rel = self.key(rel)
         return f"{self.root}/{rel}" if rel else self.root
 
     def child(self, rel: str) -> Storage:
         """The storage rooted at `rel` below this one."""
-        return Storage(join_uri(self.uri, rel))
+        return Storage(join_uri(self.uri, self.key(rel)))
 
     # -- files -----------------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes) -> None:
@@ -168,21 +205,31 @@ class Storage:
     def put_dir(self, local_dir: str | Path, rel: str) -> str:
         """Copies a local folder (an adapter, a checkpoint) under `rel`; returns its URI. The
         caller publishes the URI (registers the version) only after this returns."""
-        src = Path(local_dir)
+        src, rel = Path(local_dir), self.key(rel)
         for f in sorted(p for p in src.rglob("*") if p.is_file()):
-            self.write_bytes(f"{rel}/{f.relative_to(src).as_posix()}", f.read_bytes())
+            name = f.relative_to(src).as_posix()
+            self.write_bytes(f"{rel}/{name}" if rel else name, f.read_bytes())
         return self.url(rel)
 
     def get_dir(self, rel: str, local_dir: str | Path) -> Path:
-        """Copies the folder at `rel` to `local_dir` (created); returns it."""
+        """Copies the folder at `rel` to `local_dir` (created); returns it. An object whose name
+        would put it outside `local_dir` is refused before anything is written."""
         out = Path(local_dir)
         base = self.path(rel)
         sel = pafs.FileSelector(base, recursive=True)
         found = [i for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
         if not found:
             raise FileNotFoundError(f"{self.uri}: no folder {rel}")
+        dests = []
         for i in found:
-            dest = out / i.path[len(base) :].lstrip("/")
+            name = i.path[len(base) :].lstrip("/")
+            dest = out / name
+            if ".." in name.split("/") or not _inside(dest, out):
+                raise ValueError(
+                    f"storage {self.uri!r}: object {i.path!r} would be written outside {out}"
+                )
+            dests.append(dest)
+        for i, dest in zip(found, dests, strict=True):
             dest.parent.mkdir(parents=True, exist_ok=True)
             with self.fs.open_input_stream(i.path) as f:
                 dest.write_bytes(f.read())
@@ -190,4 +237,9 @@ class Storage:
 
     def url(self, rel: str = "") -> str:
         """A URI of `rel` that `Storage(...)` opens again (a local path stays a path)."""
-        return self.path(rel) if self.local else join_uri(self.uri, rel)
+        return self.path(rel) if self.local else join_uri(self.uri, self.key(rel))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path`, links resolved, is `root` or below it."""
+    return path.resolve().is_relative_to(root.resolve())

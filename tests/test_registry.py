@@ -1,8 +1,10 @@
+import json
 import multiprocessing
 import os
 
 import pytest
 
+from cls_ray import registry
 from cls_ray.registry import ModelRegistry
 
 
@@ -46,3 +48,62 @@ def test_writers_in_separate_processes_lose_nothing(tmp_path):
         names = [n for got in pool.starmap(_register_many, [(path, 15)] * 3) for n in got]
     assert len(set(names)) == 45
     assert {v["name"] for v in ModelRegistry(path).list()} == {"base", *names}
+
+
+def _two_promoted(path):
+    reg = ModelRegistry(path, base_uri="/models/base")
+    for i in (1, 2):
+        reg.promote(reg.register(f"/adapters/{i}", "lora").name)
+    return reg
+
+
+def test_a_repeated_request_is_applied_once(tmp_path):
+    """A caller that retries (Ray, after the registry actor crashed) gets the first result."""
+    path = tmp_path / "registry.json"
+    reg = _two_promoted(path)
+    again = ModelRegistry(path)  # what the restarted actor reads: the file
+    assert reg.rollback(request_id="r1").name == "v1"
+    assert again.rollback(request_id="r1").name == "v1"
+    assert again.current().name == "v1", "a retried rollback rolled back twice"
+    v3 = reg.register("/adapters/3", "lora", request_id="reg-3")
+    assert again.register("/adapters/3", "lora", request_id="reg-3") == v3
+    assert [v["name"] for v in again.list()] == ["base", "v1", "v2", "v3"]
+    assert reg.promote("v3", request_id="p3").status == again.promote("v3", request_id="p3").status
+    assert ModelRegistry(path).history == ["base", "v1", "v3"]
+    with pytest.raises(ValueError, match="request_id 'p3' was already used for promote"):
+        reg.rollback(request_id="p3")
+    assert reg.rollback(request_id="r2").name == "v1"  # a new request is a new rollback
+
+
+def test_applied_requests_are_bounded_and_old_files_still_read(tmp_path, monkeypatch):
+    path = tmp_path / "registry.json"
+    path.write_text(  # a registry written before request ids
+        json.dumps(
+            {
+                "versions": [
+                    {"id": 0, "name": "base", "artifact_uri": "/b", "kind": "base"},
+                ],
+                "history": ["base"],
+            }
+        )
+    )
+    reg = ModelRegistry(path)
+    assert reg.current().name == "base"
+    monkeypatch.setattr(registry, "REQUESTS_KEPT", 3)
+    for i in range(5):
+        reg.register(f"/adapters/{i}", "lora", request_id=f"r{i}")
+    assert list(json.loads(path.read_text())["requests"]) == ["r2", "r3", "r4"]
+
+
+def test_rollback_target_names_the_rollback_and_changes_nothing(tmp_path):
+    path = tmp_path / "registry.json"
+    reg = _two_promoted(path)
+    before = path.read_bytes()
+    assert reg.rollback_target().name == "v1"
+    assert path.read_bytes() == before and reg.current().name == "v2"
+    assert reg.rollback(request_id="r1").name == "v1"
+    assert reg.rollback_target(request_id="r1").name == "v1"  # what r1 made current
+    assert reg.rollback_target().name == "base"
+    reg.rollback()
+    with pytest.raises(ValueError, match="nothing to roll back"):
+        reg.rollback_target()

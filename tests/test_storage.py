@@ -1,11 +1,15 @@
 """The storage abstraction passes the same tests on a local folder and on an S3-compatible
 server on loopback (moto's server mode): the replay buffer's segments go through it."""
 
+import json
 import os
+import pickle
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pyarrow.fs as pafs
 import pytest
@@ -13,8 +17,10 @@ import requests
 
 from cls_ray.config import load_config
 from cls_ray.consolidate.promotion import publish
+from cls_ray.registry import registry_for
 from cls_ray.replay import ReplayBuffer
 from cls_ray.replay.data import read_leased
+from cls_ray.serving.spec import app_spec
 from cls_ray.storage import Storage, StorageError, materialize, mirror_reports
 from tests.helpers import free_port, make_session
 
@@ -121,10 +127,12 @@ def test_the_replay_buffer_keeps_its_segments_in_the_storage(store, tmp_path):
         buf.add(make_session(i))
     assert store.list("replay", ".parquet") == ["seg-00000000.parquet", "seg-00000001.parquet"]
     assert not list((tmp_path / "wal").glob("segments/*.parquet"))  # not on the local disk
+    buf.close()
     again = ReplayBuffer(tmp_path / "wal", seal_every=3, segments=store.url("replay"))
     assert sorted(again.ids()) == [f"s{i:04d}" for i in range(7)]
     again.ack([f"s{i:04d}" for i in range(5)])
     assert again.compact(keep_replay=1)["dropped"] == 4
+    again.close()
     back = ReplayBuffer(tmp_path / "wal", seal_every=3, segments=store.url("replay"))
     assert len(back.ids()) == 3 and back.stats()["pending"] == 2
 
@@ -177,3 +185,67 @@ def test_reports_are_mirrored_to_the_storage(store, tmp_path):
     mirror_reports(cfg)
     assert store.read_text("reports/sleep.json") == '{"promoted": true}'
     assert store.read_bytes("reports/demo/retention.png") == b"\x89PNG..."
+
+
+@pytest.mark.parametrize("key", ["../escape", "adapters/../../escape", "/tmp/escape"])
+def test_a_key_that_leaves_the_storage_root_is_refused_naming_it(store, tmp_path, key):
+    src = tmp_path / "adapter"
+    src.mkdir()
+    (src / "adapter_config.json").write_text("{}")
+    for call in (
+        lambda: store.write_text(key, "x"),
+        lambda: store.read_bytes(key),
+        lambda: store.exists(key),
+        lambda: store.list(key),
+        lambda: store.delete(key),
+        lambda: store.child(key),
+        lambda: store.url(key),
+        lambda: store.put_dir(src, key),
+        lambda: store.get_dir(key, tmp_path / "back"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(repr(key))):
+            call()
+    assert not (tmp_path / "escape").exists() and not Path("/tmp/escape").exists()
+
+
+def test_links_that_lead_out_of_the_root_or_the_destination_are_refused(tmp_path):
+    store = Storage(tmp_path / "state")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (Path(store.root) / "link").symlink_to(outside)
+    with pytest.raises(ValueError, match="'link/x' resolves outside"):
+        store.write_text("link/x", "x")
+    store.write_text("adapters/v1/sub/weights", "w")
+    back = tmp_path / "back"
+    back.mkdir()
+    (back / "sub").symlink_to(outside)  # a download must not follow it out
+    with pytest.raises(ValueError, match="would be written outside"):
+        store.get_dir("adapters/v1", back)
+    assert list(outside.iterdir()) == []
+
+
+def test_a_secret_in_storage_uri_stays_a_reference_where_it_is_stored(
+    s3_server, tmp_path, monkeypatch
+):
+    """The registry, the Serve application's config and a pickled `Storage` hold `${VAR}`;
+    the value is read where the URI is opened."""
+    endpoint = parse_qs(urlsplit(s3_server).query)["endpoint_override"][0]
+    monkeypatch.setenv("CLS_TEST_S3_ENDPOINT", endpoint)
+    ref = s3_server.replace(endpoint, "${CLS_TEST_S3_ENDPOINT}").replace("/state?", "/secret?")
+    cfg = load_config(None, [f"state_dir={tmp_path / 'state'}", f"storage.uri={ref}"])
+    out = tmp_path / "sft-7"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_bytes(os.urandom(512))
+    v = registry_for(cfg).register(publish(cfg, out), "lora")
+    stored = (cfg.state_path / "registry.json").read_text()
+    assert "${CLS_TEST_S3_ENDPOINT}" in stored and endpoint not in stored
+    spec = json.dumps(app_spec(cfg, v))
+    assert "${CLS_TEST_S3_ENDPOINT}" in spec and endpoint not in spec
+    assert endpoint not in pickle.dumps(cfg.artifacts).decode("latin-1")
+    local = Path(materialize(v.artifact_uri, tmp_path / "cache"))  # read where it is used
+    assert (local / "adapter_model.safetensors").read_bytes() == (
+        out / "adapter_model.safetensors"
+    ).read_bytes()
+    monkeypatch.delenv("CLS_TEST_S3_ENDPOINT")
+    with pytest.raises(StorageError, match=r"reads \$\{CLS_TEST_S3_ENDPOINT\}"):
+        Storage(v.artifact_uri)

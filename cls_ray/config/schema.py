@@ -67,7 +67,12 @@ class StoreConfig(Section):
         "dense", description="dense (MiniLM), bm25 (full text) or hybrid (both, fused by RRF)."
     )
     rrf_k: int = Field(60, ge=1, description="k of reciprocal-rank fusion in hybrid mode.")
-    max_text_length: int = Field(4096, ge=16)
+    max_text_length: int = Field(
+        4096, ge=16, description="A text's bytes (UTF-8) kept in Milvus; longer ones are cut."
+    )
+    timeout_s: float = Field(
+        30.0, gt=0, description="Every Milvus call, at most (a hung server raises, not hangs)."
+    )
     stop_words: list[str] | None = Field(
         None, description="BM25 stop words; null: a built-in English list; []: none."
     )
@@ -248,13 +253,15 @@ class Config(Section):
 
     @property
     def artifacts(self):
-        """The `Storage` that versions are published to, or None (they stay in state_dir)."""
-        return Storage(join_uri(self.storage_uri, "adapters")) if self.storage_uri else None
+        """The `Storage` that versions are published to, or None (they stay in state_dir). Its
+        URI keeps `storage.uri`'s `${VAR}`s, so the registry stores references, not secrets."""
+        return Storage(join_uri(self.storage.uri, "adapters")) if self.storage_uri else None
 
     @property
     def replay_segments(self) -> str | None:
-        """Where the replay buffer seals its segments (None: `replay_path`/segments)."""
-        return join_uri(self.storage_uri, "replay") if self.storage_uri else None
+        """Where the replay buffer seals its segments (None: `replay_path`/segments), with
+        `storage.uri`'s `${VAR}`s kept: `cls_ray.storage` reads them where it opens the URI."""
+        return join_uri(self.storage.uri, "replay") if self.storage_uri else None
 
     @property
     def store_uri(self) -> str:

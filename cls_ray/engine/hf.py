@@ -10,6 +10,7 @@ import torch
 
 from cls_ray.engine.base import Generation, StreamableEngine
 from cls_ray.model.examples import left_pad
+from cls_ray.model.integrity import verify_version
 from cls_ray.model.loading import load_model_and_tokenizer, weights_checksum
 from cls_ray.steps import CHAT_SYSTEM, StepFormat, StepTemplate, clean_step
 from cls_ray.weight_sync import Channel, copy_into, receive
@@ -91,7 +92,9 @@ class HFEngine:
     @classmethod
     def from_config(cls, cfg, version: str = "base", path=None) -> HFEngine:
         """The base model, a full checkpoint at `path`, or a PEFT adapter at `path` merged
-        into the base."""
+        into the base; a version's files are checked against their recorded checksum first."""
+        if path is not None:
+            verify_version(path, version)
         if path is not None and (Path(path) / "adapter_config.json").exists():
             # peft takes seconds to import: only an adapter version needs it.
             from peft import PeftModel

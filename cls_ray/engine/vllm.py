@@ -23,6 +23,7 @@ from vllm.lora.request import LoRARequest
 from vllm.sampling_params import StructuredOutputsParams
 
 from cls_ray.engine.base import Generation, StreamableEngine
+from cls_ray.model.integrity import verify_version
 from cls_ray.steps import CHAT_SYSTEM, StepFormat, StepTemplate, clean_step
 
 _LLMS: dict[tuple, object] = {}
@@ -84,7 +85,10 @@ class VLLMEngine:
     @classmethod
     def from_config(cls, cfg, version: str = "base", path=None) -> VLLMEngine:
         """The base model, a full checkpoint at `path`, or a LoRA adapter at `path` served on
-        the shared base `LLM` (LoRA is enabled on it for that)."""
+        the shared base `LLM` (LoRA is enabled on it for that). A version's files are checked
+        against their recorded checksum first."""
+        if path is not None:
+            verify_version(path, version)
         common = {
             "dtype": cfg.engine.dtype,
             "gpu_memory_utilization": cfg.engine.gpu_memory_utilization,

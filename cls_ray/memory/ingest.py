@@ -89,8 +89,8 @@ def parse_file(path: Path, errors: list[str]) -> Iterator[dict]:
                     errors.append(f"{path}:{n}: field 'id' must be a string or integer")
                     continue
                 did = str(did) if did is not None else doc_id_for(text)
-                if len(did) > 64:
-                    errors.append(f"{path}:{n}: field 'id' longer than 64 characters")
+                if len(did.encode()) > 64:
+                    errors.append(f"{path}:{n}: field 'id' longer than 64 bytes (UTF-8)")
                     continue
                 yield {"id": did, "text": text.strip(), "source": f"{path.name}:{n}"}
     else:

@@ -32,6 +32,14 @@ logger = logging.getLogger(__name__)
 
 SearchMode = Literal["dense", "bm25", "hybrid"]
 COLLECTIONS = ("documents", "episodic")
+ID_BYTES = 64  # Milvus counts a VARCHAR's max_length in bytes (UTF-8), not characters
+SOURCE_BYTES = 512
+
+
+def clip_bytes(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8, never inside a character."""
+    raw = text.encode()
+    return text if len(raw) <= max_bytes else raw[:max_bytes].decode(errors="ignore")
 
 
 def _connection_lost(e: BaseException) -> bool:
@@ -72,9 +80,12 @@ class MilvusStore:
         rrf_k: int = 60,
         max_text_length: int = 4096,
         stop_words: Sequence[str] | None = None,
+        timeout_s: float | None = 30.0,
     ):
-
+        """`timeout_s`: every Milvus call, at most (a server that hangs without refusing
+        connections raises instead of holding the caller forever)."""
         self.uri = uri
+        self.timeout_s = timeout_s
         self.dim = dim
         self.prefix = prefix
         self.index_type = index_type
@@ -118,6 +129,7 @@ class MilvusStore:
         """A client call that recovers once from a dropped connection (a server restart, or an
         idle channel closed by the server's keep-alive policy) and from collections a restarted
         server holds released."""
+        kwargs.setdefault("timeout", self.timeout_s)
         try:
             return getattr(self.client, method)(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - pymilvus wraps gRPC errors in several types
@@ -151,6 +163,7 @@ class MilvusStore:
             rrf_k=s.rrf_k,
             max_text_length=s.max_text_length,
             stop_words=s.stop_words,
+            timeout_s=s.timeout_s,
         )
 
     def name(self, kind: str = "documents") -> str:
@@ -159,11 +172,11 @@ class MilvusStore:
         return f"{self.prefix}_{kind}"
 
     def _ensure(self, name: str) -> None:
-        if self.client.has_collection(name):
-            self.client.load_collection(name)
+        if self.client.has_collection(name, timeout=self.timeout_s):
+            self.client.load_collection(name, timeout=self.timeout_s)
             return
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_BYTES)
         analyzer = {"tokenizer": "standard", "filter": ["lowercase"]}
         if self.stop_words:
             analyzer["filter"].append({"type": "stop", "stop_words": self.stop_words})
@@ -174,7 +187,7 @@ class MilvusStore:
             enable_analyzer=True,
             analyzer_params=analyzer,
         )
-        schema.add_field("source", DataType.VARCHAR, max_length=512)
+        schema.add_field("source", DataType.VARCHAR, max_length=SOURCE_BYTES)
         schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dim)
         schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
         schema.add_function(
@@ -211,8 +224,16 @@ class MilvusStore:
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
         sources = sources or [""] * len(ids)
+        for i in ids:
+            if len(i.encode()) > ID_BYTES:
+                raise ValueError(f"id {i[:80]!r}: longer than {ID_BYTES} bytes (UTF-8)")
         rows = [
-            {"id": i, "text": t[: self.max_text_length], "source": s[:512], "dense": v.tolist()}
+            {
+                "id": i,
+                "text": clip_bytes(t, self.max_text_length),
+                "source": clip_bytes(s, SOURCE_BYTES),
+                "dense": v.tolist(),
+            }
             for i, t, s, v in zip(ids, texts, sources, vectors, strict=True)
         ]
         if rows:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from cls_ray.model.integrity import FILES_KEY, RECORD, files_checksum
 from cls_ray.weight_sync import StreamHash
 
 logger = logging.getLogger(__name__)
@@ -45,14 +46,16 @@ def weights_checksum(model) -> str:
 
 def save_version(model, out: Path, meta: dict, tokenizer=None) -> Path:
     """A version's folder (an adapter, or with its tokenizer a full checkpoint) and its
-    `consolidation.json`, appearing whole or not at all."""
+    `consolidation.json` with the checksum of its files (what an engine checks before it loads
+    the version), appearing whole or not at all."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    (tmp / "consolidation.json").write_text(json.dumps(meta, indent=2))
+    meta = {**meta, FILES_KEY: files_checksum(tmp)}
+    (tmp / RECORD).write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -67,8 +70,9 @@ def save_full_checkpoint(model, out: Path, tokenizer=None, meta: dict | None = N
 
 
 def recorded_checksum(path: str | Path) -> str | None:
-    """The checksum the trainer recorded next to a checkpoint (None: an adapter, or none)."""
-    meta = Path(path) / "consolidation.json"
+    """The checksum of the weights the trainer recorded next to a full checkpoint (None: an
+    adapter, or none; every version records the checksum of its files, see `integrity`)."""
+    meta = Path(path) / RECORD
     return json.loads(meta.read_text()).get("checksum") if meta.exists() else None
 
 

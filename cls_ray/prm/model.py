@@ -128,7 +128,9 @@ class ProcessRewardModel:
             raise FileNotFoundError(f"{path} is not a trained PRM (no prm.json)")
         meta = json.loads(meta_file.read_text())
         model = StepPRM(AutoModel.from_pretrained(str(path / "encoder")))
-        model.head.load_state_dict(torch.load(path / "head.pt", map_location="cpu"))
+        # Tensors only: a head.pt that pickles code is refused, not run.
+        head = torch.load(path / "head.pt", map_location="cpu", weights_only=True)
+        model.head.load_state_dict(head)
         tok = AutoTokenizer.from_pretrained(str(path / "encoder"))
         return cls(model, tok, meta.get("max_length", 512), aggregation, path=str(path))
 

@@ -1,6 +1,7 @@
 """The files path from the command line: the world exported, then ingested, searched, asked and
 benchmarked as a files task, with the world never built."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from cls_ray.cli.main import main
 from cls_ray.cli.parser import make_parser, resolve_config
 from cls_ray.config import load_config
 from cls_ray.consolidate.retention import RetentionSuite
+from cls_ray.model.integrity import record_files_checksum
 from cls_ray.registry import registry_for
 from cls_ray.stack import Stack
 from tests.cli.test_main import _last_json
@@ -68,7 +70,12 @@ def test_local_commands_run_the_registrys_current_version(tiny_state, tmp_path, 
     model = tiny_state["dir"] / "models" / "base"
     args = [*tiny_state["args"], "--set", f"state_dir={tmp_path}", "--set", f"model.path={model}"]
     reg = registry_for(load_config(None, [f"state_dir={tmp_path}", f"model.path={model}"]))
-    v = reg.register(str(model), "full")  # a full checkpoint: the same weights, a new name
+    # A full checkpoint: the same weights under a new name, its files' checksum recorded (an
+    # engine refuses a version folder without one).
+    full = tmp_path / "full"
+    shutil.copytree(model, full)
+    record_files_checksum(full)
+    v = reg.register(str(full), "full")
     reg.promote(v.name, reason="test")
     assert main(["ask", "what is the employer of x ?", "--local", "--json", *args]) == 0
     assert _last_json(capsys.readouterr().out)["model_version"] == v.name

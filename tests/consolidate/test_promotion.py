@@ -7,7 +7,7 @@ from peft import LoraConfig, get_peft_model
 from cls_ray.consolidate.evaluate import evaluate_version, retention_episodes
 from cls_ray.consolidate.promotion import decide
 from cls_ray.engine.hf import HFEngine
-from cls_ray.model.loading import load_model_and_tokenizer
+from cls_ray.model.loading import load_model_and_tokenizer, save_version
 from cls_ray.registry import ModelRegistry
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def test_a_candidate_that_forgets_is_refused_promotion(tiny_cfg, tiny_stack, tmp
         for name, p in lora.named_parameters():
             if "lora_" in name:
                 p.normal_(0, 0.5)
-    lora.save_pretrained(tmp_path / "forgetful")
+    save_version(lora, tmp_path / "forgetful", {"method": "test"})
     task = tiny_stack.task
     new_qs = task.questions("eval", task.new_groups, per_group=2)
     old_qs = task.questions("retention", per_group=2)

@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 
 from cls_ray.engine import Engine, Generation
 from cls_ray.engine.factory import build_engine
-from cls_ray.model.loading import load_model_and_tokenizer
+from cls_ray.model.loading import load_model_and_tokenizer, save_version
 from cls_ray.steps import compact_prompt, grounded_choices
 
 pytestmark = pytest.mark.slow
@@ -98,7 +98,7 @@ def test_a_lora_adapter_loads_as_a_named_version(engine_cfg, tiny_state, tmp_pat
     lora = get_peft_model(
         model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     )
-    lora.save_pretrained(tmp_path / "adapter")
+    save_version(lora, tmp_path / "adapter", {"method": "test"})
     eng = build_engine(engine_cfg, "v1", tmp_path / "adapter")
     assert eng.version == "v1"
     _, prompts, _ = _prompts(tiny_stack.world)

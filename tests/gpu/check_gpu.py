@@ -71,7 +71,7 @@ def check_engine_and_lora(cfg, world, work: Path) -> str:
     from peft import LoraConfig, get_peft_model
 
     from cls_ray.engine.hf import HFEngine
-    from cls_ray.model.loading import load_model_and_tokenizer
+    from cls_ray.model.loading import load_model_and_tokenizer, save_version
     from cls_ray.rgr import run_rgr
 
     base = HFEngine.from_config(cfg)
@@ -88,7 +88,7 @@ def check_engine_and_lora(cfg, world, work: Path) -> str:
     lora = get_peft_model(
         model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     )
-    lora.save_pretrained(work / "lora")
+    save_version(lora, work / "lora", {"method": "gpu check"})
     swapped = HFEngine.from_config(cfg, "v1", work / "lora")
     got2 = run_rgr([q.text for q in qs], swapped, retriever, top_k=5, max_steps=5, grounded=True)
     changed = sum(a.step_texts != b.step_texts for a, b in zip(got, got2, strict=True))

@@ -104,3 +104,17 @@ def test_store_reconnects_after_the_server_restarts(tmp_path, embedder):
         store.close()
         proc.terminate()
         proc.wait(30)
+
+
+def test_texts_are_kept_to_the_varchar_limit_in_bytes_not_characters(tmp_path, embedder):
+    """Milvus counts a VARCHAR in UTF-8 bytes: a text of `max_text_length` two-byte characters
+    is cut on a character boundary, not refused; an id over 64 bytes is refused naming it."""
+    store = MilvusStore(str(tmp_path / "m.db"), embedder.dim, max_text_length=64)
+    text = "é" * 64  # 64 characters, 128 bytes
+    assert store.upsert(["e1"], [text], embedder.embed([text])) == 1
+    kept = store.get(["e1"])["e1"]
+    assert kept == "é" * 32 and len(kept.encode()) == 64
+    long_id = "ü" * 40  # 40 characters, 80 bytes
+    with pytest.raises(ValueError, match="longer than 64 bytes"):
+        store.upsert([long_id], ["x"], embedder.embed(["x"]))
+    store.close()
