@@ -47,7 +47,11 @@ def serve_config(cfg: Config) -> dict:
     explicit versions to the replicas (see `actors.deploy.promote`)."""
     current = ModelVersion(id=0, name="current", artifact_uri=str(cfg.model_path), kind="base")
     return {
-        "http_options": {"host": "0.0.0.0", "port": cfg.serve.port},
+        "http_options": {
+            "host": "0.0.0.0",  # inside the pod; the NetworkPolicy decides who reaches it
+            "port": cfg.serve.port,
+            "request_timeout_s": cfg.serve.limits.request_timeout_s,
+        },
         "applications": [app_spec(cfg, current)],
     }
 

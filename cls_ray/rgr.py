@@ -103,6 +103,7 @@ def run_rgr(
     grounded: bool = False,
     prefixes: Sequence[Sequence[str]] | None = None,
     patterns: bool = False,
+    max_tokens: int | None = None,
 ) -> list[Trajectory]:
     """Runs RGR (or a baseline) for all `questions` together; returns one trajectory each.
 
@@ -111,6 +112,8 @@ def run_rgr(
     question i starts from (a rollout from a partial trajectory); `max_steps` counts them.
     `patterns` (rgr mode, a retriever that is a `Memory`) looks up an episodic procedure per question
     once and, while the steps follow it, retrieves with its next step (`hint_query`).
+    `max_tokens` bounds the tokens a trajectory generates: it stops after the step that reaches
+    it (without an answer, unless that step gave one).
     """
     if mode not in ("rgr", "single", "none"):
         raise ValueError(f"unknown mode {mode!r}; expected rgr, single or none")
@@ -199,10 +202,11 @@ def run_rgr(
                     is_answer=answer is not None,
                 )
             )
+            spent = sum(len(x.token_ids or ()) for x in tr.steps)
             if answer is not None or not g.text:
                 tr.answer = answer
                 tr.latency_s = time.perf_counter() - start
-            elif len(tr.steps) < max_steps:
+            elif len(tr.steps) < max_steps and (max_tokens is None or spent < max_tokens):
                 still.append(i)
             else:
                 tr.latency_s = time.perf_counter() - start

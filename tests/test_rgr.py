@@ -90,3 +90,10 @@ def test_any_hf_checkpoint_with_a_chat_template_runs_rgr(tmp_path, tiny_stack, e
     assert prompt.endswith("<assistant> ")
     tr = run_rgr([q], engine, tiny_stack.retriever, max_steps=2)[0]
     assert 1 <= len(tr.steps) <= 2 and all(s.retrieved for s in tr.steps)
+
+
+def test_max_tokens_stops_a_trajectory_after_the_step_that_reaches_it(tiny_stack, questions):
+    free = run_rgr(questions, tiny_stack.engine, tiny_stack.retriever, max_steps=5)
+    cut = run_rgr(questions, tiny_stack.engine, tiny_stack.retriever, max_steps=5, max_tokens=1)
+    assert any(len(tr.steps) > 1 for tr in free)
+    assert all(len(tr.steps) == 1 for tr in cut)

@@ -14,6 +14,7 @@ from actors.serve.retriever import Retriever
 from actors.serve.scorer import Scorer
 from cls_ray.config import Config
 from cls_ray.prm.store import latest_prm
+from cls_ray.serving.limits import deployment_limits
 from cls_ray.serving.names import GENERATOR, INGRESS, RETRIEVER, SCORER
 from cls_ray.serving.spec import generator_options, generator_user_config
 
@@ -22,6 +23,7 @@ def build_app(cfg: Config, engine_factory: Callable | None = None, user_config: 
     """The application graph with deployment options from `cfg`; `user_config` names the
     model version the generator replicas serve."""
     s = cfg.serve
+    limits = deployment_limits(cfg)
     data = cfg.model_dump(mode="json")
     gen = serve.deployment(
         Generator,
@@ -35,20 +37,20 @@ def build_app(cfg: Config, engine_factory: Callable | None = None, user_config: 
         Retriever,
         name=RETRIEVER,
         num_replicas=1 if cfg.store_uri.endswith(".db") else 2,
-        max_ongoing_requests=s.retriever.max_ongoing_requests,
+        **limits["retriever"],
         ray_actor_options={"num_cpus": 0.25},
         user_config={"max_batch_size": s.retriever.max_batch_size},
     ).bind(data)
     scorer = None
     prm_path = latest_prm(cfg)
     if prm_path is not None:
-        scorer = serve.deployment(Scorer, name=SCORER, ray_actor_options={"num_cpus": 0.25}).bind(
-            data, str(prm_path.resolve())
-        )
+        scorer = serve.deployment(
+            Scorer, name=SCORER, **limits["scorer"], ray_actor_options={"num_cpus": 0.25}
+        ).bind(data, str(prm_path.resolve()))
     return serve.deployment(
         Ingress,
         name=INGRESS,
-        max_ongoing_requests=s.max_concurrent_sessions,
+        **limits["ingress"],
         ray_actor_options={"num_cpus": 0.25},
         user_config={"session_batch_size": s.session_batch_size},
     ).bind(data, gen, ret, scorer)

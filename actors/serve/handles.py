@@ -12,16 +12,24 @@ from cls_ray.engine.base import Generation
 from cls_ray.memory.documents import RetrievedDoc
 from cls_ray.memory.procedures import Pattern, parse_pattern
 from cls_ray.serving.batching import slices
+from cls_ray.serving.limits import result_within
 from cls_ray.serving.names import RETRIEVER
 from cls_ray.steps import StepFormat
 
 
-def in_groups(method, n: int, max_group: int | None, body: Callable[[slice], dict]) -> list:
+def in_groups(
+    method,
+    n: int,
+    max_group: int | None,
+    body: Callable[[slice], dict],
+    timeout_s: float | None = None,
+    what: str = "a deployment",
+) -> list:
     """Calls a deployment `method` once per group of at most `max_group` of the `n` items
     (`body(slice)` builds a group's request; all groups are in flight together) and returns the
-    results in order."""
+    results in order, each within `timeout_s` (`limits.Unavailable` naming `what` beyond)."""
     calls = [method.remote(body(s)) for s in slices(n, max_group)]
-    return [x for call in calls for x in call.result()]
+    return [x for call in calls for x in result_within(call, timeout_s, what)]
 
 
 class RemoteEngine:
@@ -33,11 +41,13 @@ class RemoteEngine:
         version: str,
         fmt: StepFormat,
         max_group: int | None = None,
+        timeout_s: float | None = None,
     ):
         self.handle = handle
         self.version = version
         self.format = fmt
         self.max_group = max_group
+        self.timeout_s = timeout_s
 
     def render(self, question, docs, steps) -> str:
         # Rendering is string formatting (or the tokenizer's chat template): done here, it
@@ -57,6 +67,8 @@ class RemoteEngine:
                 "version": self.version,
                 "choices": None if choices is None else [list(c) for c in choices[g]],
             },
+            self.timeout_s,
+            "the generator",
         )
         if got:
             self.version = got[0]["version"]
@@ -66,14 +78,18 @@ class RemoteEngine:
 class RemoteRetriever:
     """`Memory` over the retriever deployment: retrieval, procedures and document texts."""
 
-    def __init__(self, handle, max_group: int | None = None):
+    def __init__(self, handle, max_group: int | None = None, timeout_s: float | None = None):
         self.handle = handle
         self.max_group = max_group
+        self.timeout_s = timeout_s
 
     @classmethod
     def of_app(cls, app_name: str, max_group: int | None = None) -> RemoteRetriever:
         """The retriever of a running application, from anywhere in its cluster."""
         return cls(serve.get_deployment_handle(RETRIEVER, app_name), max_group)
+
+    def _result(self, call):
+        return result_within(call, self.timeout_s, "the retriever")
 
     def retrieve(self, queries, k, exclude=None) -> list[list[RetrievedDoc]]:
         queries = list(queries)
@@ -86,11 +102,13 @@ class RemoteRetriever:
                 "k": k,
                 "exclude": [sorted(e) for e in exclude[g]] if exclude else None,
             },
+            self.timeout_s,
+            "the retriever",
         )
         return [[RetrievedDoc(d["id"], d["score"], d["text"]) for d in docs] for docs in got]
 
     def plans(self, questions: Sequence[str]) -> list[Pattern | None]:
-        got = self.handle.plans.remote(list(questions)).result()
+        got = self._result(self.handle.plans.remote(list(questions)))
         return [None if p is None else parse_pattern(p["text"]) for p in got]
 
     def add_patterns(self, patterns: Sequence[Pattern]) -> int:
@@ -98,7 +116,7 @@ class RemoteRetriever:
             {"question": p.question, "steps": list(p.steps), "support": p.support, "r_tau": p.r_tau}
             for p in patterns
         ]
-        return self.handle.add_patterns.remote(rows).result()
+        return self._result(self.handle.add_patterns.remote(rows))
 
     def get_documents(self, ids: Sequence[str]) -> dict[str, str]:
-        return self.handle.get_documents.remote(list(ids)).result()
+        return self._result(self.handle.get_documents.remote(list(ids)))

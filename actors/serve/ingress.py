@@ -8,20 +8,17 @@ import asyncio
 import functools
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+import uuid
 
 import ray
 from fastapi import FastAPI, Header, HTTPException, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from actors.registry import start_registry
+from actors.registry import RegistryClient, start_registry
 from actors.replay_buffer import start_replay_buffer
-from actors.serve.handles import RemoteEngine, RemoteRetriever
+from actors.serve.runner import SessionRunner
 from cls_ray.config import Config
-from cls_ray.prm.best_of_n import trajectory_items
-from cls_ray.registry import ModelVersion
-from cls_ray.rgr import run_rgr
 from cls_ray.serving.api import (
     ChatRequest,
     DocumentsRequest,
@@ -30,16 +27,20 @@ from cls_ray.serving.api import (
     RGRRequest,
     SleepRequest,
 )
-from cls_ray.serving.batching import session_groups
-from cls_ray.serving.http import BodyLimit, access_error, http_error, install
+from cls_ray.serving.health import probe
+from cls_ray.serving.http import (
+    RESPONSES,
+    BodyLimit,
+    access_error,
+    http_error,
+    install,
+    unavailable_error,
+)
 from cls_ray.serving.keys import Access, AccessDenied, Principal
+from cls_ray.serving.limits import Unavailable
 from cls_ray.serving.names import NAMESPACE, buffer_actor_name, scheduler_actor_name
 from cls_ray.serving.openai import Completion, model_list, question_of
 from cls_ray.serving.sessions import (
-    issue_tokens,
-    pick_best,
-    session_records,
-    session_reply,
     session_request,
 )
 from cls_ray.session import Feedback
@@ -55,10 +56,10 @@ class Ingress:
     def __init__(self, cfg: dict, generator, retriever, scorer=None):
         self.cfg = Config.model_validate(cfg)
         s = self.cfg.serve
+        self.limits = s.limits
         BodyLimit.max_body_bytes = s.max_body_bytes
         self.generator, self.retriever, self.scorer = generator, retriever, scorer
         self.access = Access(self.cfg)
-        self._background: set[asyncio.Task] = set()
         # Started by `deploy` on the node that holds the state directory; found here by name.
         self.buffer = start_replay_buffer(
             str(self.cfg.replay_path),
@@ -71,152 +72,121 @@ class Ingress:
         )
         # transformers' tokenizers import torch (seconds, hundreds of MB): only a chat
         # template needs one in the ingress (`step_format` loads it then).
-        self.format = step_format(self.cfg)
-        # RGR is a blocking loop of handle calls; each running session batch holds one thread.
-        self.pool = ThreadPoolExecutor(s.max_concurrent_sessions, thread_name_prefix="rgr")
-        self._sessions.set_max_batch_size(s.session_batch_size)
-        self._sessions.set_batch_wait_timeout_s(s.session_batch_wait_s)
+        fmt = step_format(self.cfg)
+        self.runner = SessionRunner(self.cfg, fmt, generator, retriever, scorer, self.buffer)
+        self._call = self.runner.call
+        self.pool = self.runner.pool
 
     def reconfigure(self, user_config: dict) -> None:
         """`{"session_batch_size": n}`: sessions that run RGR in lock-step together."""
         if user_config.get("session_batch_size"):
-            self._sessions.set_max_batch_size(int(user_config["session_batch_size"]))
+            self.runner.set_batch_size(int(user_config["session_batch_size"]))
 
-    # -- sessions ----------------------------------------------------------------------------
+    async def _session(self, req: dict) -> dict:
+        try:
+            return await self.runner.run(req)
+        except Unavailable as e:
+            raise unavailable_error(e) from None
+
     def _door(self, key: str | None, needed: str, request: Request) -> Principal:
-        """The caller, if its role allows `needed` and it is within its rate (else 401/403/429)."""
+        """The caller, if its role allows `needed` and it is within its rate (else
+        401/403/429)."""
         try:
             client = request.client.host if request.client else "?"
             return self.access.require(key, needed, client)  # type: ignore[arg-type]
         except AccessDenied as e:
             raise access_error(e) from None
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, max_concurrent_batches=8)
-    async def _sessions(self, requests: list[dict]) -> list[dict]:
-        """Sessions that arrive together run RGR in lock-step: each round is one retrieval
-        request and one generation request for all of them (which the retriever and generator
-        batch again with other ingress replicas' rounds). Several such batches run at once."""
-        out: list[dict | None] = [None] * len(requests)
-        await asyncio.gather(
-            *(
-                self._run_group([requests[i] for i in idx], idx, out)
-                for idx in session_groups(requests).values()
-            )
-        )
-        return out  # type: ignore[return-value]
-
-    async def _run_group(self, reqs: list[dict], idx: list[int], out: list) -> None:
-        r0, n = reqs[0], reqs[0]["best_of"]
-        version = await self.generator.current_version.remote()
-        s = self.cfg.serve
-        engine = RemoteEngine(
-            self.generator,
-            version,
-            self.format,
-            s.generator.max_batch_size,
-        )
-        retriever = (
-            None
-            if r0["mode"] == "none"
-            else RemoteRetriever(self.retriever, s.retriever.max_batch_size)
-        )
-        started = time.time()
-        run = functools.partial(
-            run_rgr,
-            [r["question"] for r in reqs for _ in range(n)],
-            engine,
-            retriever,
-            mode=r0["mode"],
-            temperature=r0["temperature"],
-            **self.cfg.rgr_options(top_k=r0["top_k"], max_steps=r0["max_steps"]),
-        )
-        trajs = await asyncio.get_running_loop().run_in_executor(self.pool, run)
-        scored: list[dict | None] = [None] * len(trajs)
-        if n > 1:  # the PRM picks each question's best sample
-            trajs, scored = pick_best(trajs, await self._score(trajs), n)
-        elif self.scorer is not None and any(r["score"] for r in reqs):
-            scored = await self._score(trajs)  # asked for: stored and returned with the session
-        sessions = session_records(trajs, scored, version, started, [r["owner"] for r in reqs])
-        tokens = issue_tokens(sessions)
-        # Acknowledged only once durable: the buffer fsyncs before it answers.
-        await asyncio.gather(*(self.buffer.add.remote(x.model_dump()) for x in sessions))
-        if self.scorer is not None and scored[0] is None:
-            # Off the critical path: the buffer gets the scores when they are ready.
-            task = asyncio.create_task(self._score_and_store(trajs, [x.id for x in sessions]))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        for i, tr, session, token in zip(idx, trajs, sessions, tokens, strict=True):
-            out[i] = session_reply(tr, session, version, token)
-
-    async def _score(self, trajs) -> list[dict]:
-        return await asyncio.gather(
-            *(
-                self.scorer.score.remote({"question": q, "steps": st, "evidence": ev})
-                for q, st, ev in trajectory_items(trajs)
-            )
-        )
-
-    async def _score_and_store(self, trajs, session_ids: list[str]) -> None:
-        """PRM scores for stored sessions, written to the buffer."""
+    def _charge(self, who: Principal, cost: int, request: Request) -> None:
+        """The work a request asks for, from its caller's budget (429 beyond it)."""
         try:
-            got = await self._score(trajs)
-            await asyncio.gather(
-                *(
-                    self.buffer.set_scores.remote(sid, sc["scores"], sc["r_tau"], sc["prm"])
-                    for sid, sc in zip(session_ids, got, strict=True)
-                )
-            )
-        except Exception:  # noqa: BLE001 - scoring is best effort; the session is already safe
-            logger.exception("scoring %d sessions failed", len(session_ids))
+            self.access.charge(who, cost, request.client.host if request.client else "?")
+        except AccessDenied as e:
+            raise access_error(e) from None
 
     # -- routes ------------------------------------------------------------------------------
-    @api.get("/healthz")
-    async def healthz(self) -> dict:
-        return {"status": "ok", "model_version": await self.generator.current_version.remote()}
+    @api.get("/healthz", responses=RESPONSES)
+    async def healthz(self):
+        """Each dependency of the request path, probed at once within `health_timeout_s`;
+        503 when any fails."""
+        checks = {
+            "generator": lambda: self.generator.current_version.remote(),
+            "retriever": lambda: self.retriever.count.remote(),
+            "replay_buffer": lambda: self.buffer.pid.remote(),
+            "registry": lambda: self.registry.current.remote(),
+        }
+        if self.scorer is not None:
+            checks["scorer"] = lambda: self.scorer.check_health.remote()
+        got = await probe(checks, self.limits.health_timeout_s)
+        try:
+            got["model_version"] = await self._call(
+                self.generator.current_version.remote(), "the generator", 1.0
+            )
+        except Unavailable:
+            got["model_version"] = None
+        return JSONResponse(got, status_code=200 if got["status"] == "ok" else 503)
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses=RESPONSES)
     async def models(self) -> dict:
-        """The version replicas serve now, and every registered version."""
-        version = await self.generator.current_version.remote()
-        return model_list(await self.registry.list.remote(), version)
+        """What a chat request may name: the version the replicas serve, and `cls-ray`."""
+        try:
+            version = await self._call(self.generator.current_version.remote(), "the generator")
+            return model_list(
+                await self._call(self.registry.list.remote(), "the registry"), version
+            )
+        except Unavailable as e:
+            raise unavailable_error(e) from None
 
-    @api.post("/v1/rgr")
+    @api.post("/v1/rgr", responses=RESPONSES)
     async def rgr(
         self, body: RGRRequest, request: Request, x_api_key: str | None = Header(None)
     ) -> dict:
         who = self._door(x_api_key, "user", request)
-        return await self._sessions(
-            session_request(self.cfg, body, who.key_id, scorer=self.scorer is not None)
-        )
+        req = session_request(self.cfg, body, who.key_id, scorer=self.scorer is not None)
+        self._charge(who, req["cost"], request)
+        return await self._session(req)
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", responses=RESPONSES)
     async def chat(self, body: ChatRequest, request: Request, x_api_key: str | None = Header(None)):
         who = self._door(x_api_key, "user", request)
-        current = await self.generator.current_version.remote()
+        try:
+            current = await self._call(self.generator.current_version.remote(), "the generator")
+        except Unavailable as e:
+            raise unavailable_error(e) from None
         if body.model not in (None, "", current, "cls-ray"):
             raise HTTPException(404, f"model: unknown model version {body.model!r}")
         # built from a validated body: the question's length is checked by `session_request`
         ask = RGRRequest.model_construct(
-            question=question_of(body), temperature=body.temperature or 0.0
+            question=question_of(body),
+            temperature=body.temperature or 0.0,
+            mode="rgr",
+            top_k=None,
+            max_steps=None,
+            best_of=1,
+            score=False,
         )
-        reply = await self._sessions(session_request(self.cfg, ask, who.key_id))
-        completion = Completion(reply)
+        req = session_request(self.cfg, ask, who.key_id, max_tokens=body.max_tokens)
+        self._charge(who, req["cost"], request)
+        completion = Completion(await self._session(req), body.max_tokens)
         if not body.stream:
             return completion.message()
         return StreamingResponse(completion.events(), media_type="text/event-stream")
 
-    @api.post("/v1/documents")
+    @api.post("/v1/documents", responses=RESPONSES)
     async def documents(
         self, body: DocumentsRequest, request: Request, x_api_key: str | None = Header(None)
     ) -> dict:
         who = self._door(x_api_key, "curator", request)
         try:
-            n = await self.retriever.add_documents.remote(body.rows(who.name), body.replace)
+            write = self.retriever.add_documents.remote(body.rows(who.name), body.replace)
+            n = await self._call(write, "the retriever")
+        except Unavailable as e:
+            raise unavailable_error(e) from None
         except ray.exceptions.RayTaskError as e:  # DocumentConflict: ids holding another text
             raise http_error(e, {ValueError: 409}) from None
         return {"written": n}
 
-    @api.post("/v1/sessions/{session_id}/feedback")
+    @api.post("/v1/sessions/{session_id}/feedback", responses=RESPONSES)
     async def feedback(
         self,
         session_id: str,
@@ -231,7 +201,10 @@ class Ingress:
             raise HTTPException(422, "feedback: give a rating, corrected_steps or a comment")
         try:
             fb = Feedback(**body.model_dump(), by=who.key_id, role=who.role)
-            await self.buffer.add_feedback.remote(session_id, fb.model_dump(), x_session_token)
+            store = self.buffer.add_feedback.remote(session_id, fb.model_dump(), x_session_token)
+            await self._call(store, "the replay buffer")
+        except Unavailable as e:
+            raise unavailable_error(e) from None
         except ray.exceptions.RayTaskError as e:
             raise http_error(
                 e, {KeyError: 404, PermissionError: 403}, "session not found: "
@@ -242,55 +215,82 @@ class Ingress:
     def _admin(self, key: str | None, request: Request) -> None:
         self._door(key, "admin", request)
 
-    @api.get("/admin/buffer")
+    @api.get("/admin/buffer", responses=RESPONSES)
     async def buffer_stats(self, request: Request, x_api_key: str | None = Header(None)) -> dict:
         self._admin(x_api_key, request)
-        return await self.buffer.stats.remote()
-
-    def _scheduler(self):
         try:
-            return ray.get_actor(scheduler_actor_name(self.cfg.serve.app_name), NAMESPACE)
+            return await self._call(self.buffer.stats.remote(), "the replay buffer")
+        except Unavailable as e:
+            raise unavailable_error(e) from None
+
+    async def _scheduler_call(self, method: str, *args):
+        try:
+            actor = ray.get_actor(scheduler_actor_name(self.cfg.serve.app_name), NAMESPACE)
+            return await self._call(getattr(actor, method).remote(*args), "the sleep scheduler")
         except ValueError:
             raise HTTPException(503, "the sleep scheduler is not running") from None
+        except Unavailable as e:
+            raise unavailable_error(e) from None
 
-    @api.post("/admin/sleep")
+    @api.post("/admin/sleep", responses=RESPONSES)
     async def sleep(
         self, body: SleepRequest, request: Request, x_api_key: str | None = Header(None)
     ) -> dict:
         """Starts a consolidation now (202-style: it runs in the background); refused while one
         runs. `GET /admin/sleep` shows the running one and the history."""
         self._admin(x_api_key, request)
-        return await self._scheduler().trigger.remote("admin request", body.method)
+        return await self._scheduler_call("trigger", "admin request", body.method)
 
-    @api.get("/admin/sleep")
+    @api.get("/admin/sleep", responses=RESPONSES)
     async def sleep_status(self, request: Request, x_api_key: str | None = Header(None)) -> dict:
         self._admin(x_api_key, request)
-        return await self._scheduler().status.remote()
+        return await self._scheduler_call("status")
 
-    async def _switch(self, change) -> dict:
-        """Applies a registry change, then pushes the resulting version to every replica."""
-        try:
-            v = ModelVersion.model_validate(await change())
-        except ray.exceptions.RayTaskError as e:
-            raise http_error(e, {KeyError: 404, ValueError: 409}, "version: ") from None
+    async def _switch(self, op: str, request_id: str, *args) -> dict:
+        """`promote` or `rollback` the way the CLI does it: the version reaches every replica
+        first and the registry changes second; a deploy that fails puts the previous version
+        back and leaves the registry as it was. `request_id` makes a retried call a no-op."""
         # Deploying pulls in the weight-stream machinery (torch, transformers): imported by the
         # admin request that needs it, not by every ingress replica at start.
-        from actors.deploy import deploy
+        import actors.deploy as deploy
 
+        registry = RegistryClient(self.registry, self.limits.call_timeout_s)
+        run = functools.partial(
+            getattr(deploy, op), self.cfg, *args, request_id=request_id, registry=registry
+        )
         t0 = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(self.pool, deploy, self.cfg, v)
+        try:
+            v = await asyncio.get_running_loop().run_in_executor(self.pool, run)
+        except KeyError as e:
+            raise HTTPException(404, f"version: {e.args[0] if e.args else e}") from None
+        except ValueError as e:
+            raise HTTPException(409, f"version: {e}") from None
+        except deploy.DeployError as e:
+            raise HTTPException(503, f"deploy failed, previous version kept: {e}") from None
         return {"version": v.name, "status": v.status, "swap_seconds": time.perf_counter() - t0}
 
-    @api.post("/admin/promote")
+    @api.post("/admin/promote", responses=RESPONSES)
     async def promote(
-        self, body: PromoteRequest, request: Request, x_api_key: str | None = Header(None)
+        self,
+        body: PromoteRequest,
+        request: Request,
+        x_api_key: str | None = Header(None),
+        idempotency_key: str | None = Header(None, max_length=128),
     ) -> dict:
-        """Promotes a registered version and waits until every generator replica serves it."""
+        """Promotes a registered version once every generator replica serves it. A retry with
+        the same `Idempotency-Key` does not apply it twice."""
         self._admin(x_api_key, request)
-        return await self._switch(lambda: self.registry.promote.remote(body.version, body.reason))
+        rid = idempotency_key or uuid.uuid4().hex
+        return await self._switch("promote", rid, body.version, body.reason)
 
-    @api.post("/admin/rollback")
-    async def rollback(self, request: Request, x_api_key: str | None = Header(None)) -> dict:
-        """Rolls back to the version promoted before the current one."""
+    @api.post("/admin/rollback", responses=RESPONSES)
+    async def rollback(
+        self,
+        request: Request,
+        x_api_key: str | None = Header(None),
+        idempotency_key: str | None = Header(None, max_length=128),
+    ) -> dict:
+        """Rolls back to the version promoted before the current one, once every replica
+        serves that; a retry with the same `Idempotency-Key` does not roll back twice."""
         self._admin(x_api_key, request)
-        return await self._switch(lambda: self.registry.rollback.remote())
+        return await self._switch("rollback", idempotency_key or uuid.uuid4().hex)

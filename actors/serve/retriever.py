@@ -21,6 +21,10 @@ class Retriever:
         self.retrieve.set_max_batch_size(r.max_batch_size)
         self.retrieve.set_batch_wait_timeout_s(r.batch_wait_s)
 
+    async def check_health(self) -> None:
+        """Serve's liveness probe: Milvus answers a count within the store's timeout."""
+        await asyncio.to_thread(self.memory.count)
+
     def reconfigure(self, user_config: dict) -> None:
         """`{"max_batch_size": n}`: queries per embedding call and Milvus search."""
         if user_config.get("max_batch_size"):

@@ -9,6 +9,7 @@ from ray import serve
 
 from cls_ray.config import Config
 from cls_ray.prm.model import ProcessRewardModel
+from cls_ray.serving.limits import SCORER_BATCH
 
 
 class Scorer:
@@ -17,7 +18,12 @@ class Scorer:
         self.prm = ProcessRewardModel.load(path, c.prm.aggregation)
         self.name = Path(path).name
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05)
+    def check_health(self) -> None:
+        """Serve's liveness probe (and `/healthz`'s): the PRM is loaded."""
+        if self.prm is None:
+            raise RuntimeError("no PRM loaded")
+
+    @serve.batch(max_batch_size=SCORER_BATCH, batch_wait_timeout_s=0.05)
     async def score(self, items: list[dict]) -> list[dict]:
         """Each item is one trajectory: `question`, `steps`, `evidence` (one per step)."""
         got = await asyncio.to_thread(

@@ -33,7 +33,10 @@ class GeneratorConfig(Section):
     max_batch_size: int = Field(16, ge=1, description="Next-step requests per engine call.")
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_ongoing_requests: int = Field(
-        64, ge=1, description="Must exceed max_batch_size for batches to fill."
+        64, ge=1, description="Must be at least max_batch_size for batches to fill."
+    )
+    max_queued_requests: int = Field(
+        512, ge=1, description="Requests its callers queue; the ingress answers 503 beyond."
     )
 
 
@@ -42,7 +45,8 @@ class RetrieverServeConfig(Section):
 
     max_batch_size: int = Field(32, ge=1, description="Queries per embed + search.")
     batch_wait_s: float = Field(0.02, ge=0)
-    max_ongoing_requests: int = Field(64, ge=1)
+    max_ongoing_requests: int = Field(64, ge=1, description="At least max_batch_size.")
+    max_queued_requests: int = Field(512, ge=1)
 
 
 class WeightSyncConfig(Section):
@@ -87,6 +91,47 @@ class AuthConfig(Section):
         120.0, ge=0, description="Requests a minute per client address without a key."
     )
     burst: int = Field(60, ge=1, description="Requests a caller may send at once.")
+    work_per_minute: float = Field(
+        20_000.0,
+        ge=0,
+        description="Work a minute per caller (0: no limit), in the units of "
+        "`limits.max_request_cost` (best_of x max_steps x top_k); 429 beyond it.",
+    )
+
+
+class LimitsConfig(Section):
+    """How long anything on the request path may wait and how much one request may ask for
+    (`cls_ray.serving.limits`)."""
+
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Serve's HTTP proxy answers 408 after this; above session's."
+    )
+    session_timeout_s: float = Field(
+        60.0, gt=0, description="A session's whole run, at most; 504 naming the stage after."
+    )
+    call_timeout_s: float = Field(
+        20.0, gt=0, description="Each call to a deployment or actor on the request path."
+    )
+    health_timeout_s: float = Field(2.0, gt=0, description="Each dependency probe of /healthz.")
+    max_queued_requests: int = Field(
+        256, ge=1, description="Requests an ingress deployment queues; 503 with Retry-After beyond."
+    )
+    retry_after_s: float = Field(2.0, ge=0, description="What a 503 tells the client to wait.")
+    max_request_cost: int = Field(
+        4096, ge=1, description="best_of x max_steps x top_k of one request, at most (422 beyond)."
+    )
+    max_tokens: int = Field(
+        1024, ge=1, description="A chat completion's max_tokens, at most (422 beyond)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LimitsConfig:
+        if not self.call_timeout_s <= self.session_timeout_s < self.request_timeout_s:
+            raise ValueError(
+                "limits: need call_timeout_s <= session_timeout_s < request_timeout_s "
+                f"(got {self.call_timeout_s}, {self.session_timeout_s}, {self.request_timeout_s})"
+            )
+        return self
 
 
 class ServeConfig(Section):
@@ -107,6 +152,7 @@ class ServeConfig(Section):
         64, ge=1, description="Sessions one ingress replica runs at once; more wait in queue."
     )
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     admin_key_env: str = Field(
         "CLS_RAY_ADMIN_KEY",
         description="Environment variable holding the admin API key; unset: admin disabled.",
@@ -126,5 +172,12 @@ class ServeConfig(Section):
                 raise ValueError(
                     f"{name} ({size}) must be at least session_batch_size "
                     f"({self.session_batch_size})"
+                )
+        # A batch larger than the requests a replica takes at once can never fill.
+        for name, d in (("generator", self.generator), ("retriever", self.retriever)):
+            if d.max_ongoing_requests < d.max_batch_size:
+                raise ValueError(
+                    f"{name}.max_ongoing_requests ({d.max_ongoing_requests}) must be at least "
+                    f"{name}.max_batch_size ({d.max_batch_size})"
                 )
         return self

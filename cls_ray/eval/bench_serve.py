@@ -25,7 +25,7 @@ import requests
 from tqdm.auto import tqdm
 
 from cls_ray.config import Config
-from cls_ray.model.loading import load_model_and_tokenizer
+from cls_ray.model.loading import load_model_and_tokenizer, save_version
 from cls_ray.registry import registry_for
 from cls_ray.rgr import step_query
 from cls_ray.task import Task
@@ -117,7 +117,7 @@ def make_swap_adapter(cfg: Config, out) -> str:
 
     model, _ = load_model_and_tokenizer(cfg.model_path)
     lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-    lora.save_pretrained(out)
+    save_version(lora, out, {"method": "bench serve hot swap"})
     return str(out)
 
 

@@ -47,9 +47,16 @@ class ChatRequest(BaseModel):
 
 
 class DocumentIn(_Body):
-    id: str | None = Field(None, min_length=1, max_length=64)
+    id: str | None = Field(None, min_length=1, max_length=64, description="At most 64 bytes.")
     text: str = Field(min_length=1, max_length=4096)
     source: str | None = Field(None, max_length=256)
+
+    @field_validator("id")
+    @classmethod
+    def _id_bytes(cls, v: str | None) -> str | None:
+        if v is not None and len(v.encode()) > 64:  # Milvus counts a VARCHAR in bytes
+            raise ValueError("longer than 64 bytes (UTF-8)")
+        return v
 
 
 class DocumentsRequest(_Body):

@@ -6,16 +6,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-SessionKey = tuple  # (mode, top_k, max_steps, temperature, best_of)
+SessionKey = tuple  # (mode, top_k, max_steps, temperature, best_of, max_tokens)
 GenerationKey = tuple  # (version, temperature, grounded)
 
 
 def session_groups(requests: Sequence[dict]) -> dict[SessionKey, list[int]]:
     """Indexes of the session requests that can run RGR in lock-step (same mode, retrieval
-    depth, step limit, temperature and best-of)."""
+    depth, step and token limits, temperature and best-of)."""
     groups: dict[SessionKey, list[int]] = {}
     for i, r in enumerate(requests):
-        key = (r["mode"], r["top_k"], r["max_steps"], r["temperature"], r["best_of"])
+        key = (
+            r["mode"],
+            r["top_k"],
+            r["max_steps"],
+            r["temperature"],
+            r["best_of"],
+            r.get("max_tokens"),
+        )
         groups.setdefault(key, []).append(i)
     return groups
 

@@ -9,8 +9,43 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from cls_ray.serving.keys import AccessDenied, retry_after
+from cls_ray.serving.limits import Unavailable
+
+
+class ErrorBody(BaseModel):
+    """Every error the service answers: what went wrong, naming the field or the dependency;
+    `errors` lists each bad field of a 422."""
+
+    detail: str
+    errors: list[dict] | None = None
+
+
+_RETRY = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "string"}}}
+_ERRORS = {
+    400: "Malformed JSON",
+    401: "No key, or an unknown or revoked one (X-API-Key)",
+    403: "The key's role does not allow this",
+    404: "Not found",
+    409: "Conflict (a document id holding another text; a version that cannot change so)",
+    413: "Body too large",
+    422: "A field is invalid or asks for more than the service allows",
+    429: "Rate or work budget exceeded",
+    503: "A dependency is down or overloaded",
+    504: "A dependency did not answer in time",
+}
+# The error responses every route may give, as the service writes them (the OpenAPI document
+# states them instead of FastAPI's default validation-error shape).
+RESPONSES: dict = {
+    code: {
+        "model": ErrorBody,
+        "description": text,
+        **({"headers": _RETRY} if code in (429, 503, 504) else {}),
+    }
+    for code, text in _ERRORS.items()
+}
 
 
 class BodyLimit:
@@ -104,6 +139,12 @@ def http_error(e: Exception, statuses: dict[type, int], not_found: str = "") -> 
                 return HTTPException(status, f"{not_found}{cause.args[0] if cause.args else ''}")
             return HTTPException(status, str(cause))
     return e
+
+
+def unavailable_error(e: Unavailable) -> HTTPException:
+    """The HTTP answer to a dependency that failed (503/504 naming it, with `Retry-After`)."""
+    headers = {"Retry-After": retry_after(e.retry_after_s)} if e.retry_after_s else None
+    return HTTPException(e.status, e.detail, headers=headers)
 
 
 def access_error(e: AccessDenied) -> HTTPException:

@@ -192,6 +192,9 @@ class Access:
         self.anonymous = a.anonymous
         self.per_key = RateLimiter(a.rate_per_minute, a.burst)
         self.per_address = RateLimiter(a.anonymous_rate_per_minute, a.burst)
+        # Work (`limits.request_cost`) a minute per caller; the burst holds the largest request.
+        burst = max(cfg.serve.limits.max_request_cost, int(a.work_per_minute // 4))
+        self.work = RateLimiter(a.work_per_minute, burst)
 
     def who(self, key: str | None) -> Principal:
         if not key:
@@ -223,9 +226,20 @@ class Access:
             raise AccessDenied(429, f"rate limit of {p.name} reached", wait)
         return p
 
+    def charge(self, p: Principal, cost: int, client: str = "?") -> None:
+        """Takes `cost` (`limits.request_cost`) from the caller's work budget; 429 beyond it."""
+        who = f"addr:{client}" if p.key_id is None else p.key_id
+        wait = self.work.take(who, float(cost))
+        if wait > 0:
+            raise AccessDenied(
+                429, f"work budget of {p.name} reached (this request costs {cost})", wait
+            )
+
 
 def without_rate_limits(cfg):
     """`cfg` with no per-caller rate limits: for a load the operator runs on purpose from one
     address (the demo's simulated users, `bench serve`), which the limits would otherwise cut."""
-    auth = cfg.serve.auth.model_copy(update={"rate_per_minute": 0, "anonymous_rate_per_minute": 0})
+    auth = cfg.serve.auth.model_copy(
+        update={"rate_per_minute": 0, "anonymous_rate_per_minute": 0, "work_per_minute": 0}
+    )
     return cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"auth": auth})})

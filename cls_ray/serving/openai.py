@@ -22,27 +22,35 @@ def question_of(req: ChatRequest) -> str:
         if m.role == "user":
             content = m.content
             if isinstance(content, list):
-                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+                content = " ".join(
+                    p["text"]
+                    for p in content
+                    if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
             if isinstance(content, str) and content.strip():
                 return content.strip()
     raise HTTPException(422, "messages: no user message with text content")
 
 
 def model_list(versions: list[dict], current: str) -> dict:
-    """`GET /v1/models`: every registered version (`ModelRegistry.list` rows), the one the
-    replicas serve marked `current`."""
+    """`GET /v1/models`: what a chat request may name: the version the replicas serve now and
+    the alias `cls-ray` (always the current one). Other registered versions are not served,
+    so they are not listed (`cls-ray versions` shows the registry)."""
+    row = next((v for v in versions if v["name"] == current), None)
+    created = int(row["created_at"]) if row else int(time.time())
     data = [
         {
-            "id": v["name"],
+            "id": name,
             "object": "model",
             "owned_by": "cls-ray",
-            "created": int(v["created_at"]),
-            "status": v["status"],
-            "kind": v["kind"],
-            "parent": v["parent"],
-            "current": v["name"] == current,
+            "created": created,
+            "status": row["status"] if row else "promoted",
+            "kind": row["kind"] if row else None,
+            "parent": row["parent"] if row else None,
+            "current": name == current,
+            **({} if name == current else {"alias_of": current}),
         }
-        for v in versions
+        for name in (current, "cls-ray")
     ]
     return {"object": "list", "data": data}
 
@@ -50,11 +58,14 @@ def model_list(versions: list[dict], current: str) -> dict:
 class Completion:
     """One chat completion of a session reply (`cls_ray.serving.sessions.session_reply`)."""
 
-    def __init__(self, reply: dict):
+    def __init__(self, reply: dict, max_tokens: int | None = None):
         self.reply = reply
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.content = reply["answer"] if reply["answer"] is not None else NO_ANSWER
+        self.tokens = reply.get("completion_tokens", 0)
+        # No answer within the token budget: cut for length (OpenAI's finish reason).
+        self.finish = "stop" if reply["answer"] is not None or not max_tokens else "length"
         self.extra = {k: reply[k] for k in ("session_id", "model_version", "steps")}
 
     def message(self) -> dict:
@@ -67,10 +78,14 @@ class Completion:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": self.content},
-                    "finish_reason": "stop",
+                    "finish_reason": self.finish,
                 }
             ],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "usage": {
+                "prompt_tokens": 0,
+                "completion_tokens": self.tokens,
+                "total_tokens": self.tokens,
+            },
             "cls_ray": self.extra,
         }
 
@@ -90,5 +105,5 @@ class Completion:
         """Server-sent events: the role, the content, the end with the extra field, [DONE]."""
         yield self._chunk({"role": "assistant", "content": ""})
         yield self._chunk({"content": self.content})
-        yield self._chunk({}, "stop", self.extra)
+        yield self._chunk({}, self.finish, self.extra)
         yield "data: [DONE]\n\n"

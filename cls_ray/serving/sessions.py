@@ -13,23 +13,43 @@ from cls_ray.prm.best_of_n import best_indices
 from cls_ray.replay.buffer import token_digest
 from cls_ray.rgr import Trajectory
 from cls_ray.serving.api import RGRRequest
+from cls_ray.serving.limits import request_cost
 from cls_ray.session import Session
 
 
-def session_request(cfg, body: RGRRequest, owner: str | None, scorer: bool = False) -> dict:
-    """What the ingress batches for one `/v1/rgr` (or chat) request; 422 naming the field for
-    what the service cannot do."""
-    if len(body.question) > cfg.serve.max_question_chars:
-        raise HTTPException(422, f"question: longer than {cfg.serve.max_question_chars} characters")
+def session_request(
+    cfg,
+    body: RGRRequest,
+    owner: str | None,
+    scorer: bool = False,
+    max_tokens: int | None = None,
+) -> dict:
+    """What the ingress batches for one `/v1/rgr` (or chat) request, with its `cost`; 422
+    naming the field for what the service cannot or will not do."""
+    s = cfg.serve
+    if len(body.question) > s.max_question_chars:
+        raise HTTPException(422, f"question: longer than {s.max_question_chars} characters")
     if (body.best_of > 1 or body.score) and not scorer:
         raise HTTPException(
             422, "best_of/score: no PRM is deployed (run `cls-ray prm train`, then redeploy)"
         )
+    if max_tokens is not None and max_tokens > s.limits.max_tokens:
+        raise HTTPException(422, f"max_tokens: at most {s.limits.max_tokens}")
+    top_k, max_steps = body.top_k or cfg.rgr.top_k, body.max_steps or cfg.rgr.max_steps
+    cost = request_cost(body.best_of, max_steps, top_k if body.mode != "none" else 1)
+    if cost > s.limits.max_request_cost:
+        raise HTTPException(
+            422,
+            f"best_of x max_steps x top_k: {body.best_of} x {max_steps} x {top_k} = {cost} "
+            f"exceeds {s.limits.max_request_cost}",
+        )
     return {
         "question": body.question,
         "mode": body.mode,
-        "top_k": body.top_k,
-        "max_steps": body.max_steps,
+        "top_k": top_k,
+        "max_steps": max_steps,
+        "max_tokens": max_tokens,
+        "cost": cost,
         # Best-of-N samples; greedy decoding would give N copies of one trajectory.
         "temperature": body.temperature or (1.0 if body.best_of > 1 else 0.0),
         "best_of": body.best_of,
@@ -83,6 +103,7 @@ def session_reply(tr: Trajectory, session: Session, version: str, token: str = "
     return {
         "session_id": session.id,
         "feedback_token": token,
+        "completion_tokens": sum(len(s.token_ids or ()) for s in tr.steps),
         "question": tr.question,
         "answer": tr.answer,
         "model_version": version,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from cls_ray.config import Config
 from cls_ray.registry import ModelVersion
+from cls_ray.serving.limits import deployment_limits
 from cls_ray.serving.names import APP_IMPORT_PATH, GENERATOR, INGRESS, RETRIEVER
 
 
@@ -42,7 +43,7 @@ def generator_options(cfg: Config) -> dict:
     return {
         # The config section has exactly Serve's autoscaling fields.
         "autoscaling_config": g.autoscaling.model_dump(),
-        "max_ongoing_requests": g.max_ongoing_requests,
+        **deployment_limits(cfg)["generator"],
         "ray_actor_options": resources,
     }
 

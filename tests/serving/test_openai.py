@@ -61,15 +61,28 @@ def test_a_stream_is_server_sent_events_ending_with_done():
     assert chunks[-1]["cls_ray"]["session_id"] == "s1"
 
 
-def test_the_model_list_marks_the_version_served():
+def test_the_model_list_names_only_what_a_chat_request_may_name():
+    """The version served and its alias; a registered version the replicas do not serve would
+    answer 404, so it is not listed."""
     rows = [
         {"name": n, "created_at": 1.5, "status": st, "kind": k, "parent": p}
-        for n, st, k, p in [("base", "promoted", "base", None), ("v1", "candidate", "lora", "base")]
+        for n, st, k, p in [("base", "promoted", "base", None), ("v1", "promoted", "lora", "base")]
     ]
     got = model_list(rows, "v1")
     assert got["object"] == "list"
     assert [(m["id"], m["current"], m["object"]) for m in got["data"]] == [
-        ("base", False, "model"),
         ("v1", True, "model"),
+        ("cls-ray", False, "model"),
     ]
-    assert got["data"][1]["parent"] == "base" and got["data"][0]["created"] == 1
+    assert got["data"][1]["alias_of"] == "v1"
+    assert got["data"][0]["parent"] == "base" and got["data"][0]["created"] == 1
+
+
+def test_a_text_part_that_is_not_a_string_is_skipped_not_a_500():
+    req = ChatRequest(
+        messages=[{"role": "user", "content": [{"type": "text", "text": 5}, {"text": "Who?"}]}]
+    )
+    assert question_of(req) == "Who?"
+    with pytest.raises(HTTPException) as e:
+        question_of(ChatRequest(messages=[{"role": "user", "content": [{"text": 5}]}]))
+    assert e.value.status_code == 422

@@ -22,7 +22,7 @@ from actors.runtime import up
 from actors.weight_stream import stream_version
 from cls_ray.cluster import serve_config
 from cls_ray.config import load_config
-from cls_ray.model.loading import load_model_and_tokenizer
+from cls_ray.model.loading import load_model_and_tokenizer, save_version
 from cls_ray.prm.judge import judge_client, judge_labels
 from cls_ray.prm.labels import StepExample
 from cls_ray.registry import ModelVersion, registry_for
@@ -352,7 +352,7 @@ def _make_adapter(cfg, out):
     lora = get_peft_model(
         model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     )
-    lora.save_pretrained(out)
+    save_version(lora, out, {"method": "test"})
     return out
 
 
