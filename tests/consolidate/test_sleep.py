@@ -44,7 +44,7 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
     assert "new_family_after" in v.metrics and "retention_after" in v.metrics
     # consumed, and the consumed cache discarded but for the replay sample (all 6 fit in it)
     assert out["compaction"] == {"dropped": 0, "kept_replay": len(qs), "sessions": len(qs)}
-    again = ReplayBuffer(cfg.replay_path)
+    again = ReplayBuffer(cfg.replay_path, readonly=True)
     assert again.take(100) == []
     assert all(again.get(tr_id).r_tau is not None for tr_id in again.ids())  # scored on the way
     # Nothing left to consume: a clear message, not a crash.
