@@ -98,12 +98,21 @@ def make_parser() -> argparse.ArgumentParser:
     sub.add_parser("rollback", parents=[common], help="return to the previously promoted version")
     bench = sub.add_parser("bench", parents=[common], help="benchmarks")
     bench.add_argument(
-        "which", choices=["rgr", "retrieval", "serve", "consolidation", "train", "stream"]
+        "which",
+        choices=["rgr", "retrieval", "serve", "chaos", "consolidation", "train", "stream"],
     )
     bench.add_argument("--replicas", type=int, default=2, help="stream: receiving processes")
     bench.add_argument("--steps", type=int, default=None, help="train: optimizer steps")
     bench.add_argument("--requests", type=int, default=None, help="serve: sessions per load")
-    bench.add_argument("--concurrency", type=int, default=None, help="serve: sessions at once")
+    bench.add_argument(
+        "--concurrency", type=int, default=None, help="serve, chaos: sessions at once"
+    )
+    bench.add_argument(
+        "--fault-seconds", type=float, default=10.0, help="chaos: how long a fault lasts"
+    )
+    bench.add_argument(
+        "--after-seconds", type=float, default=12.0, help="chaos: load after each fault ends"
+    )
     bench.add_argument(
         "--per-family",
         "--per-group",

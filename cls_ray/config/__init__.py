@@ -5,7 +5,7 @@ the line, the field and what was expected. CLI overrides use dotted paths: `rgr.
 """
 
 from cls_ray.config.base import ConfigError, Section, expand_env
-from cls_ray.config.loader import load_config
+from cls_ray.config.loader import load_config, with_overrides
 from cls_ray.config.schema import Config
 
-__all__ = ["Config", "ConfigError", "Section", "expand_env", "load_config"]
+__all__ = ["Config", "ConfigError", "Section", "expand_env", "load_config", "with_overrides"]

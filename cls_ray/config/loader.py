@@ -162,3 +162,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 msg = "unknown field (check its spelling and section)"
             lines.append(f"{where}: {field}: {msg}; got {err.get('input')!r}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def with_overrides(cfg: Config, overrides: dict[str, object]) -> Config:
+    """`cfg` with `dotted.key: value` overrides, validated again (a command that needs its
+    own settings for a run, such as `bench chaos`, without touching the config file)."""
+    data = cfg.model_dump(mode="json")
+    for key, value in overrides.items():
+        _set_dotted(data, key, value)
+    return Config.model_validate(data)

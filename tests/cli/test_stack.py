@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cls_ray.replay.buffer import ReplayBuffer
 from tests.helpers import TINY_OVERRIDES, free_port, set_args
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -18,6 +19,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def _cli(args, env, timeout=300):
     exe = str(Path(sys.executable).with_name("cls-ray"))
     return subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _sessions(state: Path) -> int:
+    return len(ReplayBuffer(state / "replay", readonly=True).ids())
 
 
 def test_up_status_ask_promote_rollback_down(tmp_path, tiny_cfg, tiny_state, ray_local):
@@ -71,3 +76,30 @@ def test_up_status_ask_promote_rollback_down(tmp_path, tiny_cfg, tiny_state, ray
         assert r.returncode == 0, r.stderr[-2000:]
     r = _cli(["status", "--json", *common], env)
     assert json.loads(r.stdout.strip().splitlines()[-1])["up"] is False
+
+    before = _sessions(state)
+    # The chaos benchmark on its own copy of this state (the stack must be down, as it is now):
+    # short faults, few clients. Every acknowledged session survives every fault; every failure
+    # is a 503/504 naming its cause, none waits past the timeout, and the service recovers.
+    r = _cli(
+        [
+            "bench", "chaos", "--json", "--concurrency", "2", "--fault-seconds", "3",
+            "--after-seconds", "6", *common,
+        ],
+        env,
+        timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    chaos = json.loads(r.stdout.strip().splitlines()[-1])
+    faults = [row["fault"] for row in chaos["rows"]]
+    assert len(faults) == 5 and faults[0] == "kill a generator replica", faults
+    assert faults[-1] == "overload 4x"
+    s = chaos["summary"]
+    assert s["sessions_lost"] == 0 and s["every_wait_bounded"], chaos["rows"]
+    assert s["failures_are_503_504"] and s["all_recovered"], chaos["rows"]
+    for row in chaos["rows"]:
+        assert row["ok"] > 0 and row["sessions_acked"] > 0, row
+        assert all(c.split(":")[0] in {"503", "504"} and len(c) > 8 for c in row["causes"]), row
+    # The bench's sessions went to its own buffer, none to the user's.
+    assert _sessions(state) == before
+    assert _sessions(state / "chaos") >= sum(row["sessions_acked"] for row in chaos["rows"])
