@@ -9,6 +9,7 @@ import signal
 import time
 
 import ray
+from ray import serve
 from ray.serve._private.api import serve_start
 
 from cls_ray.config import Config
@@ -22,6 +23,16 @@ def replicas(cfg: Config, deployment: str) -> list[dict]:
     `pid`, `replica_id`)."""
     app = serve_start().get_serve_details()["applications"][cfg.serve.app_name]
     return [r for r in app["deployments"][deployment]["replicas"] if r["state"] == "RUNNING"]
+
+
+def replica_counts(cfg: Config, deployment: str) -> dict[str, int]:
+    """The deployment's replicas by state (`RUNNING`, `STARTING`, `STOPPING`, ...), from
+    `serve.status()`: quiet and cheap to poll."""
+    app = serve.status().applications.get(cfg.serve.app_name)
+    if app is None or deployment not in app.deployments:
+        return {}
+    return {str(k.value if hasattr(k, "value") else k): n
+            for k, n in app.deployments[deployment].replica_states.items()}  # fmt: skip
 
 
 def wait_for_replicas(cfg: Config, deployment: str, n: int, timeout_s: float = 120.0) -> list:

@@ -10,7 +10,9 @@ every pod mounting the shared state volume and reading the Milvus URI/token and 
 from a Secret), a `CronJob` that submits the nightly consolidation to the service's cluster with
 `ray job submit` (the job promotes through that cluster's Serve controller, so it has to run
 there), a `RayJob` that trains the PRM on its own short-lived cluster, and the shared-state
-`PersistentVolumeClaim`.
+`PersistentVolumeClaim`, and the `NetworkPolicy` that decides who reaches the pods (the
+processes inside bind 0.0.0.0, so the policy is the boundary: TLS goes in front, at the
+ingress that clients reach).
 """
 
 from __future__ import annotations
@@ -81,14 +83,27 @@ def _container(name: str, image: str, resources: dict, ports: list[dict] | None 
     return c
 
 
-def _pod(container: dict) -> dict:
+# Labels on every pod of an app's clusters, and on who may reach them (`network_policy`).
+APP_LABEL = "cls-ray/app"
+CLIENT_LABEL = "cls-ray/client"  # may call the Serve HTTP port
+OPERATOR_LABEL = "cls-ray/operator"  # may submit jobs to the dashboard (remote code execution)
+DASHBOARD_PORT = 8265
+DASHBOARD_AGENT_PORT = 52365
+
+
+def _labels(cfg: Config) -> dict:
+    return {"app.kubernetes.io/part-of": "cls-ray", APP_LABEL: cfg.serve.app_name}
+
+
+def _pod(container: dict, labels: dict) -> dict:
     return {
+        "metadata": {"labels": dict(labels)},
         "spec": {
             "containers": [container],
             "volumes": [
                 {"name": "state", "persistentVolumeClaim": {"claimName": STATE_CLAIM}},
             ],
-        }
+        },
     }
 
 
@@ -104,7 +119,7 @@ def ray_cluster_spec(cfg: Config, image: str) -> dict:
         {"cpu": "4", "memory": "16Gi"},
         ports=[
             {"containerPort": 6379, "name": "gcs"},
-            {"containerPort": 8265, "name": "dashboard"},
+            {"containerPort": DASHBOARD_PORT, "name": "dashboard"},
             {"containerPort": 10001, "name": "client"},
             {"containerPort": s.port, "name": "serve"},
         ],
@@ -116,8 +131,10 @@ def ray_cluster_spec(cfg: Config, image: str) -> dict:
         "enableInTreeAutoscaling": True,
         "autoscalerOptions": {"upscalingMode": "Default", "idleTimeoutSeconds": 300},
         "headGroupSpec": {
+            # 0.0.0.0 inside the pod, so the head service reaches it; `network_policy` admits
+            # only operator pods to it: job submission runs code on the cluster.
             "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-            "template": _pod(head),
+            "template": _pod(head, _labels(cfg)),
         },
         "workerGroupSpecs": [
             {
@@ -128,7 +145,7 @@ def ray_cluster_spec(cfg: Config, image: str) -> dict:
                     s.generator.autoscaling.max_replicas, cfg.consolidate.num_workers
                 ),
                 "rayStartParams": {},
-                "template": _pod(gpu),
+                "template": _pod(gpu, _labels(cfg)),
             },
             {
                 "groupName": "cpu",
@@ -136,7 +153,7 @@ def ray_cluster_spec(cfg: Config, image: str) -> dict:
                 "minReplicas": 1,
                 "maxReplicas": 4,
                 "rayStartParams": {},
-                "template": _pod(cpu),
+                "template": _pod(cpu, _labels(cfg)),
             },
         ],
     }
@@ -192,6 +209,8 @@ def sleep_cronjob(cfg: Config, config_path: str, image: str = IMAGE, schedule="0
                 "spec": {
                     "backoffLimit": 0,
                     "template": {
+                        # The one pod that submits jobs: `network_policy` lets it reach 8265.
+                        "metadata": {"labels": {OPERATOR_LABEL: "true"}},
                         "spec": {
                             "restartPolicy": "Never",
                             "containers": [
@@ -203,7 +222,7 @@ def sleep_cronjob(cfg: Config, config_path: str, image: str = IMAGE, schedule="0
                                     "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
                                 }
                             ],
-                        }
+                        },
                     },
                 }
             },
@@ -227,6 +246,47 @@ def prm_rayjob(cfg: Config, config_path: str, image: str = IMAGE) -> dict:
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 600,
             "rayClusterSpec": spec,
+        },
+    }
+
+
+def network_policy(cfg: Config) -> dict:
+    """Who may reach the pods of the app's clusters: each other (Ray's own ports), pods or
+    namespaces labelled `cls-ray/client=true` the Serve HTTP port (an ingress controller that
+    terminates TLS, say), pods labelled `cls-ray/operator=true` the dashboard's job submission,
+    KubeRay's operator the dashboard and its agent (Serve's status); nothing else. Egress stays open (Milvus, object storage)."""
+    me = {"podSelector": {"matchLabels": {APP_LABEL: cfg.serve.app_name}}}
+    client = [
+        {"podSelector": {"matchLabels": {CLIENT_LABEL: "true"}}},
+        {"namespaceSelector": {"matchLabels": {CLIENT_LABEL: "true"}}},
+    ]
+    operator = [{"podSelector": {"matchLabels": {OPERATOR_LABEL: "true"}}}]
+    # KubeRay's operator (in any namespace) reads Serve's status from the dashboard and its agent.
+    kuberay = [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}},
+        }
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"{cfg.serve.app_name}-ingress"},
+        "spec": {
+            "podSelector": {"matchLabels": {APP_LABEL: cfg.serve.app_name}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [me]},
+                {"from": client, "ports": [{"protocol": "TCP", "port": cfg.serve.port}]},
+                {"from": operator, "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]},
+                {
+                    "from": kuberay,
+                    "ports": [
+                        {"protocol": "TCP", "port": DASHBOARD_PORT},
+                        {"protocol": "TCP", "port": DASHBOARD_AGENT_PORT},
+                    ],
+                },
+            ],
         },
     }
 
@@ -271,6 +331,7 @@ def manifests(cfg: Config, config_path: str, image: str = IMAGE) -> dict[str, li
         "sleep-cronjob.yaml": [sleep_cronjob(cfg, config_path, image)],
         "prm-rayjob.yaml": [prm_rayjob(cfg, config_path, image)],
         "storage.yaml": [state_claim()],
+        "networkpolicy.yaml": [network_policy(cfg)],
     }
 
 

@@ -1,4 +1,4 @@
-"""`cls-ray bench rgr | retrieval | serve | chaos | consolidation | train | stream`: each benchmark prints
+"""`cls-ray bench rgr | retrieval | serve | chaos | fuzz | autoscale | consolidation | train | stream`: each benchmark prints
 its figures, writes a JSON report (and a plot where one helps) under `state_dir/reports/`."""
 
 from __future__ import annotations
@@ -7,20 +7,12 @@ import functools
 
 from ray import serve
 
-from actors.chaos import (
-    Paused,
-    fill_disk,
-    kill_buffer,
-    kill_replica,
-    missing_sessions,
-    wait_for_replicas,
-)
 from actors.deploy import deploy
 from actors.ray_cluster import connect_ray, init_ray, stop_ray, take_down
 from actors.runtime import up
+from cls_ray.cli.bench_service import bench_autoscale_cmd, bench_chaos_cmd, bench_fuzz_cmd
 from cls_ray.cli.http import stack_up
 from cls_ray.config import Config
-from cls_ray.eval.bench_chaos import Fault, bench_chaos, chaos_config, format_chaos
 from cls_ray.eval.bench_consolidation import bench_consolidation
 from cls_ray.eval.bench_retrieval import bench_retrieval, format_retrieval_table
 from cls_ray.eval.bench_rgr import bench_rgr, format_table
@@ -32,7 +24,7 @@ from cls_ray.eval.reports import write_report
 from cls_ray.model.loading import is_checkpoint
 from cls_ray.prm.model import load_prm
 from cls_ray.serving.keys import without_rate_limits
-from cls_ray.serving.names import GENERATOR, RETRIEVER
+from cls_ray.serving.names import RETRIEVER
 from cls_ray.stack import Stack
 from cls_ray.storage import mirror_reports
 
@@ -43,6 +35,8 @@ def cmd_bench(args, cfg: Config) -> dict:
         "retrieval": bench_retrieval_cmd,
         "serve": bench_serve_cmd,
         "chaos": bench_chaos_cmd,
+        "fuzz": bench_fuzz_cmd,
+        "autoscale": bench_autoscale_cmd,
         "consolidation": bench_consolidation_cmd,
         "train": bench_train_cmd,
         "stream": bench_stream_cmd,
@@ -149,60 +143,6 @@ def bench_serve_cmd(args, cfg: Config) -> dict:
     return result
 
 
-def _none() -> None:
-    return None
-
-
-def bench_chaos_cmd(args, cfg: Config) -> dict:
-    """Faults injected into an application of its own (`eval.bench_chaos.chaos_config`) under a
-    bounded load; the user's stack must be down (its store has one owner)."""
-    if not is_checkpoint(cfg.model_path):
-        raise SystemExit(f"cls-ray bench chaos: no model at {cfg.model_path}; run `cls-ray demo`")
-    if stack_up(cfg):
-        raise SystemExit(
-            "cls-ray bench chaos: the stack is up; take it down first (`cls-ray down`): the "
-            "bench kills and stops processes and needs the Milvus file to itself"
-        )
-    base_cfg, cfg = cfg, chaos_config(cfg)
-    fault_s = args.fault_seconds
-    paused = Paused(cfg, RETRIEVER)
-    started_ray = connect_ray(cfg, start=True)
-    try:
-        url = up(cfg)
-        wait_for_replicas(cfg, GENERATOR, 2)
-        questions, _ = serve_workload(Stack(cfg).task)
-        print(f"== bench chaos at {url}: {len(questions)} eval questions, faults of {fault_s:g} s")
-        faults = [
-            Fault("kill a generator replica", lambda: kill_replica(cfg, GENERATOR)),
-            Fault(f"stop the retriever {fault_s:g} s", paused.pause, paused.resume, fault_s),
-            Fault("kill the replay buffer", lambda: kill_buffer(cfg)),
-            # The buffer ends the fault itself after `fault_s`; nothing to heal here.
-            Fault(f"WAL disk full {fault_s:g} s", lambda: fill_disk(cfg, fault_s), _none, fault_s),
-        ]
-        result = bench_chaos(
-            url,
-            questions,
-            faults,
-            clients=args.concurrency or 4,
-            sustainable=cfg.serve.max_concurrent_sessions,
-            request_timeout_s=cfg.serve.limits.request_timeout_s,
-            missing=lambda ids: missing_sessions(cfg, ids),
-            settle=lambda: wait_for_replicas(cfg, GENERATOR, 2),
-            after_s=args.after_seconds,
-            overload_s=2 * fault_s,
-            log=print,
-        )
-    finally:
-        paused.resume()  # never leave a process stopped
-        take_down(cfg)
-        if started_ray:
-            stop_ray()
-    report = write_report(base_cfg, "bench_chaos", result)
-    print(format_chaos(result))
-    print(f"report: {report}")
-    return result
-
-
 def bench_consolidation_cmd(args, cfg: Config) -> dict:
     stack = _stack_with_documents(args, cfg)
     prm = load_prm(cfg)
@@ -242,6 +182,7 @@ def bench_train_cmd(args, cfg: Config) -> dict:
 
 
 def bench_stream_cmd(args, cfg: Config) -> dict:
+    args.replicas = args.replicas or 2
     if args.replicas < 1:
         raise SystemExit("cls-ray bench stream: --replicas must be at least 1")
     size = {"hidden": 64, "layers": 2, "vocab": 1000} if args.smoke else {}

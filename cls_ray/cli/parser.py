@@ -99,19 +99,41 @@ def make_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", parents=[common], help="benchmarks")
     bench.add_argument(
         "which",
-        choices=["rgr", "retrieval", "serve", "chaos", "consolidation", "train", "stream"],
+        choices=[
+            "rgr",
+            "retrieval",
+            "serve",
+            "chaos",
+            "fuzz",
+            "autoscale",
+            "consolidation",
+            "train",
+            "stream",
+        ],
     )
-    bench.add_argument("--replicas", type=int, default=2, help="stream: receiving processes")
+    bench.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="stream: receiving processes (2); autoscale: the generator's most replicas (4)",
+    )
     bench.add_argument("--steps", type=int, default=None, help="train: optimizer steps")
     bench.add_argument("--requests", type=int, default=None, help="serve: sessions per load")
     bench.add_argument(
-        "--concurrency", type=int, default=None, help="serve, chaos: sessions at once"
+        "--concurrency", type=int, default=None, help="serve, chaos, autoscale: sessions at once"
     )
     bench.add_argument(
         "--fault-seconds", type=float, default=10.0, help="chaos: how long a fault lasts"
     )
     bench.add_argument(
         "--after-seconds", type=float, default=12.0, help="chaos: load after each fault ends"
+    )
+    bench.add_argument(
+        "--examples", type=int, default=None, help="fuzz: generated cases an operation (25)"
+    )
+    bench.add_argument("--seed", type=int, default=0, help="fuzz: schemathesis' seed")
+    bench.add_argument(
+        "--load-seconds", type=float, default=40.0, help="autoscale: how long the load lasts"
     )
     bench.add_argument(
         "--per-family",

@@ -20,6 +20,21 @@ class AutoscalingConfig(Section):
     )
     upscale_delay_s: float = Field(30.0, ge=0)
     downscale_delay_s: float = Field(600.0, ge=0)
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="The window over which ongoing requests are averaged."
+    )
+    metrics_interval_s: float = Field(
+        10.0, gt=0, description="How often replicas and handles report their ongoing requests."
+    )
+
+    @model_validator(mode="after")
+    def _window_holds_reports(self) -> AutoscalingConfig:
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(
+                f"look_back_period_s ({self.look_back_period_s:g}) must exceed "
+                f"metrics_interval_s ({self.metrics_interval_s:g}): the window needs reports"
+            )
+        return self
 
 
 class GeneratorConfig(Section):

@@ -26,18 +26,14 @@ drives the load and measures.
 
 from __future__ import annotations
 
-import os
-import shutil
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
-import requests
-
-from cls_ray.config import Config, with_overrides
+from cls_ray.config import Config
+from cls_ray.eval.load import Load, Record, percentile
+from cls_ray.eval.sandbox import sandbox_config
 
 
 @dataclass
@@ -49,101 +45,6 @@ class Fault:
     inject: Callable[[], object]
     heal: Callable[[], object] | None = None
     duration_s: float = 0.0
-
-
-@dataclass
-class Record:
-    t0: float
-    t1: float
-    status: int | None  # None: no HTTP answer
-    detail: str = ""
-    session_id: str | None = None
-    retry_after: str | None = None
-
-
-@dataclass
-class Load:
-    """Client threads posting `/v1/rgr` until stopped; each request bounded by `timeout_s`, at
-    most `max_requests` in all (a bounded loop whatever the service does)."""
-
-    url: str
-    questions: Sequence[str]
-    clients: int
-    timeout_s: float
-    headers: dict = field(default_factory=dict)
-    max_requests: int = 100_000
-    records: list[Record] = field(default_factory=list)
-
-    def __post_init__(self):
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._sent = 0
-
-    def _next(self) -> int | None:
-        with self._lock:
-            if self._stop.is_set() or self._sent >= self.max_requests:
-                return None
-            self._sent += 1
-            return self._sent
-
-    def _client(self) -> None:
-        http = requests.Session()
-        while (i := self._next()) is not None:
-            q = self.questions[i % len(self.questions)]
-            t0 = time.monotonic()
-            rec = Record(t0, t0, None)
-            try:
-                r = http.post(
-                    f"{self.url}/v1/rgr", json={"question": q}, headers=self.headers,
-                    timeout=self.timeout_s,
-                )  # fmt: skip
-                rec.status, rec.retry_after = r.status_code, r.headers.get("Retry-After")
-                if r.status_code == 200:
-                    rec.session_id = r.json().get("session_id")
-                else:
-                    rec.detail = _detail(r)
-            except requests.RequestException as e:
-                rec.detail = type(e).__name__
-            rec.t1 = time.monotonic()
-            with self._lock:
-                self.records.append(rec)
-            if rec.status == 503:  # as a client should: wait what the service asked
-                self._stop.wait(min(float(rec.retry_after or 1.0), 10.0))
-
-    def start(self, clients: int | None = None) -> Load:
-        for _ in range(clients or self.clients):
-            t = threading.Thread(target=self._client, daemon=True)
-            t.start()
-            self._threads.append(t)
-        return self
-
-    def wait(self) -> list[Record]:
-        """Until every client has sent its share of `max_requests`."""
-        return self._join()
-
-    def stop(self) -> list[Record]:
-        self._stop.set()
-        return self._join()
-
-    def _join(self) -> list[Record]:
-        for t in self._threads:
-            t.join(self.timeout_s + 5)
-        with self._lock:
-            return list(self.records)
-
-
-def _detail(r: requests.Response) -> str:
-    try:
-        body = r.json()
-        d = body.get("detail", body) if isinstance(body, dict) else body
-    except ValueError:
-        d = r.text
-    return str(d)[:160]
-
-
-def _p(xs: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(xs, q)) if len(xs) else None
 
 
 def fault_row(
@@ -169,7 +70,7 @@ def fault_row(
         "errors_client": statuses[None],
         "statuses": {str(s): n for s, n in sorted(statuses.items(), key=lambda x: str(x[0]))},
         "retry_after_on_503": all(r.retry_after for r in failed if r.status == 503),
-        "p99_s": _p(lat, 99),
+        "p99_s": percentile(lat, 99),
         "max_s": max(lat, default=None),
         "over_timeout": sum(1 for x in lat if x > request_timeout_s + 1.0),
         "fault_s": ended - began,
@@ -178,6 +79,8 @@ def fault_row(
         "sessions_acked": sum(1 for r in rs if r.session_id),
         "sessions_lost": lost,
         "causes": sorted({f"{r.status}: {r.detail}" for r in failed})[:6],
+        # When the failures came, in seconds from the fault's start: where recovery went.
+        "failed_at_s": sorted(round(r.t0 - began, 2) for r in failed)[:20],
     }
 
 
@@ -243,9 +146,11 @@ def run_overload(
     accepted = [r.t1 - r.t0 for r in records if r.status == 200]
     row.update(
         clients=sustainable * factor,
-        unloaded_p99_s=_p(unloaded, 99),
-        accepted_p99_s=_p(accepted, 99),
-        p99_ratio=(_p(accepted, 99) / _p(unloaded, 99)) if accepted and unloaded else None,
+        unloaded_p99_s=percentile(unloaded, 99),
+        accepted_p99_s=percentile(accepted, 99),
+        p99_ratio=(percentile(accepted, 99) / percentile(unloaded, 99))
+        if accepted and unloaded
+        else None,
         # An overload has no end to recover from: what counts is how the excess was answered.
         recovery_s=0.0,
         recovered=bool(accepted),
@@ -267,6 +172,7 @@ def summary(rows: Sequence[dict], request_timeout_s: float) -> dict:
             set(r["statuses"]) <= {"200", "503", "504"} and r["retry_after_on_503"] for r in rows
         ),
         "max_recovery_s": max((r["recovery_s"] for r in rows), default=0.0),
+        "recovery_within_10s": all(r["recovery_s"] <= 10.0 for r in rows),
         "all_recovered": all(r["recovered"] for r in rows),
         "overload_p99_ratio": over and over["p99_ratio"],
         "request_timeout_s": request_timeout_s,
@@ -297,26 +203,9 @@ def format_chaos(result: dict) -> str:
 
 
 def chaos_config(cfg: Config) -> Config:
-    """The chaos run's config: `chaos_settings` on a copy of the state directory under
-    `state_dir/chaos` (models, PRM, registry and the Milvus file; an empty replay buffer), so the
+    """The chaos run's config: `chaos_settings` on a sandbox under `state_dir/chaos`, so the
     faults and the sessions of the load never touch the user's buffer or store."""
-    src, dst = cfg.state_path, cfg.state_path / "chaos"
-    shutil.rmtree(dst, ignore_errors=True)
-
-    def link_or_copy(a: str, b: str) -> None:
-        # Version folders and PRM weights are written once, never changed in place: linked.
-        # Milvus' file is written by its server: copied.
-        if a.endswith(".db"):
-            shutil.copy2(a, b)
-            return
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    skip = shutil.ignore_patterns("chaos", "replay", "reports", "bench", "logs", "*.lock")
-    shutil.copytree(src, dst, ignore=skip, copy_function=link_or_copy)
-    return with_overrides(cfg, {**chaos_settings(), "state_dir": str(dst)})
+    return sandbox_config(cfg, "chaos", chaos_settings())
 
 
 def chaos_settings() -> dict:

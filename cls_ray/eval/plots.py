@@ -105,3 +105,25 @@ def plot_prm_eval(result: dict, path: Path) -> Path:
         f"AUROC R(τ) {result['auroc_tau']:.3f}"
     )
     return save(fig, path)
+
+
+def plot_bench_autoscale(result: dict, path: Path) -> Path:
+    """The generator's running replicas over time, the load's window shaded."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    t = [row["t_s"] for row in result["timeline"]]
+    n = [row["replicas"] for row in result["timeline"]]
+    ax.axvspan(result["load_began_s"], result["load_ended_s"], color="tab:orange", alpha=0.15,
+               label=f"load: {result['clients']} sessions at a time")  # fmt: skip
+    ax.step(t, n, where="post", color="tab:blue", label="generator replicas (running)")
+    total = [row["replicas"] + row.get("starting", 0) for row in result["timeline"]]
+    ax.step(t, total, where="post", color="tab:blue", ls="--", alpha=0.6,
+            label="running + starting (the controller's decision)")  # fmt: skip
+    ax.axhline(result["max_replicas"], color="tab:gray", ls=":", label="max_replicas")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("replicas")
+    ax.set_ylim(0, result["max_replicas"] + 0.5)
+    ax.set_title(
+        f"autoscaling: {result['ok']}/{result['requests']} requests ok, {result['failed']} failed"
+    )
+    ax.legend(loc="upper right", fontsize=8)
+    return save(fig, path)

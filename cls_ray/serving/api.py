@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a body of the wrong JSON type is refused (422), never coerced (`0` is no `false`,
+    # `"3"` no 3), so what the service accepts is exactly what its OpenAPI document declares.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RGRRequest(_Body):
@@ -31,13 +33,14 @@ class RGRRequest(_Body):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: str = Field(pattern="^(system|user|assistant|tool|developer)$")
     content: str | list | None = None
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # OpenAI clients send many optional fields
+    # OpenAI clients send many optional fields; those declared here are strict, as in `_Body`.
+    model_config = ConfigDict(extra="allow", strict=True)
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False

@@ -25,17 +25,25 @@ def _sessions(state: Path) -> int:
     return len(ReplayBuffer(state / "replay", readonly=True).ids())
 
 
-def test_up_status_ask_promote_rollback_down(tmp_path, tiny_cfg, tiny_state, ray_local):
-    state = tmp_path / "state"
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory, tiny_cfg, ray_local):
+    """A state directory with the tiny model and the world's documents, a config file naming it,
+    and the environment that points the CLI at the test session's Ray cluster."""
+    root = tmp_path_factory.mktemp("cli")
+    state = root / "state"
     shutil.copytree(tiny_cfg.model_path, state / "models" / "base")
     port = free_port()
-    cfg = tmp_path / "stack.yaml"
+    cfg = root / "stack.yaml"
     cfg.write_text(f"state_dir: {state}\nserve:\n  port: {port}\n  app_name: cls-ray-cli\n")
     common = ["--config", str(cfg), "-q", *set_args(TINY_OVERRIDES)]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-
     r = _cli(["ingest", "--world", "--no-ray", *common], env)
     assert r.returncode == 0, r.stderr[-2000:]
+    return {"state": state, "port": port, "common": common, "env": env}
+
+
+def test_up_status_ask_promote_rollback_down(cli):
+    state, port, common, env = cli["state"], cli["port"], cli["common"], cli["env"]
     r = _cli(["up", *common], env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"http://127.0.0.1:{port}" in r.stdout
@@ -77,6 +85,9 @@ def test_up_status_ask_promote_rollback_down(tmp_path, tiny_cfg, tiny_state, ray
     r = _cli(["status", "--json", *common], env)
     assert json.loads(r.stdout.strip().splitlines()[-1])["up"] is False
 
+
+def test_bench_chaos_loses_no_session_and_bounds_every_wait(cli):
+    state, common, env = cli["state"], cli["common"], cli["env"]
     before = _sessions(state)
     # The chaos benchmark on its own copy of this state (the stack must be down, as it is now):
     # short faults, few clients. Every acknowledged session survives every fault; every failure
@@ -103,3 +114,17 @@ def test_up_status_ask_promote_rollback_down(tmp_path, tiny_cfg, tiny_state, ray
     # The bench's sessions went to its own buffer, none to the user's.
     assert _sessions(state) == before
     assert _sessions(state / "chaos") >= sum(row["sessions_acked"] for row in chaos["rows"])
+
+
+def test_bench_autoscale_scales_up_under_load_and_down_after_it(cli):
+    """On the test session's cluster (2 CPUs) the replicas take a share of a CPU each."""
+    state, common, env = cli["state"], cli["common"], cli["env"]
+    args = ["--replicas", "3", "--concurrency", "6", "--load-seconds", "30"]
+    r = _cli(["bench", "autoscale", "--json", *args, *common], env, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    auto = json.loads(r.stdout.strip().splitlines()[-1])
+    assert auto["scaled_up"] and auto["peak_replicas"] >= 2, auto["timeline"]
+    assert auto["scaled_down"] and auto["final_replicas"] == 1, auto["timeline"]
+    assert auto["failed"] == 0 and auto["ok"] > 0, auto["statuses"]
+    assert auto["decided_up_s"] is not None and auto["decided_up_s"] < 20, auto["timeline"]
+    assert (state / "reports" / "bench_autoscale.png").stat().st_size > 1000

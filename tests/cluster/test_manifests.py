@@ -83,7 +83,7 @@ def test_kubernetes_objects_and_pod_templates_validate_against_the_schemas():
                     kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
             else:
                 kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-    assert {"RayService", "RayJob", "CronJob", "PersistentVolumeClaim"} <= seen
+    assert {"RayService", "RayJob", "CronJob", "PersistentVolumeClaim", "NetworkPolicy"} <= seen
 
 
 def test_a_broken_pod_template_is_refused_by_the_validator():
@@ -138,6 +138,45 @@ def test_jobs_submit_the_cli_with_the_cluster_config():
     (job,) = _docs("prm-rayjob.yaml")
     assert job["spec"]["entrypoint"] == f"python -m cls_ray.cli prm train --config {CLUSTER_CONFIG}"
     assert job["spec"]["shutdownAfterJobFinishes"] is True
+
+
+def _admits(policy: dict, labels: dict, port: int) -> bool:
+    """Whether a pod with `labels` (namespace unlabelled) may reach `port` of the policy's pods."""
+    for rule in policy["spec"]["ingress"]:
+        ports = [p["port"] for p in rule.get("ports", [])]
+        if ports and port not in ports:
+            continue
+        for peer in rule["from"]:
+            ns = peer.get("namespaceSelector")
+            if ns is not None and ns.get("matchLabels") and "podSelector" not in peer:
+                continue  # a labelled namespace: not ours
+            want = peer.get("podSelector", {}).get("matchLabels", {})
+            if all(labels.get(k) == v for k, v in want.items()):
+                return True
+    return False
+
+
+def test_the_network_policy_admits_clients_to_serve_and_only_operators_to_the_dashboard():
+    cfg = _cfg()
+    (policy,) = _docs("networkpolicy.yaml")
+    (svc,) = _docs("rayservice.yaml")
+    (cron,) = _docs("sleep-cronjob.yaml")
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    pods = [t["metadata"]["labels"] for t in _pod_templates(svc)]
+    assert pods and all(selected.items() <= labels.items() for labels in pods)  # every Ray pod
+    submitter = cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    client, stranger = {"cls-ray/client": "true"}, {"app": "something-else"}
+    port, dashboard = cfg.serve.port, 8265
+    assert _admits(policy, client, port) and not _admits(policy, client, dashboard)
+    assert _admits(policy, submitter, dashboard) and not _admits(policy, submitter, 6379)
+    assert not any(_admits(policy, stranger, p) for p in (port, dashboard, 6379, 10001))
+    assert all(_admits(policy, pods[0], p) for p in (port, dashboard, 6379, 10001))
+    kuberay = {"app.kubernetes.io/name": "kuberay-operator"}
+    assert _admits(policy, kuberay, dashboard) and not _admits(policy, kuberay, port)
+    # On VMs the dashboard listens on loopback only (reached through `ray dashboard`'s tunnel).
+    head = yaml.safe_load((ROOT / "cluster" / "ray-cluster.yaml").read_text())
+    start = " ".join(head["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
 
 
 def test_no_secret_from_the_environment_lands_in_a_manifest(monkeypatch, tmp_path):

@@ -22,6 +22,7 @@ from actors.runtime import up
 from actors.weight_stream import stream_version
 from cls_ray.cluster import serve_config
 from cls_ray.config import load_config
+from cls_ray.eval.bench_fuzz import bench_fuzz, format_fuzz
 from cls_ray.model.loading import load_model_and_tokenizer, save_version
 from cls_ray.prm.judge import judge_client, judge_labels
 from cls_ray.prm.labels import StepExample
@@ -420,3 +421,31 @@ def test_hot_swap_under_load_fails_nothing_and_pins_versions(served, tmp_path):
     assert unknown.status_code == 404 and "v999" in unknown.text
     stats = requests.get(f"{url}/admin/buffer", headers=admin, timeout=30)
     assert stats.status_code == 200 and stats.json()["sessions"] >= 24
+
+
+def test_a_fuzz_of_every_route_as_every_caller_finds_no_5xx_and_no_schema_violation(
+    served, tmp_path
+):
+    """schemathesis from the served OpenAPI document (valid and invalid requests for every
+    route), without a key and with a key of each role: no 5xx, and every answer is one the
+    document declares. Small here (the last test of the module: it writes documents and spends
+    rate budgets); `cls-ray bench fuzz` runs the full size on an application of its own."""
+    cfg = served["cfg"]
+    store = KeyStore(cfg.keys_path)
+    keys = {"none": None, "user": store.add("fuzz", "user")[1]}
+    keys["curator"] = store.add("fuzz", "curator")[1]
+    keys["admin"] = os.environ[ADMIN_KEY_ENV]
+    # Versions earlier tests left in the registry make a rollback redeploy one: not fuzzed here.
+    left_out = {"admin": [("POST", "/admin/sleep"), ("POST", "/admin/rollback")]}
+    result = bench_fuzz(
+        served["url"], keys, max_examples=1, out_dir=tmp_path, left_out=left_out, min_requests=400
+    )
+    s = result["summary"]
+    assert s["every_run_complete"], [(r["errors"], r["log_tail"][-800:]) for r in result["rows"]]
+    assert s["errors_5xx"] == 0 and s["violations"] == 0, format_fuzz(result)
+    assert s["enough_requests"], format_fuzz(result)
+    by = {r["caller"]: r for r in result["rows"]}
+    for caller, r in by.items():  # every route but those left out, as every caller
+        assert r["operations"] == r["operations_total"] - len(left_out.get(caller, [])) > 8, r
+    assert "401" in by["none"]["statuses"] and "403" in by["user"]["statuses"]
+    assert "200" in by["admin"]["statuses"] and "401" not in by["admin"]["statuses"]
