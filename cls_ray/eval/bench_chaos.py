@@ -210,9 +210,11 @@ def chaos_config(cfg: Config) -> Config:
 
 def chaos_settings() -> dict:
     """What the chaos run changes in the config: its own application (two generator replicas,
-    so one can die), short timeouts (a fault shows within seconds), small session batches and a
-    small queue (so four times the sustainable concurrency overflows it), and no per-caller
-    limits (the load comes from one address on purpose)."""
+    so one can die), short timeouts (a fault shows within seconds), small session batches, a
+    queue as deep as the fault load's clients (Serve counts requests waiting for a replica to be
+    picked there, so a shallower one refuses some of an ordinary load on a busy machine) that
+    four times the sustainable concurrency overflows, and no per-caller limits (the load comes
+    from one address on purpose)."""
     return {
         "serve.app_name": "cls-ray-chaos",
         "serve.host": "127.0.0.1",
@@ -223,7 +225,7 @@ def chaos_settings() -> dict:
         "serve.limits.session_timeout_s": 15.0,
         "serve.limits.request_timeout_s": 30.0,
         "serve.limits.retry_after_s": 1.0,
-        "serve.limits.max_queued_requests": 2,
+        "serve.limits.max_queued_requests": 4,
         "serve.session_batch_size": 2,
         "serve.max_concurrent_sessions": 8,
         "serve.auth.anonymous": True,

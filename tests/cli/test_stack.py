@@ -94,8 +94,8 @@ def test_bench_chaos_loses_no_session_and_bounds_every_wait(cli):
     # is a 503/504 naming its cause, none waits past the timeout, and the service recovers.
     r = _cli(
         [
-            "bench", "chaos", "--json", "--concurrency", "2", "--fault-seconds", "3",
-            "--after-seconds", "6", *common,
+            "bench", "chaos", "--json", "--concurrency", "2", "--fault-seconds", "2",
+            "--after-seconds", "5", *common,
         ],
         env,
         timeout=900,
