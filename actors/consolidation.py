@@ -12,14 +12,17 @@ replica. Otherwise it opens the state directly. Either way the sleep itself is
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import ray
 from ray import serve
 
 from actors.deploy import ServingPublisher
+from actors.metrics import count, observe
 from actors.replay_buffer import ActorBuffer
 from actors.serve.handles import RemoteRetriever
+from cls_ray import metrics as m
 from cls_ray.config import Config
 from cls_ray.consolidate.promotion import SleepServices
 from cls_ray.consolidate.sleep import sleep_from_buffer
@@ -71,9 +74,13 @@ def run_consolidation(
         stack = Stack(cfg)
         services = SleepServices.local(cfg, stack.retriever)
         buffer = ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments)
+    t0, outcome = time.monotonic(), "failed"
     try:
         result = sleep_from_buffer(stack, prm, buffer, services, limit, method=method, log=log)
+        outcome = "promoted" if result.get("promoted") else "refused"
     finally:
+        count(m.SLEEPS, method=method, outcome=outcome)
+        observe(m.SLEEP_SECONDS, time.monotonic() - t0, outcome=outcome)
         if isinstance(buffer, ReplayBuffer):
             buffer.close()
     out = write_report(cfg, "ppo" if method == "ppo" else "sleep", result)

@@ -17,7 +17,9 @@ import time
 from ray.serve._private.api import serve_start
 from ray.serve.schema import ServeDeploySchema
 
+from actors.metrics import observe
 from actors.weight_stream import WeightSyncError, stream_version
+from cls_ray import metrics as m
 from cls_ray.config import Config
 from cls_ray.registry import ModelVersion, registry_for
 from cls_ray.serving.names import GENERATOR
@@ -131,7 +133,10 @@ def _switch(cfg: Config, v: ModelVersion, before: ModelVersion, change):
     """Deploys `v`, then applies `change` to the registry; if either fails, `before` is
     deployed back and the error raised: serving and the registry never disagree."""
     try:
+        t0 = time.monotonic()
         deploy(cfg, v)
+        streamed = v.kind == "full" and cfg.serve.weight_sync.mode == "stream"
+        observe(m.WEIGHT_SYNC_SECONDS, time.monotonic() - t0, mode="stream" if streamed else "load")
         return change()
     except Exception:
         logger.warning("switching to %s failed: %s is deployed back", v.name, before.name)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.metrics import set_gauge
+from cls_ray import metrics as m
 from cls_ray.replay.buffer import ReplayBuffer
 from cls_ray.serving.names import NAMESPACE, buffer_actor_name
 from cls_ray.session import Session
@@ -47,6 +49,15 @@ class ReplayBufferActor:
         while True:
             time.sleep(every_s)
             self.buffer.maybe_seal()
+            self._gauges()
+
+    def _gauges(self) -> None:
+        """The buffer's depth for Prometheus (`cls_ray.metrics`)."""
+        st = self.buffer.stats()
+        set_gauge(m.BUFFER_SESSIONS, st["sessions"])
+        set_gauge(m.BUFFER_WAITING, st["pending"])
+        set_gauge(m.BUFFER_SEGMENTS, st["segments"])
+        set_gauge(m.BUFFER_WAL_BYTES, st["wal_bytes"])
 
     def fail_writes(self, seconds: float) -> None:
         """Fault injection (`cls-ray bench chaos`): for `seconds`, every WAL append fails as on

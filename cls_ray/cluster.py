@@ -17,12 +17,14 @@ ingress that clients reach).
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
 import yaml
 
 from cls_ray.config import Config
+from cls_ray.dashboard import dashboard
 from cls_ray.registry import ModelVersion
 from cls_ray.serving.spec import app_spec
 
@@ -88,6 +90,8 @@ APP_LABEL = "cls-ray/app"
 CLIENT_LABEL = "cls-ray/client"  # may call the Serve HTTP port
 OPERATOR_LABEL = "cls-ray/operator"  # may submit jobs to the dashboard (remote code execution)
 DASHBOARD_PORT = 8265
+METRICS_PORT = 8080  # each node's Prometheus endpoint (`ray start --metrics-export-port`)
+MONITORING_LABEL = "cls-ray/monitoring"  # may scrape the metrics port (Prometheus)
 DASHBOARD_AGENT_PORT = 52365
 
 
@@ -96,8 +100,18 @@ def _labels(cfg: Config) -> dict:
 
 
 def _pod(container: dict, labels: dict) -> dict:
+    container.setdefault("ports", []).append({"containerPort": METRICS_PORT, "name": "metrics"})
     return {
-        "metadata": {"labels": dict(labels)},
+        "metadata": {
+            "labels": dict(labels),
+            # Prometheus' annotation-based discovery; with the operator, a PodMonitor on the
+            # `metrics` port (cluster/README.md) does the same.
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(METRICS_PORT),
+                "prometheus.io/path": "/metrics",
+            },
+        },
         "spec": {
             "containers": [container],
             "volumes": [
@@ -133,7 +147,11 @@ def ray_cluster_spec(cfg: Config, image: str) -> dict:
         "headGroupSpec": {
             # 0.0.0.0 inside the pod, so the head service reaches it; `network_policy` admits
             # only operator pods to it: job submission runs code on the cluster.
-            "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+            "rayStartParams": {
+                "dashboard-host": "0.0.0.0",
+                "num-cpus": "0",
+                "metrics-export-port": str(METRICS_PORT),
+            },
             "template": _pod(head, _labels(cfg)),
         },
         "workerGroupSpecs": [
@@ -144,7 +162,7 @@ def ray_cluster_spec(cfg: Config, image: str) -> dict:
                 "maxReplicas": max(
                     s.generator.autoscaling.max_replicas, cfg.consolidate.num_workers
                 ),
-                "rayStartParams": {},
+                "rayStartParams": {"metrics-export-port": str(METRICS_PORT)},
                 "template": _pod(gpu, _labels(cfg)),
             },
             {
@@ -152,7 +170,7 @@ def ray_cluster_spec(cfg: Config, image: str) -> dict:
                 "replicas": 1,
                 "minReplicas": 1,
                 "maxReplicas": 4,
-                "rayStartParams": {},
+                "rayStartParams": {"metrics-export-port": str(METRICS_PORT)},
                 "template": _pod(cpu, _labels(cfg)),
             },
         ],
@@ -254,13 +272,18 @@ def network_policy(cfg: Config) -> dict:
     """Who may reach the pods of the app's clusters: each other (Ray's own ports), pods or
     namespaces labelled `cls-ray/client=true` the Serve HTTP port (an ingress controller that
     terminates TLS, say), pods labelled `cls-ray/operator=true` the dashboard's job submission,
-    KubeRay's operator the dashboard and its agent (Serve's status); nothing else. Egress stays open (Milvus, object storage)."""
+    Prometheus (`cls-ray/monitoring=true`) the metrics port, KubeRay's operator the dashboard
+    and its agent (Serve's status); nothing else. Egress stays open (Milvus, object storage)."""
     me = {"podSelector": {"matchLabels": {APP_LABEL: cfg.serve.app_name}}}
     client = [
         {"podSelector": {"matchLabels": {CLIENT_LABEL: "true"}}},
         {"namespaceSelector": {"matchLabels": {CLIENT_LABEL: "true"}}},
     ]
     operator = [{"podSelector": {"matchLabels": {OPERATOR_LABEL: "true"}}}]
+    monitoring = [
+        {"podSelector": {"matchLabels": {MONITORING_LABEL: "true"}}},
+        {"namespaceSelector": {"matchLabels": {MONITORING_LABEL: "true"}}},
+    ]
     # KubeRay's operator (in any namespace) reads Serve's status from the dashboard and its agent.
     kuberay = [
         {
@@ -279,6 +302,7 @@ def network_policy(cfg: Config) -> dict:
                 {"from": [me]},
                 {"from": client, "ports": [{"protocol": "TCP", "port": cfg.serve.port}]},
                 {"from": operator, "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]},
+                {"from": monitoring, "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
                 {
                     "from": kuberay,
                     "ports": [
@@ -288,6 +312,20 @@ def network_policy(cfg: Config) -> dict:
                 },
             ],
         },
+    }
+
+
+def grafana_dashboard(cfg: Config) -> dict:
+    """The dashboard (`cls_ray.dashboard`) as a ConfigMap that Grafana's dashboard sidecar
+    (kube-prometheus-stack: `grafana_dashboard: "1"`) loads; or import its JSON by hand."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"{cfg.serve.app_name}-grafana-dashboard",
+            "labels": {"grafana_dashboard": "1", "app.kubernetes.io/part-of": "cls-ray"},
+        },
+        "data": {"cls-ray.json": json.dumps(dashboard(), indent=2) + "\n"},
     }
 
 
@@ -332,6 +370,7 @@ def manifests(cfg: Config, config_path: str, image: str = IMAGE) -> dict[str, li
         "prm-rayjob.yaml": [prm_rayjob(cfg, config_path, image)],
         "storage.yaml": [state_claim()],
         "networkpolicy.yaml": [network_policy(cfg)],
+        "grafana-dashboard.yaml": [grafana_dashboard(cfg)],
     }
 
 

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from ray import serve
 
+from actors.metrics import observe, set_gauge
+from cls_ray import metrics as m
 from cls_ray.config import Config
 from cls_ray.engine.factory import build_engine
 from cls_ray.registry import registry_for
@@ -44,7 +46,12 @@ class Generator:
         if version == "current":
             v = registry_for(self.cfg).current()
             version, path = v.name, None if v.kind == "base" else v.artifact_uri
+        before = self.versions.current
         self.versions.switch(version, path)
+        rid = _replica_id()
+        if before and before != version:
+            set_gauge(m.REPLICA_VERSION, 0, replica=rid, version=before)
+        set_gauge(m.REPLICA_VERSION, 1, replica=rid, version=version)
 
     def weight_sync_ranks(self, manifest: list | None = None, version: str | None = None) -> dict:
         """This replica's id and how it joins a weight stream (see `VersionSet.sync_plan`)."""
@@ -88,6 +95,9 @@ class Generator:
         }
 
     def current_version(self) -> str:
+        # Said again at each ask (the ingress asks once a session batch): the gauge an
+        # operator reads stays fresh whatever the exporter kept since the last switch.
+        set_gauge(m.REPLICA_VERSION, 1, replica=_replica_id(), version=self.versions.current)
         return self.versions.current
 
     def replica_version(self, checksum: bool = False) -> dict:
@@ -108,12 +118,14 @@ class Generator:
         plan = generation_groups(groups, self.versions.current)
         for (version, temp, grounded), idx in plan.items():
             engine = self.versions.engine(version)
+            t0 = time.perf_counter()
             gens = await asyncio.to_thread(
                 engine.generate,
                 [groups[gi]["prompts"][pi] for gi, pi in idx],
                 temperature=temp,
                 choices=[groups[gi]["choices"][pi] for gi, pi in idx] if grounded else None,
             )
+            observe(m.GENERATION_SECONDS, time.perf_counter() - t0, version=engine.version)
             for (gi, pi), g in zip(idx, gens, strict=True):
                 out[gi][pi] = {
                     "text": g.text,

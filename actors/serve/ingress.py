@@ -15,6 +15,7 @@ from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
+from actors.metrics import RequestMetrics
 from actors.registry import RegistryClient, start_registry
 from actors.replay_buffer import start_replay_buffer
 from actors.serve.runner import SessionRunner
@@ -49,6 +50,7 @@ from cls_ray.steps import step_format
 logger = logging.getLogger(__name__)
 
 api = install(FastAPI(title="cls-ray", version="0.1.0"))
+api.add_middleware(RequestMetrics)  # requests by route, status and model version
 
 
 @serve.ingress(api)
@@ -82,11 +84,13 @@ class Ingress:
         if user_config.get("session_batch_size"):
             self.runner.set_batch_size(int(user_config["session_batch_size"]))
 
-    async def _session(self, req: dict) -> dict:
+    async def _session(self, req: dict, request: Request) -> dict:
         try:
-            return await self.runner.run(req)
+            reply = await self.runner.run(req)
         except Unavailable as e:
             raise unavailable_error(e) from None
+        request.state.model_version = reply.get("model_version", "")  # the request's metric
+        return reply
 
     def _door(self, key: str | None, needed: str, request: Request) -> Principal:
         """The caller, if its role allows `needed` and it is within its rate (else
@@ -144,7 +148,7 @@ class Ingress:
         who = self._door(x_api_key, "user", request)
         req = session_request(self.cfg, body, who.key_id, scorer=self.scorer is not None)
         self._charge(who, req["cost"], request)
-        return await self._session(req)
+        return await self._session(req, request)
 
     @api.post("/v1/chat/completions", responses=RESPONSES)
     async def chat(self, body: ChatRequest, request: Request, x_api_key: str | None = Header(None)):
@@ -167,7 +171,7 @@ class Ingress:
         )
         req = session_request(self.cfg, ask, who.key_id, max_tokens=body.max_tokens)
         self._charge(who, req["cost"], request)
-        completion = Completion(await self._session(req), body.max_tokens)
+        completion = Completion(await self._session(req, request), body.max_tokens)
         if not body.stream:
             return completion.message()
         return StreamingResponse(completion.events(), media_type="text/event-stream")

@@ -4,9 +4,12 @@ one process that may open the Milvus Lite file) and batches concurrent queries."
 from __future__ import annotations
 
 import asyncio
+import time
 
 from ray import serve
 
+from actors.metrics import observe
+from cls_ray import metrics as m
 from cls_ray.config import Config
 from cls_ray.memory.procedures import Pattern
 from cls_ray.stack import Stack
@@ -41,7 +44,9 @@ class Retriever:
         queries = [q for g in groups for q in g["queries"]]
         excludes = [set(e) for g in groups for e in (g.get("exclude") or [[]] * len(g["queries"]))]
         k = max(g["k"] for g in groups)
+        t0 = time.perf_counter()
         got = await asyncio.to_thread(self.memory.retrieve, queries, k, excludes)
+        observe(m.RETRIEVAL_SECONDS, time.perf_counter() - t0)
         out, i = [], 0
         for g in groups:
             docs = got[i : i + len(g["queries"])]

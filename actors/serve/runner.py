@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
+from actors.metrics import count, observe
 from actors.serve.handles import RemoteEngine, RemoteRetriever
+from cls_ray import metrics as m
 from cls_ray.config import Config
 from cls_ray.prm.best_of_n import trajectory_items
 from cls_ray.rgr import run_rgr
@@ -126,9 +128,12 @@ class SessionRunner:
         await self.call(
             self.buffer.add_many.remote([x.model_dump() for x in sessions]), "the replay buffer"
         )
+        _record_sessions(sessions, time.time() - started, version, reqs[0]["mode"])
+        _record_scores([sc for sc in scored if sc is not None], version)
         if self.scorer is not None and scored[0] is None:
             # Off the critical path: the buffer gets the scores when they are ready.
-            task = asyncio.create_task(self._score_and_store(trajs, [x.id for x in sessions]))
+            ids = [x.id for x in sessions]
+            task = asyncio.create_task(self._score_and_store(trajs, ids, version))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         for i, tr, session, token in zip(idx, trajs, sessions, tokens, strict=True):
@@ -141,10 +146,11 @@ class SessionRunner:
         ]
         return await self.call(asyncio.gather(*calls), "the PRM scorer")
 
-    async def _score_and_store(self, trajs, session_ids: list[str]) -> None:
+    async def _score_and_store(self, trajs, session_ids: list[str], version: str) -> None:
         """PRM scores for stored sessions, written to the buffer."""
         try:
             got = await self._score(trajs)
+            _record_scores(got, version)
             writes = [
                 self.buffer.set_scores.remote(sid, sc["scores"], sc["r_tau"], sc["prm"])
                 for sid, sc in zip(session_ids, got, strict=True)
@@ -152,3 +158,20 @@ class SessionRunner:
             await self.call(asyncio.gather(*writes), "the replay buffer")
         except Exception:  # noqa: BLE001 - scoring is best effort; the session is already safe
             logger.exception("scoring %d sessions failed", len(session_ids))
+
+
+def _record_sessions(sessions, seconds: float, version: str, mode: str) -> None:
+    """Each stored session: counted and timed (whole, and per step)."""
+    for x in sessions:
+        count(m.SESSIONS, version=version, mode=mode)
+        observe(m.SESSION_SECONDS, seconds, version=version)
+        observe(m.STEP_SECONDS, seconds / max(1, len(x.steps)), version=version)
+
+
+def _record_scores(scored: list[dict], version: str) -> None:
+    """The PRM's scores of sessions (`{"scores", "r_tau"}` each) into the score histograms."""
+    for sc in scored:
+        if sc.get("r_tau") is not None:
+            observe(m.R_TAU, float(sc["r_tau"]), version=version)
+        for v in sc.get("scores") or []:
+            observe(m.STEP_SCORE, float(v), version=version)

@@ -6,6 +6,7 @@ Milvus file has one owner)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import ray
@@ -56,48 +57,75 @@ def _none() -> None:
     return None
 
 
+@contextlib.contextmanager
+def _ray(cfg: Config):
+    """Ray joined, or started (and stopped after) when none runs."""
+    started = connect_ray(cfg, start=True)
+    try:
+        yield
+    finally:
+        if started:
+            stop_ray()
+
+
+@contextlib.contextmanager
+def _app(app: Config):
+    """The bench's application deployed; its URL. Taken down after, also when `up` failed
+    half way."""
+    try:
+        yield up(app)
+    finally:
+        take_down(app)
+
+
+def _report(cfg: Config, name: str, result: dict, text: str, plot=None) -> dict:
+    report = write_report(cfg, name, result)
+    print(text)
+    print(f"report: {report}")
+    if plot is not None:
+        print(f"plot: {plot(result, report.with_suffix('.png'))}")
+    return result
+
+
 def bench_chaos_cmd(args, cfg: Config) -> dict:
     """Faults injected into an application of its own (`eval.bench_chaos.chaos_config`) under a
     bounded load; the user's stack must be down (its store has one owner)."""
     _refuse_if_unready("chaos", cfg)
-    base_cfg, cfg = cfg, chaos_config(cfg)
+    app = chaos_config(cfg)
+    paused = Paused(app, RETRIEVER)
+    with _ray(app), _app(app) as url:
+        try:
+            result = _chaos(args, app, url, paused)
+        finally:
+            paused.resume()  # never leave a process stopped
+    return _report(cfg, "bench_chaos", result, format_chaos(result))
+
+
+def _chaos(args, cfg: Config, url: str, paused: Paused) -> dict:
     fault_s = args.fault_seconds
-    paused = Paused(cfg, RETRIEVER)
-    started_ray = connect_ray(cfg, start=True)
-    try:
-        url = up(cfg)
-        wait_for_replicas(cfg, GENERATOR, 2)
-        questions, _ = serve_workload(Stack(cfg).task)
-        print(f"== bench chaos at {url}: {len(questions)} eval questions, faults of {fault_s:g} s")
-        faults = [
-            Fault("kill a generator replica", lambda: kill_replica(cfg, GENERATOR)),
-            Fault(f"stop the retriever {fault_s:g} s", paused.pause, paused.resume, fault_s),
-            Fault("kill the replay buffer", lambda: kill_buffer(cfg)),
-            # The buffer ends the fault itself after `fault_s`; nothing to heal here.
-            Fault(f"WAL disk full {fault_s:g} s", lambda: fill_disk(cfg, fault_s), _none, fault_s),
-        ]
-        result = bench_chaos(
-            url,
-            questions,
-            faults,
-            clients=args.concurrency or 4,
-            sustainable=cfg.serve.max_concurrent_sessions,
-            request_timeout_s=cfg.serve.limits.request_timeout_s,
-            missing=lambda ids: missing_sessions(cfg, ids),
-            settle=lambda: wait_for_replicas(cfg, GENERATOR, 2),
-            after_s=args.after_seconds,
-            overload_s=2 * fault_s,
-            log=print,
-        )
-    finally:
-        paused.resume()  # never leave a process stopped
-        take_down(cfg)
-        if started_ray:
-            stop_ray()
-    report = write_report(base_cfg, "bench_chaos", result)
-    print(format_chaos(result))
-    print(f"report: {report}")
-    return result
+    wait_for_replicas(cfg, GENERATOR, 2)
+    questions, _ = serve_workload(Stack(cfg).task)
+    print(f"== bench chaos at {url}: {len(questions)} eval questions, faults of {fault_s:g} s")
+    faults = [
+        Fault("kill a generator replica", lambda: kill_replica(cfg, GENERATOR)),
+        Fault(f"stop the retriever {fault_s:g} s", paused.pause, paused.resume, fault_s),
+        Fault("kill the replay buffer", lambda: kill_buffer(cfg)),
+        # The buffer ends the fault itself after `fault_s`; nothing to heal here.
+        Fault(f"WAL disk full {fault_s:g} s", lambda: fill_disk(cfg, fault_s), _none, fault_s),
+    ]
+    return bench_chaos(
+        url,
+        questions,
+        faults,
+        clients=args.concurrency or 4,
+        sustainable=cfg.serve.max_concurrent_sessions,
+        request_timeout_s=cfg.serve.limits.request_timeout_s,
+        missing=lambda ids: missing_sessions(cfg, ids),
+        settle=lambda: wait_for_replicas(cfg, GENERATOR, 2),
+        after_s=args.after_seconds,
+        overload_s=2 * fault_s,
+        log=print,
+    )
 
 
 def bench_fuzz_cmd(args, cfg: Config) -> dict:
@@ -106,33 +134,24 @@ def bench_fuzz_cmd(args, cfg: Config) -> dict:
     if importlib.util.find_spec("schemathesis") is None:  # a dev dependency, run as a CLI
         raise SystemExit("cls-ray bench fuzz: needs schemathesis (pip install 'cls-ray[dev]')")
     _refuse_if_unready("fuzz", cfg)
-    base_cfg, cfg = cfg, sandbox_config(cfg, "fuzz", fuzz_settings())
-    store = KeyStore(cfg.keys_path)
+    app = sandbox_config(cfg, "fuzz", fuzz_settings())
+    store = KeyStore(app.keys_path)
     keys: dict[str, str | None] = {"none": None}
     for role in ("user", "curator", "admin"):
         keys[role] = store.add(f"fuzz-{role}", role)[1]
     n = args.examples or 25
-    started_ray = connect_ray(cfg, start=True)
-    try:
-        url = up(cfg)
+    with _ray(app), _app(app) as url:
         print(f"== bench fuzz at {url}: {n} examples an operation, callers {', '.join(keys)}")
         result = bench_fuzz(
             url,
             keys,
             max_examples=n,
-            out_dir=base_cfg.state_path / "reports" / "fuzz",
+            out_dir=cfg.state_path / "reports" / "fuzz",
             seed=args.seed,
-            request_timeout_s=cfg.serve.limits.request_timeout_s + 5,
+            request_timeout_s=app.serve.limits.request_timeout_s + 5,
             log=print,
         )
-    finally:
-        take_down(cfg)
-        if started_ray:
-            stop_ray()
-    report = write_report(base_cfg, "bench_fuzz", result)
-    print(format_fuzz(result))
-    print(f"report: {report}")
-    return result
+    return _report(cfg, "bench_fuzz", result, format_fuzz(result))
 
 
 def bench_autoscale_cmd(args, cfg: Config) -> dict:
@@ -144,9 +163,7 @@ def bench_autoscale_cmd(args, cfg: Config) -> dict:
         raise SystemExit("cls-ray bench autoscale: --replicas (the most replicas) must be >= 2")
     # A cluster this bench starts declares more CPUs than the machine has; one it joins gives
     # each replica a share of what is free, so `most` of them fit next to the rest of the app.
-    started_ray = connect_ray(with_overrides(cfg, {"ray.num_cpus": DECLARED_CPUS}), start=True)
-    app = None
-    try:
+    with _ray(with_overrides(cfg, {"ray.num_cpus": DECLARED_CPUS})):
         free = ray.available_resources().get("CPU", 0.0)
         per = replica_cpus(free, most)
         if per is None:
@@ -157,28 +174,19 @@ def bench_autoscale_cmd(args, cfg: Config) -> dict:
             )
         app = sandbox_config(cfg, "autoscale", autoscale_settings(most, per))
         print(f"Ray: {free:g} CPUs free; each generator replica takes {per:g}")
-        url = up(app)
-        questions, _ = serve_workload(Stack(app).task)
-        clients = args.concurrency or 2 * most
-        print(f"== bench autoscale at {url}: generator 1..{most} replicas, {clients} clients")
-        result = bench_autoscale(
-            url,
-            questions,
-            lambda: replica_counts(app, GENERATOR),
-            clients=clients,
-            load_s=args.load_seconds,
-            min_replicas=app.serve.generator.autoscaling.min_replicas,
-            max_replicas=most,
-            request_timeout_s=app.serve.limits.request_timeout_s,
-            log=print,
-        )
-    finally:
-        if app is not None:
-            take_down(app)
-        if started_ray:
-            stop_ray()
-    report = write_report(cfg, "bench_autoscale", result)
-    plot = plot_bench_autoscale(result, report.with_suffix(".png"))
-    print(format_autoscale(result))
-    print(f"report: {report}\nplot: {plot}")
-    return result
+        with _app(app) as url:
+            questions, _ = serve_workload(Stack(app).task)
+            clients = args.concurrency or 2 * most
+            print(f"== bench autoscale at {url}: generator 1..{most} replicas, {clients} clients")
+            result = bench_autoscale(
+                url,
+                questions,
+                lambda: replica_counts(app, GENERATOR),
+                clients=clients,
+                load_s=args.load_seconds,
+                min_replicas=app.serve.generator.autoscaling.min_replicas,
+                max_replicas=most,
+                request_timeout_s=app.serve.limits.request_timeout_s,
+                log=print,
+            )
+    return _report(cfg, "bench_autoscale", result, format_autoscale(result), plot_bench_autoscale)

@@ -32,6 +32,8 @@ CHECKS = (
     "response_schema_conformance",
     "negative_data_rejection",
 )
+# Schema examples, boundary values of every field (most of the requests), random cases.
+PHASES = ("examples", "coverage", "fuzzing")
 # Operations that start heavy background work when allowed: fuzzed only by callers refused them.
 HEAVY = {"admin": [("POST", "/admin/sleep")]}
 
@@ -61,6 +63,7 @@ def st_command(
     report_dir: Path,
     request_timeout_s: float,
     exclude: Sequence[str] = (),
+    phases: Sequence[str] = PHASES,
 ) -> list[str]:
     """The `schemathesis run` command line for one caller."""
     cmd = [
@@ -78,7 +81,7 @@ def st_command(
         "--workers",
         "2",
         "--phases",
-        "examples,coverage,fuzzing",
+        ",".join(phases),
         "--request-timeout",
         str(request_timeout_s),
         "--generation-database",
@@ -155,6 +158,7 @@ def run_caller(
     request_timeout_s: float,
     timeout_s: float,
     exclude: Sequence[str] = (),
+    phases: Sequence[str] = PHASES,
 ) -> dict:
     """Fuzzes every route as one caller (but the operations `exclude`); its row."""
     report_dir = (Path(out_dir) / role).resolve()  # absolute: schemathesis runs inside it
@@ -167,6 +171,7 @@ def run_caller(
         report_dir=report_dir,
         request_timeout_s=request_timeout_s,
         exclude=exclude,
+        phases=phases,
     )
     try:
         # Run in the report folder: schemathesis keeps a cache in its working directory.
@@ -205,6 +210,7 @@ def bench_fuzz(
     timeout_s: float = 1800.0,
     min_requests: int = 500,
     left_out: Mapping[str, Sequence[tuple[str, str]]] = HEAVY,
+    phases: Sequence[str] = PHASES,
     log: Callable[[str], None] = print,
 ) -> dict:
     """A schemathesis run per caller in `keys` (role → key, None for no key) against the
@@ -224,6 +230,7 @@ def bench_fuzz(
             request_timeout_s=request_timeout_s,
             timeout_s=timeout_s,
             exclude=[operation_id(spec, m, p) for m, p in left_out.get(role, ())],
+            phases=phases,
         )
         log(
             f"  {role}: {row['requests']} requests, 5xx {row['errors_5xx']}, "
@@ -234,6 +241,7 @@ def bench_fuzz(
         "rows": rows,
         "summary": summary(rows, min_requests),
         "max_examples": max_examples,
+        "phases": list(phases),
         "left_out": {role: [" ".join(op) for op in ops] for role, ops in left_out.items()},
     }
 

@@ -173,6 +173,16 @@ def test_the_network_policy_admits_clients_to_serve_and_only_operators_to_the_da
     assert all(_admits(policy, pods[0], p) for p in (port, dashboard, 6379, 10001))
     kuberay = {"app.kubernetes.io/name": "kuberay-operator"}
     assert _admits(policy, kuberay, dashboard) and not _admits(policy, kuberay, port)
+    # Prometheus scrapes each node's metrics port, and only that.
+    prometheus = {"cls-ray/monitoring": "true"}
+    assert _admits(policy, prometheus, 8080) and not _admits(policy, prometheus, dashboard)
+    cluster = svc["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    assert all(g["rayStartParams"]["metrics-export-port"] == "8080" for g in groups)
+    for t in _pod_templates(svc):
+        assert t["metadata"]["annotations"]["prometheus.io/port"] == "8080"
+        ports = {p["name"]: p["containerPort"] for p in t["spec"]["containers"][0]["ports"]}
+        assert ports["metrics"] == 8080
     # On VMs the dashboard listens on loopback only (reached through `ray dashboard`'s tunnel).
     head = yaml.safe_load((ROOT / "cluster" / "ray-cluster.yaml").read_text())
     start = " ".join(head["head_start_ray_commands"])
