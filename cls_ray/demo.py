@@ -22,6 +22,7 @@ from pathlib import Path
 import requests
 
 from cls_ray.bootstrap import describe, ensure_model
+from cls_ray.eval.html import write_html
 from cls_ray.eval.plots import plt, save
 from cls_ray.eval.reports import write_report
 from cls_ray.memory.ingest import ingest_paths
@@ -340,6 +341,7 @@ def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = T
     md = out_dir / "report.md"
     md.write_text(markdown(report, plot_demo(report, out_dir)))
     report["report_path"] = str(md)
+    report["report_html"] = str(write_html(md))  # the same, one page with the plots in it
     return report
 
 
@@ -354,5 +356,6 @@ def summary(report: dict) -> list[str]:
         f"{after:<26}{a['new_family']:>12.2f}{a['old_families']:>14.2f}",
         f"retention gate {'passed' if s['passes_gate'] else 'refused'}: {s['reason']}; "
         f"{s['version']} {'promoted' if s['promoted'] else 'kept as a candidate'}",
-        f"report: {report['report_path']} ({report['seconds'] / 60:.0f} min)",
+        f"report: {report['report_path']} ({report['seconds'] / 60:.0f} min); as one page: "
+        f"{report['report_html']}",
     ]

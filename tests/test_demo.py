@@ -42,6 +42,8 @@ def test_demo_runs_the_whole_loop_and_writes_the_report(tmp_path, ray_local, cap
     md = (report_dir / "report.md").read_text()
     for png in ("accuracy_per_version.png", "prm_scores.png", "retention.png"):
         assert (report_dir / png).stat().st_size > 1000 and f"({png})" in md
+    page = (report_dir / "report.html").read_text()  # one page, the plots inside it
+    assert page.count('src="data:image/png;base64,') == 3 and "<table>" in page
     assert out["failed_requests"] == 0 and out["new_users"] > 0
     assert out["feedback"]["corrected"] + out["feedback"]["rated"] > 0
     assert out["before"]["versions"] == ["base"]
