@@ -52,8 +52,9 @@ class ReplayBufferActor:
             self._gauges()
 
     def _gauges(self) -> None:
-        """The buffer's depth for Prometheus (`cls_ray.metrics`)."""
-        st = self.buffer.stats()
+        """The buffer's depth for Prometheus (`cls_ray.metrics`), every tick of the seal loop:
+        counters only, not `stats()`'s pass over every session."""
+        st = self.buffer.depth()
         set_gauge(m.BUFFER_SESSIONS, st["sessions"])
         set_gauge(m.BUFFER_WAITING, st["pending"])
         set_gauge(m.BUFFER_SEGMENTS, st["segments"])

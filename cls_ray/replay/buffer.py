@@ -409,19 +409,26 @@ class ReplayBuffer:
         """Sessions that carry user feedback (ratings, corrected steps): the PRM's human labels."""
         return [s.model_dump() for s in self.sessions.values() if s.feedback]
 
-    @_locked
-    def stats(self) -> dict:
-        versions: dict[str, int] = {}
-        for s in self.sessions.values():
-            versions[s.model_version] = versions.get(s.model_version, 0) + 1
+    def depth(self) -> dict:
+        """How full the buffer is, from counters (no pass over the sessions): cheap enough to
+        read every second (the actor's gauges)."""
         return {
             "sessions": len(self.sessions),
             "unsealed": len(self.in_wal),
             "segments": self.segments,
             "acked": len(self.acked),
             "pending": len(self.sessions) - len(self.acked),
-            "by_version": versions,
             "wal_bytes": self.log.size,
+        }
+
+    @_locked
+    def stats(self) -> dict:
+        versions: dict[str, int] = {}
+        for s in self.sessions.values():
+            versions[s.model_version] = versions.get(s.model_version, 0) + 1
+        return {
+            **self.depth(),
+            "by_version": versions,
             "damaged_records": self.log.skipped,
             "seal_error": self.seal_error,
         }
