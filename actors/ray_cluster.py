@@ -14,6 +14,7 @@ from pathlib import Path
 import ray
 from ray import serve
 
+from cls_ray import console
 from cls_ray.config import Config
 from cls_ray.serving.names import (
     NAMESPACE,
@@ -32,13 +33,62 @@ def _quiet_data() -> None:
         pass
 
 
+# Every worker of a cls-ray job silences the warnings known to be harmless (see cls_ray.console).
+RUNTIME_ENV = {"worker_process_setup_hook": "cls_ray.console.quiet_worker"}
+
+
+def _joined() -> None:
+    """After `ray.init`: Ray Data's progress bars off, known warnings silenced, and with a quiet
+    console active, the workers' forwarded output into its log (see `route_worker_output`)."""
+    _quiet_data()
+    console.quiet_worker()
+    c = console.active()
+    if c is not None:
+        route_worker_output(c)
+
+
+def route_worker_output(c: console.Console) -> None:
+    """Ray forwards its workers' output to the driver, which prints it; while `c` is active it
+    goes to `c`'s log instead (the training steps in it onto its display), and Ray's printer
+    comes back when `c` closes. Ray's dispatcher is private API: without it, or when this
+    driver does not take the output (`log_to_driver=False`), nothing changes."""
+    try:  # private API, so imported here where its absence is handled
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+        printer = dict(dispatcher.handlers).get("ray_print_logs")
+    except (ImportError, AttributeError) as e:
+        logger.info("Ray's worker output stays on the console: %s", e)
+        return
+    if printer is None or printer == c.worker_lines:
+        return
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", c.worker_lines)
+
+    def restore() -> None:
+        if any(h == c.worker_lines for _, h in dispatcher.handlers):
+            dispatcher.remove_handler("ray_print_logs")
+            dispatcher.add_handler("ray_print_logs", printer)
+
+    c.closers.append(restore)
+
+
+def _log_to_driver(requested: bool) -> bool:
+    """A quiet console takes the workers' output (into its log) whatever was asked."""
+    return requested or console.active() is not None
+
+
 def start_local_ray(num_cpus: int | None, log_to_driver: bool = False) -> None:
-    """Starts a Ray instance on this machine (no dashboard), quiet Ray Data progress bars."""
+    """Starts a Ray instance on this machine, without the dashboard (see cls_ray.console)."""
     # A loaded machine can miss Ray's start-up deadline (GCS or raylet); Ray raises a plain
     # Exception for that, so any failure of the start gets two more tries.
     for attempt in range(3):
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=_log_to_driver(log_to_driver),
+                runtime_env=RUNTIME_ENV,
+            )
             break
         except Exception:  # noqa: BLE001
             ray.shutdown()
@@ -46,7 +96,7 @@ def start_local_ray(num_cpus: int | None, log_to_driver: bool = False) -> None:
                 raise
             logger.warning("Ray did not start; trying again")
             time.sleep(5)
-    _quiet_data()
+    _joined()
 
 
 def init_ray(cfg: Config, log_to_driver: bool = False, num_cpus: int | None = None) -> bool:
@@ -57,8 +107,10 @@ def init_ray(cfg: Config, log_to_driver: bool = False, num_cpus: int | None = No
         return False
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=log_to_driver)
-        _quiet_data()
+        ray.init(
+            address=address, log_to_driver=_log_to_driver(log_to_driver), runtime_env=RUNTIME_ENV
+        )
+        _joined()
     else:
         start_local_ray(num_cpus or cfg.ray.num_cpus, log_to_driver)
     return True
@@ -69,7 +121,7 @@ def connect_ray(cfg: Config, start: bool) -> bool:
     (`ray start --head`, which outlives this process). Returns True when this call started it."""
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
     try:
-        ray.init(address=address, log_to_driver=False, namespace=NAMESPACE)
+        ray.init(address=address, log_to_driver=False, namespace=NAMESPACE, runtime_env=RUNTIME_ENV)
         return False
     except (ConnectionError, RuntimeError):
         if not start or address != "auto":
@@ -86,7 +138,7 @@ def connect_ray(cfg: Config, start: bool) -> bool:
     if cfg.ray.num_cpus:
         cmd.append(f"--num-cpus={cfg.ray.num_cpus}")
     subprocess.run(cmd, check=True, capture_output=True)
-    ray.init(address="auto", log_to_driver=False, namespace=NAMESPACE)
+    ray.init(address="auto", log_to_driver=False, namespace=NAMESPACE, runtime_env=RUNTIME_ENV)
     return True
 
 

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from cls_ray import console
 from cls_ray.engine.hf import HFEngine
 from cls_ray.model.examples import encode_examples, episode_pair
 from cls_ray.model.loading import build_small_model, is_checkpoint
@@ -56,7 +56,7 @@ def bootstrap(cfg, world: World, out_dir: str | Path | None = None, progress: bo
     model.train()
     losses: list[float] = []
     t0 = time.time()
-    bar = tqdm(range(bc.steps), desc="bootstrap", disable=not progress, mininterval=2.0)
+    bar = console.progress("bootstrap", iterable=range(bc.steps), unit="step", disable=not progress)
     for step in bar:
         batch = encode_examples(
             tokenizer,

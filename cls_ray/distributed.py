@@ -26,6 +26,8 @@ import torch.distributed as dist
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from cls_ray.console import progress_text, quiet_worker
+
 logger = logging.getLogger(__name__)
 
 
@@ -75,6 +77,7 @@ def deepspeed_steps(
     import deepspeed
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_worker()  # again: Ray Train configures its workers' logging after the setup hook
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config["seed"])
@@ -127,14 +130,9 @@ def deepspeed_steps(
                 "lr": lr_at(step),
                 "elapsed_s": time.time() - t0,
             }
-            if rank == 0:
+            if rank == 0:  # the driver's console shows these lines as the stage's progress
                 logger.info(
-                    "%s: step %d/%d  loss %.4f  %.0f s",
-                    name,
-                    step + 1,
-                    steps,
-                    metrics["loss"],
-                    metrics["elapsed_s"],
+                    progress_text(name, step + 1, steps, metrics["loss"], metrics["elapsed_s"])
                 )
             if not last:
                 ray.train.report(metrics)

@@ -59,7 +59,7 @@ def milvus_server(tmp_path_factory):
 def ray_local():
     """One local Ray cluster for the whole test session."""
     if not ray.is_initialized():
-        start_local_ray(num_cpus=2)
+        start_local_ray(num_cpus=2, log_to_driver=True)  # as a command runs it
     yield ray
     ray.shutdown()
 

@@ -26,6 +26,8 @@ LOCAL_IMPORTS = {
     "actors.deploy": "the weight-stream machinery loads on an admin promote, not in every ingress",
     "cls_ray.memory.embedder": "torch: `from cls_ray.memory import Embedder` on first use",
     "cls_ray.memory": "pymilvus: `from cls_ray.memory import MilvusStore` on first use",
+    "ray._private.ray_logging": "Ray's private printer of worker output, its absence handled",
+    "actors.ray_cluster": "Ray: the CLI loads it only when the process already runs Ray",
 }
 
 

@@ -33,9 +33,17 @@ def test_demo_runs_the_whole_loop_and_writes_the_report(tmp_path, ray_local, cap
     args = set_args(overrides)
 
     serve.shutdown()  # a Serve left by an earlier test keeps its own HTTP port
-    assert main(["demo", "--json", "-q", *args]) == 0
-    printed = capsys.readouterr().out
+    assert main(["demo", "--json", *args]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out
     out = json.loads(printed.strip().splitlines()[-1])
+    # The console: its own lines and one display per stage, under two screens; the rest in
+    # the log it names first, the workers' output too, the known-harmless warnings nowhere.
+    assert len((printed + captured.err).splitlines()) < 120, printed + captured.err
+    log = tmp_path / "logs" / printed.splitlines()[0].split()[1].rpartition("/")[2]
+    assert log.exists() and "prm train:  60/60 step (100%)" in printed
+    text = log.read_text()
+    assert "(RayTrainWorker pid=" in text and "Failed to query Ray Train Controller" not in text
     assert "== 5/6 users, scores, sleep, promotion, measurement" in printed
     assert "report:" in printed and "new family" in printed
     report_dir = tmp_path / "reports" / "demo"

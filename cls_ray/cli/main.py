@@ -11,9 +11,13 @@ import json
 import logging
 import os
 import sys
+import time
+import traceback
+from pathlib import Path
 
+from cls_ray import console
 from cls_ray.cli.parser import make_parser, resolve_config
-from cls_ray.config import ConfigError
+from cls_ray.config import Config, ConfigError
 
 # command -> "module:function" under cls_ray.cli
 COMMANDS = {
@@ -34,6 +38,9 @@ COMMANDS = {
     "demo": "demo:cmd_demo",
     "cluster": "cluster:cmd_cluster",
 }
+
+# Commands that start no Ray, model or Milvus: nothing to keep out of the console.
+PLAIN = {"task", "keys", "cluster"}
 
 NOISY_LOGGERS = (
     "httpx",
@@ -67,6 +74,10 @@ def setup_logging(quiet: bool) -> None:
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 
+def log_path(cfg: Config, name: str) -> Path:
+    return cfg.state_path / "logs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     setup_logging(args.quiet)
@@ -77,13 +88,43 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"cls-ray: {e}", file=sys.stderr)
         return 2
+    if args.verbose or args.command in PLAIN:
+        return run_command(args, cfg, sys.stderr)
+    path = log_path(cfg, args.command)
+    with console.quiet_console(path) as c:
+        print(f"log: {path} (--verbose: everything here)")
+        ours = logging.StreamHandler(c.err)  # cls-ray's own warnings stay in sight
+        ours.setLevel(logging.WARNING)
+        ours.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        for name in ("cls_ray", "actors"):
+            logging.getLogger(name).addHandler(ours)
+        if "ray" in sys.modules:  # a Ray this process joined before (a test's)
+            from actors.ray_cluster import route_worker_output
+
+            route_worker_output(c)
+        try:
+            return run_command(args, cfg, c.err)
+        except Exception:
+            text = traceback.format_exc()
+            c.log.write(text)
+            c.err.write(text)
+            c.err.write(f"cls-ray {args.command} failed; its whole log: {path}\n")
+            return 1
+        finally:
+            for name in ("cls_ray", "actors"):
+                logging.getLogger(name).removeHandler(ours)
+
+
+def run_command(args, cfg: Config, err) -> int:
     run = command(args.command)
     try:
         result = run(args, cfg)
     except (FileNotFoundError, KeyError, ValueError) as e:
         # the command as typed: `cls-ray prm eval: ...`, `cls-ray bench consolidation: ...`
         name = " ".join([args.command, *(getattr(args, a, "") for a in ("action", "which"))])
-        print(f"cls-ray {name.strip()}: {e}", file=sys.stderr)
+        print(f"cls-ray {name.strip()}: {e}", file=err)
+        if console.active() is not None:
+            print(f"(its log: {console.active().log_path})", file=err)
         return 1
     if args.json:
         print(json.dumps(result, default=str))

@@ -56,7 +56,14 @@ def _common() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the registered model version to run (default: the registry's current one)",
     )
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress displays")
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="every program's output on the console (by default it goes to a log file under "
+        "state_dir/logs/, named at the start)",
+    )
     common.add_argument(
         "--smoke",
         action="store_true",

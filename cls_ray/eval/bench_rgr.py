@@ -17,8 +17,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 
-from tqdm.auto import tqdm
-
+from cls_ray import console
 from cls_ray.rgr import Trajectory, run_rgr
 from cls_ray.steps import parse_answer
 from cls_ray.task import QA, Task
@@ -115,7 +114,9 @@ def bench_rgr(
     if retriever is not None and hasattr(retriever, "store"):
         retriever.store.warm_up()
     scored: dict[tuple[str, int, str], list[dict]] = defaultdict(list)
-    bar = tqdm(total=len(modes) * len(questions), desc="bench rgr", disable=not progress)
+    bar = console.progress(
+        "bench rgr", len(modes) * len(questions), unit="question", disable=not progress
+    )
     for mode in modes:
         for i in range(0, len(questions), batch_size):
             batch = questions[i : i + batch_size]

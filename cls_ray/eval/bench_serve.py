@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import requests
-from tqdm.auto import tqdm
 
+from cls_ray import console
 from cls_ray.config import Config
 from cls_ray.model.loading import load_model_and_tokenizer, save_version
 from cls_ray.registry import registry_for
@@ -162,7 +162,7 @@ def bench_serve(
     reg = registry_for(cfg)
     current = reg.current()
     url = deploy(current)
-    bar = tqdm(total=3 * n_requests, desc="bench serve", unit="session", disable=not progress)
+    bar = console.progress("bench serve", 3 * n_requests, unit="session", disable=not progress)
 
     # Warm every path once (first calls load lazily), then the measured loads.
     http_load(url, questions, min(concurrency, n_requests), concurrency)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from tqdm.auto import tqdm
 
+from cls_ray import console
 from cls_ray.memory.documents import doc_id_for
 from cls_ray.memory.embedder import Embedder
 
@@ -148,7 +148,7 @@ def ingest_paths(
     if not todo:
         return report
     bs = cfg.ingest.batch_size
-    bar = tqdm(total=len(todo), desc="ingest", unit="doc", disable=not progress)
+    bar = console.progress("ingest", len(todo), unit="doc", disable=not progress)
     if use_ray:
         ds = ray.data.from_items(todo).map_batches(
             _EmbedBatch,

@@ -27,8 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from tqdm.auto import tqdm
-
+from cls_ray import console
 from cls_ray.answers import EXACT, AnswerCheck
 from cls_ray.rgr import run_rgr
 from cls_ray.session import Feedback
@@ -310,7 +309,7 @@ def mc_labels(
             if parse_answer(ex.completions[k - 1]) is None:
                 jobs.extend([(i, k)] * rollouts)
     reached: Counter = Counter()
-    bar = tqdm(total=len(jobs), desc="mc rollouts", unit="rollout", disable=not progress)
+    bar = console.progress("mc rollouts", len(jobs), unit="rollout", disable=not progress)
     for c in range(0, len(jobs), chunk):
         part = jobs[c : c + chunk]
         trajs = run_rgr(
