@@ -63,7 +63,8 @@ def bootstrap(cfg, world: World, out_dir: str | Path | None = None, progress: bo
             [episode_pair(sampler.sample(rng)) for _ in range(bc.batch_size)],
             arch.max_position,
         )
-        loss = model(**batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bc.bf16):
+            loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

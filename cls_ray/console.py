@@ -1,8 +1,8 @@
 """What a person sees of a long command: one progress display per stage and one-line results.
 
-`progress(stage, total)` is the display every stage uses (step/total, rate, ETA and the figures
-that matter). On a terminal it redraws one line; elsewhere (a CI log, a pipe) it writes a line at
-most every `every_s` seconds and one at the end, so a log stays short.
+`progress(stage, total)` is the display every stage uses (step/total, rate, elapsed, ETA and the
+figures that matter). On a terminal it redraws one line; elsewhere (a CI log, a pipe) it writes a
+line per tenth of the stage (per minute without a total) and one at the end, so a log stays short.
 
 `quiet_console(log_path)` is how a command runs without `--verbose`: everything other programs
 write (Python logging and warnings, C++ logs of Ray's core, Ray workers' output forwarded to the
@@ -74,7 +74,7 @@ class Progress:
             self.tty = self.out.isatty()
         except (AttributeError, ValueError):
             self.tty = False
-        self.every_s = every_s if every_s is not None else (0.5 if self.tty else 30.0)
+        self.every_s = every_s if every_s is not None else (0.5 if self.tty else 60.0)
         self.n = 0
         self.figures: dict[str, str] = {}
         self.t0 = time.time()
@@ -105,7 +105,8 @@ class Progress:
             parts.append(f"{self.n}/{self.total} {self.unit} ({pct:3.0f}%)")
         else:
             parts.append(f"{self.n} {self.unit}")
-        parts.append(f"{rate:.1f} {self.unit}/s" if rate >= 1 else f"{elapsed:.0f} s")
+        parts.append(f"{rate:.1f} {self.unit}/s" if rate >= 1 else f"{rate:.2f} {self.unit}/s")
+        parts.append(_interval(elapsed))
         if self.total and 0 < self.n < self.total and rate > 0:
             parts.append(f"ETA {_interval((self.total - self.n) / rate)}")
         parts += [f"{k} {v}" for k, v in self.figures.items()]
@@ -116,7 +117,9 @@ class Progress:
             return
         now = time.time()
         if not final and now - self.shown_at < self.every_s:
-            return
+            # off a terminal, a line per tenth of the stage (or per minute without a total)
+            if self.tty or not (self.total and self.n >= self.shown_n + self.total / 10):
+                return
         text = self.line()
         if final and not self.tty and self.shown is not None and self.shown_n == self.n:
             return  # a log already has this line

@@ -221,6 +221,12 @@ def markdown(report: dict, plots: list[Path]) -> str:
         f"{'promoted and broadcast' if s['promoted'] else 'kept as a candidate'}.",
         f"Sleep data: {json.dumps(s['data'])}.",
         "",
+        "| stage | " + " | ".join(report.get("stage_seconds", {})) + " | all |",
+        "|---" * (len(report.get("stage_seconds", {})) + 2) + "|",
+        "| minutes | "
+        + " | ".join(f"{v / 60:.1f}" for v in report.get("stage_seconds", {}).values())
+        + f" | {report.get('seconds', 0) / 60:.1f} |",
+        "",
     ]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -291,18 +297,39 @@ def run_loop(cfg, task: Task, url: str, buffer: Buffer, scheduler: Scheduler, lo
     }
 
 
+class Stages:
+    """The demo's stages as it announces them, with the seconds each took."""
+
+    def __init__(self, log: Log, total: int):
+        self.log, self.total, self.seconds = log, total, {}
+        self.name: str | None = None
+        self.at = time.time()
+
+    def start(self, name: str, title: str) -> None:
+        self.stop()
+        self.name, self.at = name, time.time()
+        self.log(f"== {len(self.seconds) + 1}/{self.total} {name}: {title}")
+
+    def stop(self) -> None:
+        if self.name is not None:
+            self.seconds[self.name] = round(time.time() - self.at, 1)
+        self.name = None
+
+
 def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = True) -> dict:
     """The main job: build what is missing (model, memory, PRM), serve simulated users, sleep,
-    promote, measure, and write the report. Returns the report (with `report_path`)."""
+    promote, measure, and write the report. Returns the report (with `report_path` and the
+    seconds of each stage, `stage_seconds`)."""
     cfg = stack.cfg
     t_start = time.time()
     task = stack.task
-    log("== 1/6 bootstrap: the small default model")
+    stages = Stages(log, 6)
+    stages.start("bootstrap", "the small default model")
     if is_checkpoint(cfg.model_path):
         log(f"model at {cfg.model_path}")
     else:  # only the small default model is built here, from the world
         log(describe(ensure_model(cfg, stack.world, progress=progress)))
-    log(f"== 2/6 ingest: the corpus of task {task.name} into Milvus")
+    stages.start("ingest", f"the corpus of task {task.name} into Milvus")
     ingest = ingest_paths([stack.task_corpus()], cfg, stack.store, progress, use_ray=False)
     for e in ingest.errors:
         log(f"error: {e}")
@@ -313,36 +340,44 @@ def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = T
     # Serving replicas idle while the sleep trains: logical CPUs beyond the cores let both fit.
     runtime.start(num_cpus=max(4, cfg.ray.num_cpus or 0))
     if latest_prm(cfg) is None:
-        log("== 3/6 prm train: the process reward model (Ray Train + DeepSpeed)")
+        stages.start("prm", "the process reward model (Ray Train + DeepSpeed)")
         examples, data = prepare_training(stack, feedback_in_files(cfg), log)
         out, result = train_new_prm(cfg, examples, data, log=log)
         write_report(cfg, "prm_train", result)
         log(describe_training(out, result))
     else:
-        log(f"== 3/6 prm: using {latest_prm(cfg)}")
+        stages.start("prm", f"using {latest_prm(cfg)}")
     # The serving retriever owns the Milvus Lite file from here on.
     stack.release_store()
-    log("== 4/6 serve: the application on Ray Serve")
+    stages.start("serve", "the application on Ray Serve")
     # The demo prints its own progress; replicas' per-request lines would bury it.
     cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"access_log": False})})
     cfg = without_rate_limits(cfg)  # every simulated user asks from this one address
     try:
         url = runtime.deploy(cfg)
         log(f"   {url}")
-        log("== 5/6 users, scores, sleep, promotion, measurement")
+        stages.start("loop", "users, scores, sleep, promotion, measurement")
         report = run_loop(cfg, task, url, runtime.buffer(), runtime.scheduler(), log)
     finally:
         runtime.stop()
-    log("== 6/6 report")
+    stages.start("report", "Markdown, plots and one HTML page")
     out_dir = cfg.state_path / "reports" / "demo"
     out_dir.mkdir(parents=True, exist_ok=True)
+    stages.stop()
     report["seconds"] = time.time() - t_start
+    report["stage_seconds"] = stages.seconds
     write_report(cfg, "demo/demo", report)
+    write_demo_report(report, out_dir)
+    return report
+
+
+def write_demo_report(report: dict, out_dir: Path) -> None:
+    """`report.md` with its plots and `report.html` (the same, one page) under `out_dir`; their
+    paths into `report`."""
     md = out_dir / "report.md"
     md.write_text(markdown(report, plot_demo(report, out_dir)))
     report["report_path"] = str(md)
-    report["report_html"] = str(write_html(md))  # the same, one page with the plots in it
-    return report
+    report["report_html"] = str(write_html(md))
 
 
 def summary(report: dict) -> list[str]:
@@ -356,6 +391,8 @@ def summary(report: dict) -> list[str]:
         f"{after:<26}{a['new_family']:>12.2f}{a['old_families']:>14.2f}",
         f"retention gate {'passed' if s['passes_gate'] else 'refused'}: {s['reason']}; "
         f"{s['version']} {'promoted' if s['promoted'] else 'kept as a candidate'}",
+        "stage minutes: "
+        + ", ".join(f"{k} {v / 60:.1f}" for k, v in report.get("stage_seconds", {}).items()),
         f"report: {report['report_path']} ({report['seconds'] / 60:.0f} min); as one page: "
         f"{report['report_html']}",
     ]

@@ -62,7 +62,7 @@ def test_progress_off_a_terminal_writes_few_lines():
     bar.set_postfix(loss="0.5")
     bar.close()
     lines = out.getvalue().splitlines()
-    assert len(lines) == 2  # the first step, the end
+    assert 10 <= len(lines) <= 12  # off a terminal: the first step, each tenth, the end
     assert lines[-1].startswith("stage:  1000/1000 step (100%)") and "loss 0.5" in lines[-1]
 
 

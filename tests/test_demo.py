@@ -44,7 +44,8 @@ def test_demo_runs_the_whole_loop_and_writes_the_report(tmp_path, ray_local, cap
     assert log.exists() and "prm train:  60/60 step (100%)" in printed
     text = log.read_text()
     assert "(RayTrainWorker pid=" in text and "Failed to query Ray Train Controller" not in text
-    assert "== 5/6 users, scores, sleep, promotion, measurement" in printed
+    assert "== 5/6 loop: users, scores, sleep, promotion, measurement" in printed
+    assert set(out["stage_seconds"]) == {"bootstrap", "ingest", "prm", "serve", "loop", "report"}
     assert "report:" in printed and "new family" in printed
     report_dir = tmp_path / "reports" / "demo"
     md = (report_dir / "report.md").read_text()
@@ -52,6 +53,10 @@ def test_demo_runs_the_whole_loop_and_writes_the_report(tmp_path, ray_local, cap
         assert (report_dir / png).stat().st_size > 1000 and f"({png})" in md
     page = (report_dir / "report.html").read_text()  # one page, the plots inside it
     assert page.count('src="data:image/png;base64,') == 3 and "<table>" in page
+    (report_dir / "report.html").unlink()  # `cls-ray report` writes it again from the figures
+    (report_dir / "retention.png").unlink()
+    assert main(["report", *args]) == 0
+    assert (report_dir / "report.html").read_text() == page
     assert out["failed_requests"] == 0 and out["new_users"] > 0
     assert out["feedback"]["corrected"] + out["feedback"]["rated"] > 0
     assert out["before"]["versions"] == ["base"]

@@ -36,11 +36,12 @@ COMMANDS = {
     "sleep": "consolidate:cmd_sleep",
     "ppo": "consolidate:cmd_sleep",
     "demo": "demo:cmd_demo",
+    "report": "report:cmd_report",
     "cluster": "cluster:cmd_cluster",
 }
 
 # Commands that start no Ray, model or Milvus: nothing to keep out of the console.
-PLAIN = {"task", "keys", "cluster"}
+PLAIN = {"task", "keys", "cluster", "report"}
 
 NOISY_LOGGERS = (
     "httpx",

@@ -171,6 +171,10 @@ def make_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="write nothing; exit 1 if the files differ"
     )
     sub.add_parser("demo", parents=[common], help="the main job on the embedded default")
+    r = sub.add_parser(
+        "report", parents=[common], help="the demo's report again, as Markdown and one HTML page"
+    )
+    r.add_argument("paths", nargs="*", help="Markdown reports to turn into HTML pages instead")
     return p
 
 

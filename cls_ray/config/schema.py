@@ -105,6 +105,9 @@ class BootstrapConfig(Section):
     warmup: int = Field(100, ge=0)
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch threads; 0: all cores.")
+    bf16: bool = Field(
+        False, description="Matrix products in bfloat16 (autocast; weights and optimizer fp32)."
+    )
     eval_questions: int = Field(
         4, ge=0, description="Held-out questions per family scored with oracle contexts at the end."
     )
