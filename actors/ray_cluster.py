@@ -79,6 +79,9 @@ def _log_to_driver(requested: bool) -> bool:
 
 def start_local_ray(num_cpus: int | None, log_to_driver: bool = False) -> None:
     """Starts a Ray instance on this machine, without the dashboard (see cls_ray.console)."""
+    # Ray's monitor logs the cluster's status every few seconds (forwarded to the driver: most
+    # of a demo's log); a single machine's status says nothing new.
+    os.environ.setdefault("RAY_ENABLE_CLUSTER_STATUS_LOG", "0")
     # A loaded machine can miss Ray's start-up deadline (GCS or raylet); Ray raises a plain
     # Exception for that, so any failure of the start gets two more tries.
     for attempt in range(3):

@@ -48,6 +48,10 @@ class JudgeConfig(Section):
 class PRMConfig(TrainerConfig):
     """The process reward model: labels, encoder, Ray Train + DeepSpeed training, use."""
 
+    # 250 steps: on the embedded default the PRM's loss is 0.003 by then and its step F1 0.995
+    # (0.996 after 500 steps, which took twice the 8.5 minutes on 2 cores).
+    steps: int = Field(250, ge=1)
+
     path: str = Field(
         "", description="A trained PRM folder; empty: the latest under state_dir/prm."
     )
