@@ -29,7 +29,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -38,9 +38,9 @@ _console: Console | None = None  # while a quiet console is active
 
 
 def stream() -> TextIO:
-    """Where progress displays and a command's own lines go: the terminal kept aside by an
-    active quiet console, else standard error."""
-    return _console.out if _console is not None else sys.stderr
+    """Where progress displays go: the terminal's standard error, kept aside by an active quiet
+    console (standard output stays for results: `--json | jq`)."""
+    return _console.err if _console is not None else sys.stderr
 
 
 def active() -> Console | None:
@@ -83,6 +83,7 @@ class Progress:
         self.shown_n = -1
         self.closed = False
         self.iterable = iterable
+        self.lock = threading.RLock()  # updates may come from several threads
 
     def __iter__(self):
         for item in self.iterable:
@@ -134,24 +135,28 @@ class Progress:
             self.disable = True
 
     def update(self, n: int = 1) -> None:
-        self.n += n
-        self._show()
+        with self.lock:
+            self.n += n
+            self._show()
 
     def set(self, n: int, elapsed_s: float | None = None, **figures) -> None:
         """Step `n` reached (`elapsed_s` after the stage began, where the clock is elsewhere)."""
-        self.n = n
-        if elapsed_s is not None:
-            self.t0 = time.time() - elapsed_s
-        self.set_postfix(**figures)
+        with self.lock:
+            self.n = n
+            if elapsed_s is not None:
+                self.t0 = time.time() - elapsed_s
+            self.set_postfix(**figures)
 
     def set_postfix(self, **figures) -> None:
-        self.figures.update({k: str(v) for k, v in figures.items()})
-        self._show()
+        with self.lock:
+            self.figures.update({k: str(v) for k, v in figures.items()})
+            self._show()
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._show(final=True)
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                self._show(final=True)
 
 
 def progress(
@@ -230,17 +235,20 @@ class Console:
         with self.lock:
             if self.closed:
                 return
-            for line in data.get("lines", []):
-                self.log.write(prefix + line + "\n")
-                step = parse_progress(line)
-                if step is not None:
-                    self.show_step(*step)
-            self.log.flush()
+            try:  # an error here would end Ray's printer thread, and all forwarding with it
+                for line in data.get("lines", []):
+                    self.log.write(prefix + line + "\n")
+                    step = parse_progress(line)
+                    if step is not None:
+                        self.show_step(*step)
+                self.log.flush()
+            except (OSError, ValueError):
+                pass
 
     def show_step(self, stage: str, step: int, total: int, loss: str, elapsed_s: int) -> None:
         bar = self.stages.get(stage)
         if bar is None or bar.closed or bar.total != total:
-            bar = self.stages[stage] = Progress(stage, total, unit="step", out=self.out)
+            bar = self.stages[stage] = Progress(stage, total, unit="step", out=self.err)
         bar.set(step, elapsed_s=elapsed_s, loss=loss)
         if step >= total:
             bar.close()
@@ -258,7 +266,10 @@ class _Routed(io.TextIOBase):
     def write(self, s: str) -> int:
         if self.after is not None:
             return self.after.write(s)
-        frame = sys._getframe(1)
+        try:
+            frame = sys._getframe(1)
+        except ValueError:  # no Python caller
+            return self.log.write(s)
         while frame is not None and frame.f_globals.get("__name__", "").startswith(WRAPPERS):
             frame = frame.f_back
         caller = frame.f_globals.get("__name__", "") if frame is not None else ""
@@ -289,67 +300,84 @@ OURS = {"cls_ray", "actors", "__main__"}
 WRAPPERS = ("colorama", "ray.thirdparty_files.colorama", "ray.experimental.tqdm_ray")
 
 
-def _terminal(stream_: TextIO) -> tuple[TextIO, bool]:
+def _terminal(stream_: TextIO, undo: ExitStack) -> TextIO:
     """A stream on a copy of `stream_`'s file descriptor, which stays on the terminal after the
-    descriptor is redirected (and True: it is ours to close); a stream without a descriptor (a
-    test's capture) as it is."""
+    descriptor is redirected (closed by `undo`); a stream without a descriptor (a test's
+    capture) as it is."""
     try:
         fd = stream_.fileno()
     except (AttributeError, OSError, ValueError):
-        return stream_, False
-    return os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace"), True
+        return stream_
+    copy = os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace")
+    undo.callback(_quietly_close, copy)
+    return copy
+
+
+def _quietly_close(s: TextIO) -> None:
+    try:
+        s.close()
+    except OSError:  # a terminal or pipe gone (`cls-ray demo | head`)
+        pass
 
 
 @contextmanager
 def quiet_console(log_path: Path) -> Iterator[Console]:
     """Everything written to this process's standard output and error, at the file-descriptor
-    level (C++ and child processes too), goes to `log_path`; `print` and the progress displays
-    go to the console as before (and `console.err` reaches the terminal's standard error).
-    Restored on exit."""
+    level (C++ and child processes too), goes to `log_path`; `print` goes to the console as
+    before, the progress displays and `console.err` to the terminal's standard error. Each
+    piece is undone on exit, in reverse, even when one of the undoing steps fails."""
     global _console
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
     for s in (sys.stdout, sys.stderr):
         s.flush()
     saved_out, saved_err = sys.stdout, sys.stderr
-    (out, own_out), (err, own_err) = _terminal(saved_out), _terminal(saved_err)
-    kept = {}
-    for target in (1, 2):
-        try:
-            kept[target] = os.dup(target)
+    with ExitStack() as undo:
+        log = undo.enter_context(
+            open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+        )
+        out, err = (_terminal(s, undo) for s in (saved_out, saved_err))
+        for target in (1, 2):
+            try:
+                kept = os.dup(target)
+            except OSError:
+                continue
+            undo.callback(os.close, kept)
             os.dup2(log.fileno(), target)
-        except OSError:
-            kept.pop(target, None)
-    routed = _Routed(out, log)
-    sys.stdout, sys.stderr = routed, log
-    handlers = _log_handlers_to(log, (saved_out, saved_err, sys.__stdout__, sys.__stderr__))
-    _console = c = Console(out, err, log, log_path)
-    try:
+            undo.callback(os.dup2, kept, target)
+        routed = _Routed(out, log)
+        sys.stdout, sys.stderr = routed, log
+        undo.callback(_restore_streams, routed, saved_out, saved_err, log)
+        handlers = _log_handlers_to(log, (saved_out, saved_err, sys.__stdout__, sys.__stderr__))
+        undo.callback(lambda: [h.setStream(stream_) for h, stream_ in handlers])
+        _console = c = Console(out, err, log, log_path)
+        undo.callback(_close, c)
         yield c
-    finally:
+
+
+def _close(c: Console) -> None:
+    global _console
+    try:
         for close in reversed(c.closers):
             close()
+    finally:
         with c.lock:
             c.closed = True
         _console = None
         for bar in c.stages.values():
             bar.close()
-        for s in (out, err, log):
-            try:
-                s.flush()
-            except (OSError, ValueError):
-                pass
-        routed.after = saved_out  # for whoever kept it (colorama's exit handler)
-        sys.stdout, sys.stderr = saved_out, saved_err
-        for target, dup in kept.items():
-            os.dup2(dup, target)
-            os.close(dup)
-        for h, stream_ in handlers:
-            h.setStream(stream_)
-        for s, own in ((out, own_out), (err, own_err)):
-            if own:
-                s.close()
-        log.close()
+
+
+def _restore_streams(routed: _Routed, saved_out: TextIO, saved_err: TextIO, log: TextIO) -> None:
+    for s in (routed, log):
+        try:
+            s.flush()
+        except (OSError, ValueError):
+            pass
+    routed.after = saved_out  # for whoever kept it (colorama's exit handler)
+    sys.stdout, sys.stderr = saved_out, saved_err
+    # handlers made while the console was active (a library imported by the command) bound to
+    # its streams: they follow the process's streams from here on
+    _log_handlers_to(saved_err, (log, routed))
 
 
 def _log_handlers_to(log: TextIO, streams) -> list[tuple[logging.StreamHandler, TextIO]]:

@@ -2,8 +2,11 @@
 program's output in the log file it names, errors on it with that file's path."""
 
 import io
+import os
 import subprocess
 import sys
+
+import pytest
 
 from cls_ray import console
 from tests.helpers import TINY_OVERRIDES, set_args
@@ -18,8 +21,8 @@ def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
-def log_named_in(stdout: str):
-    first = stdout.splitlines()[0]
+def log_named_in(stderr: str):
+    first = stderr.splitlines()[0]
     assert first.startswith("log: "), first
     from pathlib import Path
 
@@ -29,11 +32,11 @@ def log_named_in(stdout: str):
 def test_a_command_prints_its_own_lines_and_the_log_holds_the_rest(tmp_path):
     r = cli("bootstrap", *set_args([*TINY_OVERRIDES, f"state_dir={tmp_path}"]))
     assert r.returncode == 0, r.stderr
-    log = log_named_in(r.stdout)
+    log = log_named_in(r.stderr)
     assert log.parent == tmp_path / "logs" and log.name.startswith("bootstrap-")
     printed = r.stdout + r.stderr
     assert "built " in printed and "bootstrap:" in printed  # its result and its progress
-    assert len(printed.splitlines()) <= 6, printed
+    assert len(printed.splitlines()) <= 14, printed  # the log line, a display, the result
     text = log.read_text()
     # what the console left out: transformers' shard writer, cls-ray's own INFO log
     assert "Writing model shards" in text and "bootstrap done" in text
@@ -51,7 +54,7 @@ def test_an_error_reaches_the_console_with_the_log_path(tmp_path):
     r = cli("prm", "eval", *set_args([*TINY_OVERRIDES, f"state_dir={tmp_path}"]))
     assert r.returncode == 1
     assert "cls-ray prm eval:" in r.stderr and "its log: " in r.stderr
-    assert log_named_in(r.stdout).exists()
+    assert log_named_in(r.stderr).exists()
 
 
 def test_progress_off_a_terminal_writes_few_lines():
@@ -83,3 +86,13 @@ def test_training_steps_of_workers_become_the_stage_display(tmp_path):
     shown = out.getvalue().splitlines()
     assert shown[0].startswith("sleep sft:  20/150 step") and "ETA" in shown[0]
     assert shown[-1].startswith("sleep sft:  150/150 step (100%)") and "loss 0.5000" in shown[-1]
+
+
+def test_the_console_gives_back_every_stream_even_after_an_error(tmp_path):
+    before = (sys.stdout, sys.stderr, os.fstat(1).st_ino, os.fstat(2).st_ino)
+    with pytest.raises(RuntimeError), console.quiet_console(tmp_path / "x.log"):
+        os.write(2, b"written below Python\n")  # as C++ code or a child process would
+        raise RuntimeError("boom")
+    assert (sys.stdout, sys.stderr, os.fstat(1).st_ino, os.fstat(2).st_ino) == before
+    assert console.active() is None
+    assert "written below Python" in (tmp_path / "x.log").read_text()

@@ -40,8 +40,8 @@ def test_demo_runs_the_whole_loop_and_writes_the_report(tmp_path, ray_local, cap
     # The console: its own lines and one display per stage, under two screens; the rest in
     # the log it names first, the workers' output too, the known-harmless warnings nowhere.
     assert len((printed + captured.err).splitlines()) < 120, printed + captured.err
-    log = tmp_path / "logs" / printed.splitlines()[0].split()[1].rpartition("/")[2]
-    assert log.exists() and "prm train:  60/60 step (100%)" in printed
+    log = tmp_path / "logs" / captured.err.splitlines()[0].split()[1].rpartition("/")[2]
+    assert log.exists() and "prm train:  60/60 step (100%)" in captured.err
     text = log.read_text()
     assert "(RayTrainWorker pid=" in text and "Failed to query Ray Train Controller" not in text
     assert "== 5/6 loop: users, scores, sleep, promotion, measurement" in printed

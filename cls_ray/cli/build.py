@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
 from actors.ray_cluster import init_ray
+from cls_ray import console
 from cls_ray.bootstrap import describe, ensure_model
 from cls_ray.config import Config
 from cls_ray.memory.ingest import ingest_paths
@@ -30,7 +29,7 @@ def cmd_ingest(args, cfg: Config) -> dict:
         init_ray(cfg)
     report = ingest_paths(paths, cfg, stack.store, progress=not args.quiet, use_ray=not args.no_ray)
     for e in report.errors:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=console.stream())
     total = stack.store.count()
     print(report.describe(total, stack.store.name()))
     return {**report.to_dict(), "total": total}

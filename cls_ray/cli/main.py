@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(args, cfg, sys.stderr)
     path = log_path(cfg, args.command)
     with console.quiet_console(path) as c:
-        print(f"log: {path} (--verbose: everything here)")
+        print(f"log: {path} (--verbose: everything here)", file=c.err)
         ours = logging.StreamHandler(c.err)  # cls-ray's own warnings stay in sight
         ours.setLevel(logging.WARNING)
         ours.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -124,8 +124,9 @@ def run_command(args, cfg: Config, err) -> int:
         # the command as typed: `cls-ray prm eval: ...`, `cls-ray bench consolidation: ...`
         name = " ".join([args.command, *(getattr(args, a, "") for a in ("action", "which"))])
         print(f"cls-ray {name.strip()}: {e}", file=err)
-        if console.active() is not None:
-            print(f"(its log: {console.active().log_path})", file=err)
+        if (c := console.active()) is not None:
+            c.log.write(traceback.format_exc())
+            print(f"(its log: {c.log_path})", file=err)
         return 1
     if args.json:
         print(json.dumps(result, default=str))
