@@ -18,6 +18,7 @@ from pathlib import Path
 from cls_ray import console
 from cls_ray.cli.parser import make_parser, resolve_config
 from cls_ray.config import Config, ConfigError
+from cls_ray.eval.screenshot import BrowserError
 
 # command -> "module:function" under cls_ray.cli
 COMMANDS = {
@@ -120,7 +121,7 @@ def run_command(args, cfg: Config, err) -> int:
     run = command(args.command)
     try:
         result = run(args, cfg)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+    except (FileNotFoundError, KeyError, ValueError, BrowserError) as e:
         # the command as typed: `cls-ray prm eval: ...`, `cls-ray bench consolidation: ...`
         name = " ".join([args.command, *(getattr(args, a, "") for a in ("action", "which"))])
         print(f"cls-ray {name.strip()}: {e}", file=err)

@@ -175,6 +175,11 @@ def make_parser() -> argparse.ArgumentParser:
         "report", parents=[common], help="the demo's report again, as Markdown and one HTML page"
     )
     r.add_argument("paths", nargs="*", help="Markdown reports to turn into HTML pages instead")
+    r.add_argument(
+        "--screenshot",
+        action="store_true",
+        help="also render each page in a headless Chromium and save it as <page>.png",
+    )
     return p
 
 
