@@ -56,13 +56,10 @@ def bootstrap(cfg, world: World, out_dir: str | Path | None = None, progress: bo
     model.train()
     losses: list[float] = []
     t0 = time.time()
+    batches = length_buckets(lambda: episode_pair(sampler.sample(rng)), bc.batch_size, rng)
     bar = console.progress("bootstrap", iterable=range(bc.steps), unit="step", disable=not progress)
     for step in bar:
-        batch = encode_examples(
-            tokenizer,
-            [episode_pair(sampler.sample(rng)) for _ in range(bc.batch_size)],
-            arch.max_position,
-        )
+        batch = encode_examples(tokenizer, next(batches), arch.max_position)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bc.bf16):
             loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
@@ -96,6 +93,20 @@ def bootstrap(cfg, world: World, out_dir: str | Path | None = None, progress: bo
     (out_dir / "bootstrap_metrics.json").write_text(json.dumps(metrics, indent=2))
     logger.info("bootstrap done: %s", metrics)
     return metrics
+
+
+def length_buckets(draw, batch_size: int, rng: random.Random, pool: int = 16):
+    """Endless batches of `draw()` pairs in which the lengths are alike: `pool` batches' worth
+    are drawn, sorted by length, cut into batches and given out in random order. A batch of
+    random episodes is about a third padding (one- to three-hop prompts side by side); this
+    leaves a few percent, and every episode is still drawn at random."""
+    while True:
+        pairs = sorted(
+            (draw() for _ in range(batch_size * pool)), key=lambda p: len(p[0]) + len(p[1])
+        )
+        chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+        rng.shuffle(chunks)
+        yield from chunks
 
 
 def save_atomically(model, tokenizer, out_dir: Path, metrics: dict) -> None:

@@ -62,6 +62,27 @@ def trainer_options(t) -> dict:
     }
 
 
+def bucketed(order: list, size, batch_size: int, rng: random.Random, pool: int = 16) -> list:
+    """`order` (one shuffled epoch) as full batches whose items are about the same size: every
+    `pool` batches' worth is sorted by `size` and cut into batches, and the batches come in
+    random order. Every item is in a batch; where the count does not divide, the last batch
+    of a pool takes its `batch_size` largest items (a few then come twice)."""
+    chunks = [order[at : at + batch_size * pool] for at in range(0, len(order), batch_size * pool)]
+    if len(chunks) > 1 and len(chunks[-1]) < batch_size:
+        chunks[-2] += chunks.pop()
+    batches = []
+    for chunk in chunks:
+        chunk = sorted(chunk, key=size)
+        if len(chunk) < batch_size:  # the whole epoch is smaller than a batch
+            chunk = (chunk * batch_size)[:batch_size]
+        full = len(chunk) // batch_size * batch_size
+        batches += [chunk[i : i + batch_size] for i in range(0, full, batch_size)]
+        if full < len(chunk):
+            batches.append(chunk[-batch_size:])
+    rng.shuffle(batches)
+    return batches
+
+
 def deepspeed_steps(
     model,
     rows: list,
@@ -69,9 +90,11 @@ def deepspeed_steps(
     loss_fn: Callable[[object, dict], object],
     config: dict,
     name: str,
+    length: Callable[[object], int] | None = None,
 ):
     """Trains `model` for `config["steps"]` steps inside a Ray Train worker. Returns the
-    DeepSpeed engine and the final metrics (which the caller reports, after saving)."""
+    DeepSpeed engine and the final metrics (which the caller reports, after saving). With
+    `length` (a row's size), each batch holds rows of about the same length (less padding)."""
     # DeepSpeed picks its accelerator when it is imported: here, in the worker, after
     # `launch` set DS_ACCELERATOR (a driver never needs it, and its import takes seconds).
     import deepspeed
@@ -102,17 +125,25 @@ def deepspeed_steps(
         raise ValueError(f"{name}: worker {rank} has no rows ({len(rows)} rows, {world} workers)")
     rng = random.Random(config["seed"] + rank)
     order: list[int] = []
+    pending: list[list[int]] = []  # with `length`: this epoch's batches, still to train on
     losses: list[float] = []
     t0 = time.time()
     bf16 = bool(config.get("bf16"))
     metrics: dict = {}
     log_every = max(1, min(config["log_every"], steps))
     for step in range(steps):
-        while len(order) < config["batch_size"]:
-            fresh = list(range(len(mine)))
-            rng.shuffle(fresh)
-            order += fresh
-        idx, order = order[: config["batch_size"]], order[config["batch_size"] :]
+        if length is not None:
+            if not pending:
+                fresh = list(range(len(mine)))
+                rng.shuffle(fresh)
+                pending = bucketed(fresh, lambda i: length(mine[i]), config["batch_size"], rng)
+            idx = pending.pop()
+        else:
+            while len(order) < config["batch_size"]:
+                fresh = list(range(len(mine)))
+                rng.shuffle(fresh)
+                order += fresh
+            idx, order = order[: config["batch_size"]], order[config["batch_size"] :]
         batch = to_device(collate([mine[i] for i in idx]), engine.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
