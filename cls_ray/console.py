@@ -108,7 +108,8 @@ class Progress:
             parts.append(f"{self.n} {self.unit}")
         parts.append(f"{rate:.1f} {self.unit}/s" if rate >= 1 else f"{rate:.2f} {self.unit}/s")
         parts.append(_interval(elapsed))
-        if self.total and 0 < self.n < self.total and rate > 0:
+        # no ETA from the first step or two (start-up and compilation make their rate a guess)
+        if self.total and max(2, self.total / 50) <= self.n < self.total and rate > 0:
             parts.append(f"ETA {_interval((self.total - self.n) / rate)}")
         parts += [f"{k} {v}" for k, v in self.figures.items()]
         return "  ".join(parts)
