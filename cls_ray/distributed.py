@@ -62,24 +62,36 @@ def trainer_options(t) -> dict:
     }
 
 
-def bucketed(order: list, size, batch_size: int, rng: random.Random, pool: int = 16) -> list:
+def bucketed(
+    order: list,
+    size,
+    batch_size: int,
+    rng: random.Random,
+    pool: int = 16,
+    order_rng: random.Random | None = None,
+) -> list[list]:
     """`order` (one shuffled epoch) as full batches whose items are about the same size: every
-    `pool` batches' worth is sorted by `size` and cut into batches, and the batches come in
-    random order. Every item is in a batch; where the count does not divide, the last batch
-    of a pool takes its `batch_size` largest items (a few then come twice)."""
-    chunks = [order[at : at + batch_size * pool] for at in range(0, len(order), batch_size * pool)]
+    `pool` batches' worth is sorted by `size` and cut into batches. Every item is in a batch;
+    the few left over at the end make one batch topped up with items drawn at random from the
+    same pool, and an epoch smaller than a batch is repeated to fill one. The batches come in an
+    order drawn from `order_rng` (else `rng`): data-parallel ranks that share its seed train
+    batches of alike length at each step, so none waits long for another's longer batch."""
+    if len(order) < batch_size:
+        order = (order * batch_size)[:batch_size]  # `order` is shuffled: no end is favoured
+    span = batch_size * pool
+    chunks = [order[at : at + span] for at in range(0, len(order), span)]
     if len(chunks) > 1 and len(chunks[-1]) < batch_size:
-        chunks[-2] += chunks.pop()
+        tail = chunks.pop()
+        chunks[-1] = chunks[-1] + tail
     batches = []
     for chunk in chunks:
         chunk = sorted(chunk, key=size)
-        if len(chunk) < batch_size:  # the whole epoch is smaller than a batch
-            chunk = (chunk * batch_size)[:batch_size]
         full = len(chunk) // batch_size * batch_size
         batches += [chunk[i : i + batch_size] for i in range(0, full, batch_size)]
-        if full < len(chunk):
-            batches.append(chunk[-batch_size:])
-    rng.shuffle(batches)
+        if rest := chunk[full:]:
+            extra = rng.sample(chunk[:full], batch_size - len(rest))
+            batches.append(sorted(rest + extra, key=size))
+    (order_rng or rng).shuffle(batches)
     return batches
 
 
@@ -126,6 +138,7 @@ def deepspeed_steps(
     rng = random.Random(config["seed"] + rank)
     order: list[int] = []
     pending: list[list[int]] = []  # with `length`: this epoch's batches, still to train on
+    order_rng = random.Random(config["seed"])  # the same on every rank: batches of alike length
     losses: list[float] = []
     t0 = time.time()
     bf16 = bool(config.get("bf16"))
@@ -136,7 +149,9 @@ def deepspeed_steps(
             if not pending:
                 fresh = list(range(len(mine)))
                 rng.shuffle(fresh)
-                pending = bucketed(fresh, lambda i: length(mine[i]), config["batch_size"], rng)
+                pending = bucketed(
+                    fresh, lambda i: length(mine[i]), config["batch_size"], rng, order_rng=order_rng
+                )
             idx = pending.pop()
         else:
             while len(order) < config["batch_size"]:

@@ -37,7 +37,7 @@ def test_the_report_page_shows_its_plots_in_a_real_browser(tmp_path, capsys):
     assert main(["report", "--screenshot", "--json", *args]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     shot = Path(result["screenshots"][0])
-    assert shot == out_dir / "report.png"
+    assert shot == out_dir / "report.screenshot.png"
     img = Image.open(shot)
     assert img.size == (1200, 2400)
     # The accuracy plot's two bar colours cover a real area: the embedded PNGs were drawn.
@@ -51,10 +51,32 @@ def test_the_report_page_shows_its_plots_in_a_real_browser(tmp_path, capsys):
 
 
 def test_without_a_browser_the_command_says_how_to_get_one(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("CLS_RAY_BROWSER", str(tmp_path / "no-such-browser"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no browser on it
     md = tmp_path / "r.md"
     md.write_text("# r\n")
     assert main(["report", str(md), "--screenshot", "--set", f"state_dir={tmp_path}"]) == 1
     assert "apt-get install chromium" in capsys.readouterr().err
-    with pytest.raises(BrowserError):
+    monkeypatch.setenv("CLS_RAY_BROWSER", str(tmp_path / "no-such-browser"))
+    with pytest.raises(BrowserError, match="is not a program"):
         screenshot(tmp_path / "r.html", tmp_path / "r.png")
+
+
+def _fake_browser(tmp_path, body: str) -> str:
+    exe = tmp_path / "fake-browser"
+    exe.write_text(f"#!/bin/sh\n{body}\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_a_browser_that_fails_hangs_or_writes_nothing_is_a_clear_error(tmp_path, monkeypatch):
+    page = tmp_path / "p.html"
+    page.write_text("<p>x</p>")
+    cases = [
+        ("echo 'cannot open display' >&2; exit 3", "exited 3: cannot open display", 10),
+        ("exit 0", "wrote no screenshot", 10),
+        ("sleep 30", "did not finish within 1 s", 1),
+    ]
+    for body, message, timeout in cases:
+        monkeypatch.setenv("CLS_RAY_BROWSER", _fake_browser(tmp_path, body))
+        with pytest.raises(BrowserError, match=message):
+            screenshot(page, tmp_path / "p.png", timeout_s=timeout)

@@ -178,7 +178,8 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--screenshot",
         action="store_true",
-        help="also render each page in a headless Chromium and save it as <page>.png",
+        help="also render each page in a headless Chromium; its top 1200x2400 pixels "
+        "as <page>.screenshot.png",
     )
     return p
 

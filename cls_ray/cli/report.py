@@ -36,10 +36,11 @@ def cmd_report(args, cfg: Config) -> dict:
 
 
 def _screenshots(args, pages: list[str]) -> dict:
-    """With `--screenshot`: each page as a headless browser shows it, `<page>.png` beside it."""
+    """With `--screenshot`: each page as a headless browser shows it (its top 1200 x 2400
+    pixels), `<page>.screenshot.png` beside it (never a figure the page embeds)."""
     if not getattr(args, "screenshot", False):
         return {}
-    shots = [str(screenshot(p, Path(p).with_suffix(".png"))) for p in pages]
+    shots = [str(screenshot(p, Path(p).with_suffix(".screenshot.png"))) for p in pages]
     for s in shots:
         print(f"screenshot: {s}")
     return {"screenshots": shots}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,6 +24,8 @@ FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
+    "--disable-crash-reporter",
+    "--disable-dev-shm-usage",  # containers give /dev/shm 64 MB, too little for a renderer
 )
 
 
@@ -45,19 +48,26 @@ def screenshot(
     height: int = 2400,
     timeout_s: float = 60.0,
 ) -> Path:
-    """Renders `page` (an HTML file) in a headless browser and writes the view to `out` (PNG)."""
+    """Renders `page` (an HTML file) in a headless browser and writes its top `width` x
+    `height` pixels to `out` (PNG)."""
     page, out = Path(page).resolve(), Path(out).resolve()
     if not page.is_file():
         raise FileNotFoundError(f"{page}: no such page")
     browser = find_browser()
     if browser is None:
+        named = os.environ.get("CLS_RAY_BROWSER")
         raise BrowserError(
-            "no headless browser found: install Chromium (Debian: apt-get install chromium) "
-            "or set CLS_RAY_BROWSER to its path"
+            f"CLS_RAY_BROWSER={named} is not a program"
+            if named
+            else "no headless browser found: install Chromium (Debian: apt-get install "
+            "chromium) or set CLS_RAY_BROWSER to its path"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(prefix="cls-ray-browser-") as profile:
+    # the browser's helpers may still be closing files in the profile: cleanup may not fail
+    with tempfile.TemporaryDirectory(
+        prefix="cls-ray-browser-", ignore_cleanup_errors=True
+    ) as profile:
         cmd = [
             browser,
             *FLAGS,
@@ -66,11 +76,25 @@ def screenshot(
             f"--screenshot={out}",
             page.as_uri(),
         ]
+        try:  # its own process group: a timeout ends the renderer and helpers too
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as e:  # not executable, not a program
+            raise BrowserError(f"{browser} cannot be started: {e}") from e
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            stdout, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired as e:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             raise BrowserError(f"{browser} did not finish within {timeout_s:.0f} s") from e
-    if done.returncode != 0 or not out.is_file():
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise BrowserError(f"{browser} exited {done.returncode}: {' | '.join(tail)}")
+    if proc.returncode != 0:
+        text = (stderr or stdout).decode(errors="replace").strip().splitlines()[-3:]
+        raise BrowserError(f"{browser} exited {proc.returncode}: {' | '.join(text)}")
+    if not out.is_file():
+        raise BrowserError(f"{browser} exited 0 but wrote no screenshot to {out}")
     return out
