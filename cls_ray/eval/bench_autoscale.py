@@ -109,6 +109,13 @@ def first_time(samples: Sequence[tuple], after: float, test) -> float | None:
     return next((s[0] - after for s in samples if s[0] >= after and test(*s[1:])), None)
 
 
+def added_not_serving(samples: Sequence[tuple], since: float, min_replicas: int) -> bool:
+    """The controller has added replicas since `since`, and none of them serves yet."""
+    recent = [s for s in samples if s[0] >= since]
+    decided = any(n + st > min_replicas for _, n, st in recent)
+    return decided and not any(n > min_replicas for _, n, _ in recent)
+
+
 def bench_autoscale(
     url: str,
     questions: Sequence[str],
@@ -120,25 +127,38 @@ def bench_autoscale(
     max_replicas: int,
     request_timeout_s: float,
     quiet_max_s: float = 90.0,
+    start_grace_s: float = 60.0,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Quiet, then `clients` sessions at a time for `load_s`, then quiet until the generator is
-    back to `min_replicas` (at most `quiet_max_s`); the timeline and the load's figures."""
+    back to `min_replicas` (at most `quiet_max_s`); the timeline and the load's figures.
+
+    A replica the controller has added may still be starting when `load_s` is over (a new
+    process that loads the model, on cores the load keeps busy): the load then goes on until
+    one serves, at most `start_grace_s` more, so the run shows the scale-up it decided on."""
     sampler = Sampler(count_replicas).start()
     time.sleep(3.0)  # the resting shape
     began = sampler.now()
     log(f"  load: {clients} sessions at a time for {load_s:g} s")
     load = Load(url, questions, clients, request_timeout_s).start()
     deadline = time.monotonic() + load_s
-    while time.monotonic() < deadline:
-        time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+    grace_over, said = deadline + start_grace_s, False
+    while (now := time.monotonic()) < deadline or (
+        now < grace_over and added_not_serving(sampler.samples, began, min_replicas)
+    ):
+        if now >= deadline and not said:
+            log("  the added replicas are still starting: the load goes on until one serves")
+            said = True
+        time.sleep(min(5.0, max(1.0, deadline - now)))
         log(f"    t={sampler.now():5.1f} s  replicas {sampler.last()}  sent {len(load.records)}")
     records = load.stop()
     ended = sampler.now()
     log("  quiet: waiting for the generator to scale back down")
     quiet_deadline = time.monotonic() + quiet_max_s
     while time.monotonic() < quiet_deadline:
-        if (n := sampler.last()) is not None and n <= min_replicas and sampler.now() > ended + 2:
+        last = sampler.samples[-1] if sampler.samples else None
+        # Back at rest: no more replicas serving, and none still starting, than at rest.
+        if last is not None and last[1] + last[2] <= min_replicas and last[0] > ended + 2:
             break
         time.sleep(1.0)
     time.sleep(2.0)  # a last sample or two at rest

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cls_ray.eval.bench_autoscale import format_autoscale
 from cls_ray.replay.buffer import ReplayBuffer
 from tests.helpers import TINY_OVERRIDES, free_port, set_args
 
@@ -123,8 +124,9 @@ def test_bench_autoscale_scales_up_under_load_and_down_after_it(cli):
     r = _cli(["bench", "autoscale", "--json", *args, *common], env, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     auto = json.loads(r.stdout.strip().splitlines()[-1])
-    assert auto["scaled_up"] and auto["peak_replicas"] >= 2, auto["timeline"]
-    assert auto["scaled_down"] and auto["final_replicas"] == 1, auto["timeline"]
+    shown = format_autoscale(auto)  # the changes of the timeline, and the load's figures
+    assert auto["scaled_up"] and auto["peak_replicas"] >= 2, shown
+    assert auto["scaled_down"] and auto["final_replicas"] == 1, shown
     assert auto["failed"] == 0 and auto["ok"] > 0, auto["statuses"]
-    assert auto["decided_up_s"] is not None and auto["decided_up_s"] < 20, auto["timeline"]
+    assert auto["decided_up_s"] is not None and auto["decided_up_s"] < 20, shown
     assert (state / "reports" / "bench_autoscale.png").stat().st_size > 1000
