@@ -48,6 +48,7 @@ TINY_OVERRIDES = [
 
 TINY_PRM_OVERRIDES = [
     "prm.num_layers=1",
+    "prm.freeze_embeddings=true",  # 3x faster steps for a 1-layer PRM
     "prm.questions_per_family=6",
     "prm.samples_per_question=1",
     "prm.corruptions_per_question=3",

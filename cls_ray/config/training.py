@@ -57,6 +57,11 @@ class PRMConfig(TrainerConfig):
     )
     encoder: str = Field("", description="Encoder checkpoint; empty: the packaged MiniLM.")
     num_layers: int | None = Field(None, ge=1, description="Keep the first N encoder layers.")
+    freeze_embeddings: bool = Field(
+        False,
+        description="Train the encoder without its word embeddings (a third of MiniLM's weights "
+        "and of what the workers exchange each step): steps 18% faster with 6 layers, 3x with 1.",
+    )
     max_length: int = Field(512, ge=32)
     aggregation: Literal["min", "product", "last", "mean"] = "min"
     # Labels

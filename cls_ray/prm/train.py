@@ -38,6 +38,8 @@ def train_loop_per_worker(config: dict) -> None:
     if config.get("num_layers"):
         transformers.logging.set_verbosity_error()  # the dropped layers' weights are expected
     model = StepPRM.from_encoder(config["encoder"], config.get("num_layers"))
+    if config.get("freeze_embeddings"):
+        model.encoder.get_input_embeddings().weight.requires_grad_(False)
     engine, metrics = deepspeed_steps(
         model,
         config["rows"],
@@ -75,6 +77,7 @@ def train_prm(
         "max_length": p.max_length,
         "encoder": encoder,
         "num_layers": p.num_layers,
+        "freeze_embeddings": p.freeze_embeddings,
         "trajectories": len(rows),
         "steps": n_steps,
         "zero_stage": p.zero_stage,
@@ -86,6 +89,7 @@ def train_prm(
         "rows": rows,
         "encoder": encoder,
         "num_layers": p.num_layers,
+        "freeze_embeddings": p.freeze_embeddings,
         "pad_id": tok.pad_token_id or 0,
         "steps": n_steps,
         "out": str(out),

@@ -50,6 +50,8 @@ def instruct(tiny_world, tmp_path):
         f"serve.port={free_port()}",
         "serve.app_name=cls-ray-instruct",
         "serve.generator.autoscaling.max_replicas=1",
+        "prm.questions_per_family=3",  # Monte Carlo rollouts of a random model: the most time
+        "prm.mc_rollouts=2",
         "consolidate.steps=10",
         "consolidate.batch_size=4",
         "consolidate.cpus_per_worker=0.5",

@@ -2,8 +2,11 @@
 evaluated and loaded by path."""
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModel
 
 from cls_ray.cli import main
 from cls_ray.config import load_config
@@ -33,6 +36,19 @@ def test_training_on_ray_train_lowers_the_loss_and_beats_chance(tiny_prm, tiny_c
     assert all(0.0 <= s <= 1.0 for s, _ in flat)
     # Held-out entities: better than chance at telling right steps from wrong ones.
     assert auroc([s for s, _ in flat], [lab == 1.0 for _, lab in flat]) > 0.6
+    _trained_without_word_embeddings(prm)
+
+
+def _trained_without_word_embeddings(prm: ProcessRewardModel) -> None:
+    """`prm.freeze_embeddings` (the tests' PRM): the saved word embeddings are the encoder's
+    own, bit for bit, and the layers above them were trained."""
+    meta = json.loads((Path(prm.path) / "prm.json").read_text())
+    assert meta["freeze_embeddings"]
+    encoder = AutoModel.from_pretrained(meta["encoder"])
+    mine = prm.model.encoder
+    assert torch.equal(mine.get_input_embeddings().weight, encoder.get_input_embeddings().weight)
+    first = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(mine.state_dict()[first], encoder.state_dict()[first])
 
 
 def test_score_steps_takes_docs_per_step_or_for_all(tiny_prm):
@@ -72,3 +88,4 @@ def test_zero3_partitions_and_gathers_the_weights(tiny_state, tiny_stack, ray_lo
     prm = ProcessRewardModel.load(tmp_path / "prm3")
     scores = prm.score_steps("what is the boss of Ann Lee ?", ["the answer is Bo ."], None)
     assert len(scores) == 1 and 0.0 <= scores[0] <= 1.0
+    _trained_without_word_embeddings(prm)  # ZeRO-3 gathers the frozen weights too
