@@ -5,12 +5,13 @@ small losses), and how far a candidate moved from the base (KL on the new task's
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from cls_ray.answers import EXACT, AnswerCheck
 from cls_ray.consolidate.retention import TrustedStep, next_step_accuracy
+from cls_ray.consolidate.skills import BASE
 from cls_ray.engine.hf import HFEngine
 from cls_ray.model.examples import encode_examples
 from cls_ray.rgr import run_rgr
@@ -25,10 +26,11 @@ def greedy_accuracy(
     questions: Sequence[QA],
     by_hops: dict | None = None,
     check: AnswerCheck = EXACT,
+    by_group: dict | None = None,
     **rgr_options,
 ):
-    """Share of `questions` greedy RGR answers right by `check` (NaN for none); `by_hops`, when
-    given, receives the share per number of hops."""
+    """Share of `questions` greedy RGR answers right by `check` (NaN for none); `by_hops` and
+    `by_group`, when given, receive the share per number of hops and per group."""
     if not questions:
         return float("nan")
     trajs = run_rgr([q.question for q in questions], engine, retriever, **rgr_options)
@@ -37,6 +39,10 @@ def greedy_accuracy(
         for h in sorted({q.hops for q in questions}):
             got = [r for q, r in zip(questions, right, strict=True) if q.hops == h]
             by_hops[str(h)] = sum(got) / len(got)
+    if by_group is not None:
+        for g in sorted({q.group for q in questions}):
+            got = [r for q, r in zip(questions, right, strict=True) if q.group == g]
+            by_group[g] = sum(got) / len(got)
     return sum(right) / len(questions)
 
 
@@ -94,20 +100,29 @@ def evaluate_version(
     patterns: bool = False,
     check: AnswerCheck = EXACT,
     trusted: Sequence[TrustedStep] = (),
+    skills: Mapping[str, Sequence[QA]] | None = None,
 ) -> dict:
     """Greedy RGR accuracy on the new groups and on the retention questions (by the task's
     answer `check`), and, where the task has episodes (the world), grounded next-step accuracy
     on them (more sensitive to small losses); elsewhere, next-step accuracy on the `trusted`
     steps of the frozen suite, where it has any. `patterns` lets RGR follow episodic
-    procedures (off: what the weights alone do)."""
+    procedures (off: what the weights alone do). `skills` (skill → its frozen questions, from
+    the skill ledger) adds `skills`: the accuracy on each skill earlier sleeps taught, and on
+    `base` (the retention questions); `new_family_by_group` splits the new-family measure."""
     opts = {**cfg.rgr_options(), "patterns": patterns, "check": check}
     hops: dict = {}
+    groups: dict = {}
     out = {
-        "new_family": greedy_accuracy(engine, retriever, new_qs, hops, **opts),
+        "new_family": greedy_accuracy(engine, retriever, new_qs, hops, by_group=groups, **opts),
         "new_family_by_hops": hops,
+        "new_family_by_group": groups,
         "retention": greedy_accuracy(engine, retriever, retention_qs, **opts),
         "retention_questions": len(retention_qs),
     }
+    if skills is not None:
+        out["skills"] = {BASE: out["retention"]} | {
+            name: greedy_accuracy(engine, retriever, qs, **opts) for name, qs in skills.items()
+        }
     if episodes:
         out["retention_steps"] = step_accuracy(engine, episodes, grounded=True)
     elif trusted:

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from cls_ray.consolidate.skills import below_best
 from cls_ray.ports import Memory, Publisher, Registry
 from cls_ray.registry import ModelRegistry, ModelVersion, registry_for
 
@@ -37,11 +38,15 @@ def _measured(before: dict, key: str) -> bool:
     return b is not None and not math.isnan(b) and b > 0
 
 
-def decide(before: dict, after: dict, tolerance: float) -> tuple[bool, str]:
+def decide(
+    before: dict, after: dict, tolerance: float, best: dict | None = None
+) -> tuple[bool, str]:
     """Promote only with evidence, and only if no retention measure drops by more than
     `tolerance`. A measure is evidence when the current version scores above 0 on it: an empty
     retention set (NaN) or one the current version answers none of cannot show forgetting, and
-    a gate with nothing to measure refuses."""
+    a gate with nothing to measure refuses. With `best` (skill → (best promoted score, its
+    version), `skills.SkillLedger.best`), every learned skill in `after["skills"]` must also
+    stay within `tolerance` of its best: small drops cannot add up over sleeps."""
     measured = [k for k in RETENTION_MEASURES if _measured(before, k) and k in after]
     if not measured:
         return False, (
@@ -53,6 +58,8 @@ def decide(before: dict, after: dict, tolerance: float) -> tuple[bool, str]:
         drop = before[key] - (a if a is not None and not math.isnan(a) else 0.0)
         if drop > tolerance:
             return False, f"{key} fell {drop:.3f} (> {tolerance:.3f} allowed)"
+    if best and (why := below_best(after.get("skills") or {}, best, tolerance)):
+        return False, why
     parts = [f"{k} change {after[k] - before[k]:+.3f}" for k in measured]
     new = after.get("new_family")
     if new is not None and not math.isnan(new):

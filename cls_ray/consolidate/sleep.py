@@ -34,6 +34,7 @@ from cls_ray.consolidate.ppo import experience_rows, fresh_rollouts, train_ppo
 from cls_ray.consolidate.promotion import SleepServices, conclude, decide
 from cls_ray.consolidate.retention import RetentionSuite
 from cls_ray.consolidate.sft import train_sft
+from cls_ray.consolidate.skills import Skill, SkillLedger, skill_questions
 from cls_ray.engine.factory import build_engine
 from cls_ray.engine.hf import HFEngine
 from cls_ray.ports import Buffer, Scorer
@@ -78,6 +79,16 @@ def train_candidate(
     return train_sft(cfg, pairs, out)
 
 
+def new_skill(version: str, task, new_qs: Sequence[QA], learned: set[str]) -> Skill | None:
+    """The skill a promoted sleep taught: the task's new groups among those it was measured on
+    that no earlier sleep learned, with their held-out questions (frozen from now on)."""
+    groups = sorted({q.group for q in new_qs} & set(task.new_groups) - learned)
+    if not groups:
+        return None
+    questions = tuple(q.question for q in new_qs if q.group in groups)
+    return Skill(version, tuple(groups), questions)
+
+
 def sleep_once(
     stack: Stack,
     batch: SleepBatch,
@@ -112,8 +123,14 @@ def sleep_once(
     suite = RetentionSuite.of(cfg)
     trusted = [] if task.world else suite.steps()
     new_qs, retention_qs = batch.new_questions, batch.retention_questions
-    measure = {"episodes": episodes, "check": task.check, "trusted": trusted}
+    # Every skill earlier sleeps taught is measured too, and bars a candidate at its best.
+    ledger = SkillLedger.of(cfg)
+    learned = ledger.skills()
+    skill_qs = skill_questions(learned, question_index(task))
+    measure = {"episodes": episodes, "check": task.check, "trusted": trusted, "skills": skill_qs}
     before = evaluate_version(cfg, stack.engine, memory, new_qs, retention_qs, **measure)
+    if current.name not in ledger.scores():  # the current version's own bar (base at first)
+        ledger.record(current.name, before["skills"])
     fast, pats = None, []
     if index:
         pats = fold_patterns(good)
@@ -136,7 +153,9 @@ def sleep_once(
     # Teacher-forced logits need the model in this process (HF); vLLM keeps it in its workers.
     both_local = isinstance(stack.engine, HFEngine) and isinstance(cand, HFEngine)
     kl = kl_base_candidate(stack.engine, cand, pairs[:256]) if both_local else None
-    ok, reason = decide(before, after, cfg.consolidate.retention_tolerance)
+    rolled_back = {v["name"] for v in services.registry.list() if v["status"] == "rolled_back"}
+    best = ledger.best(lambda version: version not in rolled_back)
+    ok, reason = decide(before, after, cfg.consolidate.retention_tolerance, best)
     metrics = {
         "method": method,
         "new_family_before": before["new_family"],
@@ -151,17 +170,35 @@ def sleep_once(
         "retention_steps_after": after.get("retention_steps"),
         "retention_questions": len(retention_qs),
         "retention_suite_steps": len(trusted),
+        "skills_before": before["skills"],
+        "skills_after": after["skills"],
+        "skills_best": {k: score for k, (score, _) in best.items()},
         "kl_base_candidate": kl,
         "train": train,
         "data": data,
     }
     v = conclude(cfg, services, out, method, current.name, metrics, (ok, reason), promote)
     log(f"sleep: {v.name} {'passes' if ok else 'fails'} the retention gate: {reason}")
+    skill = None
+    if ok and promote:
+        skill = new_skill(v.name, task, new_qs, ledger.learned_groups())
+        scores = dict(after["skills"])
+        if skill is not None:
+            n = {g: sum(q.group == g for q in new_qs) for g in skill.groups}
+            right = sum(after["new_family_by_group"][g] * n[g] for g in skill.groups)
+            scores[skill.name] = right / sum(n.values())  # its accuracy on its own questions
+        ledger.record(v.name, scores, [skill] if skill else [])
+        if skill is not None:
+            log(
+                f"sleep: {v.name} learned {len(skill.groups)} new group(s); their "
+                f"{len(skill.questions)} held-out questions join what every later sleep measures"
+            )
     if ok and promote and not task.world:
         joined = suite.add(good, v.name)
         log(f"sleep: {joined} trusted steps of {v.name} join the frozen retention suite")
     return {
         **metrics,
+        "learned_skill": skill.name if skill else None,
         "version": v.name,
         "passes_gate": ok,
         "promoted": ok and promote,

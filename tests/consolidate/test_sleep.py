@@ -7,6 +7,7 @@ import pytest
 
 from cls_ray.cli import main
 from cls_ray.config import load_config
+from cls_ray.consolidate.skills import SkillLedger
 from cls_ray.registry import ModelRegistry
 from cls_ray.replay.buffer import ReplayBuffer
 from tests.helpers import OPEN_GATE, TINY_OVERRIDES, buffer_sessions, set_args
@@ -42,6 +43,12 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
     v = reg.get(out["version"])
     assert reg.current().name == v.name and v.kind == "lora" and v.parent == "base"
     assert "new_family_after" in v.metrics and "retention_after" in v.metrics
+    # The family it learned is a skill now: its held-out questions join what later sleeps
+    # measure, and its score bars later candidates.
+    (skill,) = SkillLedger.of(cfg).skills()
+    assert out["learned_skill"] == skill.name == v.name
+    assert set(skill.groups) == set(out["families"]) and skill.questions
+    assert set(SkillLedger.of(cfg).scores()) == {"base", v.name}
     # consumed, and the consumed cache discarded but for the replay sample (all 6 fit in it)
     assert out["compaction"] == {"dropped": 0, "kept_replay": len(qs), "sessions": len(qs)}
     again = ReplayBuffer(cfg.replay_path, readonly=True)

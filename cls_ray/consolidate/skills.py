@@ -1,0 +1,119 @@
+"""What the model has learned, sleep after sleep: the skill ledger.
+
+A skill is what one promoted sleep taught: the new groups it was measured on (on the world,
+held-back families), with their held-out questions frozen at that moment. `base` is what the
+model was built on (the task's retention questions). Every later sleep measures the current
+version and its candidate on every learned skill, so the retention evidence grows with each
+promoted skill; and the gate compares a candidate with each skill's best promoted score, not
+only with its parent's, so losses that each stay within the tolerance cannot add up over sleeps.
+
+The file (`state_dir/skills.json`) holds the skills and the scores of every promoted version on
+them; it is replaced atomically, so a crash leaves the old ledger or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+BASE = "base"  # the skills the model was built on: the task's retention questions
+
+
+@dataclass(frozen=True)
+class Skill:
+    name: str  # the version whose sleep taught it (`base`: what the model was built on)
+    groups: tuple[str, ...]
+    questions: tuple[str, ...]  # frozen held-out questions, measured after every sleep
+
+
+class SkillLedger:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, cfg) -> SkillLedger:
+        return cls(cfg.state_path / "skills.json")
+
+    def _read(self) -> dict:
+        if not self.path.exists():
+            return {"skills": {}, "scores": {}}
+        return json.loads(self.path.read_text())
+
+    def _write(self, data: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.path)
+
+    def skills(self) -> list[Skill]:
+        """The learned skills, oldest first (`base` is implicit: the retention questions)."""
+        return [
+            Skill(name, tuple(s["groups"]), tuple(s["questions"]))
+            for name, s in self._read()["skills"].items()
+        ]
+
+    def learned_groups(self) -> set[str]:
+        return {g for s in self.skills() for g in s.groups}
+
+    def scores(self) -> dict[str, dict[str, float]]:
+        """version → skill → its score when that version was current."""
+        return self._read()["scores"]
+
+    def best(self, counts: Callable[[str], bool] = lambda _: True) -> dict[str, tuple[float, str]]:
+        """skill → (its best score, the version that had it), over the recorded versions that
+        `counts` accepts (a rolled-back version's scores do not bind later candidates)."""
+        out: dict[str, tuple[float, str]] = {}
+        for version, by_skill in self.scores().items():
+            if not counts(version):
+                continue
+            for skill, score in by_skill.items():
+                if score is not None and not math.isnan(score):
+                    if skill not in out or score > out[skill][0]:
+                        out[skill] = (score, version)
+        return out
+
+    def record(
+        self, version: str, scores: Mapping[str, float], new: Iterable[Skill] = ()
+    ) -> list[str]:
+        """Keeps `version`'s scores (a promoted version: they become a bar for later ones) and
+        adds the skills it was the first to learn; returns the names of those added."""
+        data = self._read()
+        data["scores"][version] = {k: float(v) for k, v in scores.items()}
+        added = []
+        for s in new:
+            if s.name not in data["skills"] and s.questions:
+                data["skills"][s.name] = {"groups": list(s.groups), "questions": list(s.questions)}
+                added.append(s.name)
+        self._write(data)
+        return added
+
+
+def skill_questions(skills: Sequence[Skill], index: Mapping[str, object]) -> dict[str, list]:
+    """skill → its frozen questions as the task's questions (`index`: question text → QA);
+    a question the task no longer has is left out."""
+    return {s.name: [index[q] for q in s.questions if q in index] for s in skills}
+
+
+def below_best(
+    after: Mapping[str, float], best: Mapping[str, tuple[float, str]], tolerance: float
+) -> str | None:
+    """Why a candidate is refused: the first skill it scores more than `tolerance` below that
+    skill's best promoted score; None when every skill is within it."""
+    for skill, score in after.items():
+        if skill not in best or score is None or math.isnan(score):
+            continue
+        top, version = best[skill]
+        if top - score > tolerance:
+            what = "retention (the base skills)" if skill == BASE else f"the skill {skill} taught"
+            return (
+                f"{what} fell to {score:.3f}, {top - score:.3f} below its best {top:.3f} "
+                f"(under {version}; > {tolerance:.3f} allowed)"
+            )
+    return None

@@ -1,0 +1,75 @@
+"""The skill ledger: what promoted sleeps taught, measured by every later sleep, and a gate that
+holds each skill to its best promoted score, not only to the parent's."""
+
+import json
+
+from cls_ray.consolidate.evaluate import evaluate_version, question_index
+from cls_ray.consolidate.promotion import decide
+from cls_ray.consolidate.skills import BASE, Skill, SkillLedger, below_best, skill_questions
+from cls_ray.consolidate.sleep import new_skill
+
+
+def test_the_ledger_keeps_skills_and_scores_across_reopening(tmp_path):
+    ledger = SkillLedger(tmp_path / "skills.json")
+    assert ledger.skills() == [] and ledger.best() == {}
+    ledger.record("base", {BASE: 0.95})
+    added = ledger.record("v1", {BASE: 0.94, "v1": 0.90}, [Skill("v1", ("rival",), ("q1", "q2"))])
+    assert added == ["v1"]
+    # A skill is added once: a later version that saw the same groups does not replace it.
+    assert ledger.record("v2", {BASE: 0.96, "v1": 0.93}, [Skill("v1", ("x",), ("q9",))]) == []
+    again = SkillLedger(tmp_path / "skills.json")
+    assert again.skills() == [Skill("v1", ("rival",), ("q1", "q2"))]
+    assert again.learned_groups() == {"rival"}
+    assert again.best() == {BASE: (0.96, "v2"), "v1": (0.93, "v2")}
+    # A rolled-back version's scores bind no later candidate.
+    assert again.best(lambda v: v != "v2") == {BASE: (0.95, "base"), "v1": (0.90, "v1")}
+    assert not (tmp_path / "skills.tmp").exists()
+    assert json.loads((tmp_path / "skills.json").read_text())["scores"]["v1"]["v1"] == 0.90
+
+
+def test_small_losses_cannot_add_up_over_sleeps():
+    """Each sleep keeps within the tolerance of its parent, but the third candidate is 0.03
+    below the best score of a skill an earlier sleep taught: refused, naming the skill."""
+    tol = 0.02
+    best = {BASE: (0.95, "base"), "v1": (0.92, "v1")}
+    parent = {"retention": 0.94, "skills": {BASE: 0.94, "v1": 0.905}}
+    candidate = {"retention": 0.935, "skills": {BASE: 0.935, "v1": 0.89}}
+    assert decide(parent, candidate, tol)[0]  # against its parent alone: promoted
+    ok, reason = decide(parent, candidate, tol, best)
+    assert not ok
+    assert "the skill v1 taught" in reason and "below its best 0.920" in reason, reason
+    # Within the tolerance of every best: promoted.
+    fine = {"retention": 0.94, "skills": {BASE: 0.94, "v1": 0.91}}
+    assert decide(parent, fine, tol, best)[0]
+    # Retention itself is held to its best too.
+    assert "retention (the base skills)" in below_best({BASE: 0.92}, best, tol)
+
+
+def test_a_promoted_sleep_learns_only_the_new_groups_it_was_measured_on(tiny_stack):
+    task = tiny_stack.task
+    new = task.questions("eval", task.new_groups[:2], per_group=2)
+    old = task.questions("eval", [g for g in task.groups("eval") if g not in task.new_groups][:1])
+    skill = new_skill("v3", task, new + old, learned=set())
+    assert skill.name == "v3" and set(skill.groups) == set(task.new_groups[:2])
+    assert set(skill.questions) == {q.question for q in new}
+    # Groups an earlier sleep learned are not learned again.
+    assert new_skill("v4", task, new, learned=set(task.new_groups[:2])) is None
+
+
+def test_every_learned_skill_is_measured_next_to_retention(tiny_stack, tmp_path):
+    """The retention evidence grows with each promoted skill: its frozen questions are
+    measured on the version as `skills[<version that taught it>]`."""
+    task, cfg = tiny_stack.task, tiny_stack.cfg
+    learned = task.questions("eval", task.new_groups[:1], per_group=3)
+    ledger = SkillLedger(tmp_path / "skills.json")
+    ledger.record(
+        "v1", {}, [Skill("v1", (task.new_groups[0],), tuple(q.question for q in learned))]
+    )
+    skills = skill_questions(ledger.skills(), question_index(task))
+    assert [q.question for q in skills["v1"]] == [q.question for q in learned]
+    retention = task.questions("retention", per_group=1)
+    out = evaluate_version(
+        cfg, tiny_stack.engine, tiny_stack.retriever, [], retention, skills=skills
+    )
+    assert set(out["skills"]) == {BASE, "v1"} and out["skills"][BASE] == out["retention"]
+    assert 0.0 <= out["skills"]["v1"] <= 1.0
