@@ -107,11 +107,11 @@ class ReplayBufferActor:
     def stats(self) -> dict:
         return self.buffer.stats()
 
-    def compact(self, keep_replay: int, seed: int = 0) -> dict:
-        return self.buffer.compact(keep_replay, seed)
+    def compact(self, keep_replay: int, seed: int = 0, strata: dict | None = None) -> dict:
+        return self.buffer.compact(keep_replay, seed, strata)
 
-    def replay_sample(self, n: int, seed: int = 0) -> list[dict]:
-        return [s.model_dump() for s in self.buffer.replay_sample(n, seed)]
+    def replay_sample(self, n: int, seed: int = 0, strata: dict | None = None) -> list[dict]:
+        return [s.model_dump() for s in self.buffer.replay_sample(n, seed, strata)]
 
     def pid(self) -> int:
         return os.getpid()
@@ -175,11 +175,11 @@ class ActorBuffer:
     def ack(self, ids: Sequence[str]) -> int:
         return self._get(self.handle.ack.remote(list(ids)))
 
-    def compact(self, keep_replay: int, seed: int = 0) -> dict:
-        return self._get(self.handle.compact.remote(keep_replay, seed))
+    def compact(self, keep_replay: int, seed: int = 0, strata: dict | None = None) -> dict:
+        return self._get(self.handle.compact.remote(keep_replay, seed, strata))
 
-    def replay_sample(self, n: int, seed: int = 0) -> list[Session]:
-        got = self._get(self.handle.replay_sample.remote(n, seed))
+    def replay_sample(self, n: int, seed: int = 0, strata: dict | None = None) -> list[Session]:
+        got = self._get(self.handle.replay_sample.remote(n, seed, strata))
         return [Session.model_validate(s) for s in got]
 
     def with_feedback(self) -> list[dict]:

@@ -17,7 +17,7 @@ composition root (`cls_ray.cli`) wires in:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from cls_ray.engine.base import Engine, Generation, StreamableEngine
@@ -84,9 +84,13 @@ class Buffer(Protocol):
         """Marks sessions consumed; returns how many were new."""
         ...
 
-    def compact(self, keep_replay: int, seed: int = 0) -> dict: ...
+    def compact(
+        self, keep_replay: int, seed: int = 0, strata: Mapping[str, str] | None = None
+    ) -> dict: ...
 
-    def replay_sample(self, n: int, seed: int = 0) -> list[Session]: ...
+    def replay_sample(
+        self, n: int, seed: int = 0, strata: Mapping[str, str] | None = None
+    ) -> list[Session]: ...
 
     def with_feedback(self) -> list[dict]: ...
 

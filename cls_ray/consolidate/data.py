@@ -18,10 +18,11 @@ from cls_ray.consolidate.extract import Artifact, extract, gate
 from cls_ray.model.examples import episode_pair
 from cls_ray.ports import Memory, Retriever, Scorer
 from cls_ray.prm.labels import evidence_for
+from cls_ray.replay.sampling import balanced
 from cls_ray.rgr import step_query
 from cls_ray.session import Feedback
 from cls_ray.steps import StepFormat, answer_step, parse_answer
-from cls_ray.task import Task
+from cls_ray.task import SPLITS, Task
 from cls_ray.world.core import World
 from cls_ray.world.episodes import EpisodeSampler
 
@@ -134,17 +135,23 @@ def sessions_to_pairs(
     else:
         good = gate(arts, 0.0, 0.0)
     new = subplan_pairs(good, known.format)
-    old = subplan_pairs(
-        gate(
-            [a for s in replayed for a in extract(s, doc_texts, type_of)],
-            c.min_r_tau,
-            c.min_step_score,
-        ),
-        known.format,
+    replay_good = gate(
+        [a for s in replayed for a in extract(s, doc_texts, type_of)],
+        c.min_r_tau,
+        c.min_step_score,
     )
-    random.Random(c.seed).shuffle(old)
+    # What earlier sleeps taught, an equal share per group (skill) of the replayed sessions:
+    # the first skill learned stays in the replay however much later ones bring.
+    group = group_of(task, replayed)
+    tagged = [
+        (group.get(a.session_id, ""), p)
+        for a in replay_good
+        for p in subplan_pairs([a], known.format)
+    ]
     want = round(len(new) * c.replay_ratio / (1 - c.replay_ratio)) if c.replay_ratio else 0
-    old = old[: want // 2]  # at most half the replay: the built skills stay in it
+    # at most half the replay: the built skills stay in it
+    old = [p for _, p in balanced(tagged, lambda t: t[0], want // 2, c.seed)]
+    random.Random(c.seed).shuffle(old)
     replay = old + known.take(len(new) * 4)
     pairs = mix(new, replay, c.replay_ratio, c.seed)
     stats = {
@@ -158,6 +165,12 @@ def sessions_to_pairs(
         "patterns": sum(a.kind == "pattern" for a in good),
     }
     return pairs, stats, good
+
+
+def group_of(task: Task, sessions: Sequence[dict]) -> dict[str, str]:
+    """Session id → the task's group of its question ("" where the task does not know it)."""
+    groups = {q.question: q.group for split in SPLITS for q in task.questions(split)}
+    return {s["id"]: groups.get(s["question"], "") for s in sessions}
 
 
 def score_sessions(prm: Scorer, sessions: Sequence[dict], doc_texts: dict[str, str]) -> list[dict]:

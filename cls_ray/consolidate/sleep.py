@@ -19,6 +19,7 @@ from typing import Literal
 from cls_ray.consolidate.data import (
     KnownSkills,
     corrected_sessions,
+    group_of,
     score_sessions,
     sessions_to_pairs,
 )
@@ -260,7 +261,8 @@ def sleep_from_buffer(
     result = sleep_once(stack, batch, services, method=method, log=log)
     if result["promoted"]:
         result["acknowledged"] = buffer.ack([s["id"] for s in taken])
-        # The consumed cache is discarded but for the replay sample.
-        result["compaction"] = buffer.compact(c.replay_keep, c.seed)
+        # The consumed cache is discarded but for the replay sample: a share per skill.
+        strata = group_of(task, [*taken, *replayed])
+        result["compaction"] = buffer.compact(c.replay_keep, c.seed, strata)
     result["families"] = groups
     return result

@@ -28,14 +28,15 @@ import functools
 import hashlib
 import hmac
 import logging
-import random
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cls_ray.replay.sampling import balanced
 from cls_ray.replay.wal import FolderLock, Log
 from cls_ray.session import Feedback, Session
 from cls_ray.storage import Storage, read_table
@@ -296,19 +297,24 @@ class ReplayBuffer:
         self.segments += 1
         return name
 
-    def compact(self, keep_replay: int, seed: int = 0) -> dict:
+    def compact(
+        self, keep_replay: int, seed: int = 0, strata: Mapping[str, str] | None = None
+    ) -> dict:
         """Discards consumed sessions, keeping `keep_replay` of them (a random sample) as the
-        replay sample for later sleeps. Everything is sealed, the survivors are written as one
-        new segment, then the old segments are deleted and the acks rewritten: a crash at any
-        point leaves every unconsumed session (at worst, some consumed ones stay)."""
+        replay sample for later sleeps; with `strata` (session id → its skill), an equal share
+        of each skill as far as it has sessions, so an early skill keeps its place in the
+        replay however many sessions later skills bring (`balanced`). Everything is sealed, the
+        survivors are written as one new segment, then the old segments are deleted and the
+        acks rewritten: a crash at any point leaves every unconsumed session (at worst, some
+        consumed ones stay)."""
         self.seal()
         with self._seal_lock, self._lock:
-            return self._compact(keep_replay, seed)
+            return self._compact(keep_replay, seed, strata or {})
 
-    def _compact(self, keep_replay: int, seed: int) -> dict:
+    def _compact(self, keep_replay: int, seed: int, strata: Mapping[str, str]) -> dict:
         old = self._segment_names()
         consumed = [i for i in self.sessions if i in self.acked]
-        keep = set(random.Random(seed).sample(consumed, min(keep_replay, len(consumed))))
+        keep = set(balanced(consumed, lambda i: strata.get(i, ""), keep_replay, seed))
         dropped = [i for i in consumed if i not in keep]
         if not dropped:
             return {"dropped": 0, "kept_replay": len(keep), "sessions": len(self.sessions)}
@@ -326,10 +332,14 @@ class ReplayBuffer:
         return {"dropped": len(dropped), "kept_replay": len(keep), "sessions": len(self.sessions)}
 
     @_locked
-    def replay_sample(self, n: int, seed: int = 0) -> list[Session]:
-        """Up to `n` consumed sessions: what earlier sleeps learned from, to replay."""
-        consumed = [s for i, s in self.sessions.items() if i in self.acked]
-        return random.Random(seed).sample(consumed, min(n, len(consumed)))
+    def replay_sample(
+        self, n: int, seed: int = 0, strata: Mapping[str, str] | None = None
+    ) -> list[Session]:
+        """Up to `n` consumed sessions: what earlier sleeps learned from, to replay (an equal
+        share per skill with `strata`, as in `compact`)."""
+        consumed = [i for i in self.sessions if i in self.acked]
+        strata = strata or {}
+        return [self.sessions[i] for i in balanced(consumed, lambda i: strata.get(i, ""), n, seed)]
 
     @staticmethod
     def read_segment(uri: str | Path) -> list[Session]:
