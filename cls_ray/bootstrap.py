@@ -37,7 +37,7 @@ def bootstrap(cfg, world: World, out_dir: str | Path | None = None, progress: bo
     torch.manual_seed(bc.seed)
     rng = random.Random(bc.seed)
     out_dir = Path(out_dir) if out_dir else cfg.model_path
-    tokenizer = build_world_tokenizer()
+    tokenizer = build_world_tokenizer(world.relations.values())
     model = build_small_model(arch, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     sampler = EpisodeSampler(world, world.trained_families, cfg.rgr.top_k)

@@ -7,26 +7,32 @@ memorize. It is a `PreTrainedTokenizerFast`, saved and loaded with the usual Hug
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from cls_ray.world.core import NAME_PARTS, RELATIONS
+from cls_ray.world.core import BASE_RELATIONS, NAME_PARTS, Relation
 
 SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
 MARKERS = ["question:", "doc:", "step:"]
 FUNCTION_WORDS = ["what", "is", "the", "of", "answer", "?", ".", ","]
 
 
-def world_vocabulary() -> list[str]:
+def world_vocabulary(relations: Iterable[Relation] = BASE_RELATIONS.values()) -> list[str]:
+    """Every token of the world's format; `relations`: the world's (`World.relations`), so a
+    skill stream's nouns are words the model can learn."""
     words = SPECIALS + MARKERS + FUNCTION_WORDS
-    words += [r.noun for r in RELATIONS.values()]
+    words += [w for r in relations for w in r.noun.split()]
     words += NAME_PARTS.all_words()
     seen: set[str] = set()
     return [w for w in words if not (w in seen or seen.add(w))]
 
 
-def build_world_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {w: i for i, w in enumerate(world_vocabulary())}
+def build_world_tokenizer(
+    relations: Iterable[Relation] = BASE_RELATIONS.values(),
+) -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(world_vocabulary(relations))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces

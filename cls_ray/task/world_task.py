@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 
 from cls_ray.answers import EXACT, AnswerCheck
 from cls_ray.task.base import QA, Split
-from cls_ray.world.core import FAMILIES, Question, World, family_name
+from cls_ray.world.core import Question, World, family_name
 from cls_ray.world.verifier import verify_trajectory
 
 
@@ -34,7 +34,7 @@ class WorldTask:
         self.world, self.check = world, check
         self.name = f"world-seed{world.config.seed}"
         self.new_groups = tuple(family_name(f) for f in world.held_back_families)
-        self._family = {family_name(f): f for f in FAMILIES}
+        self._family = {family_name(f): f for f in world.families}
         self._by_id: dict[str, Question] = {}
 
     def documents(self) -> Iterator[dict]:
@@ -49,7 +49,7 @@ class WorldTask:
         if unknown:
             raise ValueError(f"not a family of the world: {unknown}")
         wanted = set(groups)
-        return [f for f in (base or FAMILIES) if family_name(f) in wanted]
+        return [f for f in (base or self.world.families) if family_name(f) in wanted]
 
     def questions(
         self,
@@ -66,7 +66,7 @@ class WorldTask:
         return [world_qa(q) for q in qs]
 
     def groups(self, split: Split) -> list[str]:
-        fams = self.world.trained_families if split == "retention" else FAMILIES
+        fams = self.world.trained_families if split == "retention" else self.world.families
         return [family_name(f) for f in fams]
 
     def question_of(self, qa: QA) -> Question:

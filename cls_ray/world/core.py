@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cls_ray.steps import answer_step
 
@@ -32,7 +32,8 @@ class Relation:
     range: EntityType
 
 
-RELATIONS: dict[str, Relation] = {
+# Every world has these.
+BASE_RELATIONS: dict[str, Relation] = {
     r.name: r
     for r in [
         Relation("employer", "employer", "person", "org"),
@@ -44,8 +45,20 @@ RELATIONS: dict[str, Relation] = {
         Relation("mayor", "mayor", "city", "person"),
     ]
 }
+# Skills a world gains only when `world.held_back_sequence` names them: their facts (drawn after
+# the base facts, from a seed of their own, so the base world stays as it is) and families.
+STREAM_RELATIONS: dict[str, Relation] = {
+    r.name: r
+    for r in [
+        Relation("spouse", "spouse", "person", "person"),
+        Relation("school", "school", "person", "org"),
+        Relation("partner", "partner", "org", "org"),
+        Relation("twin", "twin city", "city", "city"),
+    ]
+}
+RELATIONS: dict[str, Relation] = {**BASE_RELATIONS, **STREAM_RELATIONS}  # by name, for lookups
 RELATIONS_OF: dict[str, list[str]] = {
-    t: [r.name for r in RELATIONS.values() if r.domain == t] for t in ("person", "org", "city")
+    t: [r.name for r in BASE_RELATIONS.values() if r.domain == t] for t in ("person", "org", "city")
 }
 
 # Skill families: relation compositions, first hop first.
@@ -72,6 +85,34 @@ FAMILIES: list[tuple[str, ...]] = [
     ("rival", "employer", "founder"),
     ("mentor", "rival", "birthplace"),
 ]
+
+# Each stream relation alone and composed with base relations, 1 to 3 hops.
+STREAM_FAMILIES: dict[str, list[tuple[str, ...]]] = {
+    "spouse": [
+        ("spouse",),
+        ("spouse", "employer"),
+        ("mentor", "spouse"),
+        ("spouse", "employer", "hq"),
+    ],
+    "school": [
+        ("school",),
+        ("school", "founder"),
+        ("mentor", "school"),
+        ("school", "hq", "mayor"),
+    ],
+    "partner": [
+        ("partner",),
+        ("employer", "partner"),
+        ("partner", "founder"),
+        ("employer", "partner", "hq"),
+    ],
+    "twin": [
+        ("twin",),
+        ("birthplace", "twin"),
+        ("twin", "mayor"),
+        ("birthplace", "twin", "mayor"),
+    ],
+}
 
 _ORG_KINDS = ["Labs", "Works", "Group", "Systems", "Partners", "Guild"]
 _CITY_SUFFIXES = ["City", "Falls", "Harbor", "Ridge", "Valley", "Springs"]
@@ -173,6 +214,22 @@ class WorldConfig(BaseModel):
         description="Families that use any of these relations are kept out of bootstrap "
         "training: later consolidation has to teach them.",
     )
+    held_back_sequence: list[str] = Field(
+        default_factory=list,
+        description="A stream of skills, one relation each, in the order sleeps are to learn "
+        f"them: base relations or the stream's own ({', '.join(STREAM_RELATIONS)}, which "
+        "exist only when named here). None is seen by the bootstrap.",
+    )
+
+    @field_validator("held_back_sequence")
+    @classmethod
+    def _known_relations(cls, v: list[str]) -> list[str]:
+        unknown = [r for r in v if r not in RELATIONS]
+        if unknown:
+            raise ValueError(f"unknown relation(s) {unknown}: choose from {sorted(RELATIONS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("a relation appears twice in the sequence")
+        return v
 
 
 def fact_text(subject: str, relation: str, obj: str) -> str:
@@ -255,16 +312,41 @@ class World:
     def doc_by_id(self) -> dict[str, Document]:
         return {d.id: d for d in self.documents}
 
+    @property
+    def families(self) -> list[tuple[str, ...]]:
+        """The base families, then those of the stream relations in the sequence."""
+        seq = self.config.held_back_sequence
+        return FAMILIES + [f for r in seq if r in STREAM_FAMILIES for f in STREAM_FAMILIES[r]]
+
+    @property
+    def relations(self) -> dict[str, Relation]:
+        """The relations this world has facts of."""
+        seq = self.config.held_back_sequence
+        return {**BASE_RELATIONS, **{r: STREAM_RELATIONS[r] for r in seq if r in STREAM_RELATIONS}}
+
     def is_held_back(self, family: tuple[str, ...]) -> bool:
-        return any(r in self.config.held_back_relations for r in family)
+        held = {*self.config.held_back_relations, *self.config.held_back_sequence}
+        return any(r in held for r in family)
 
     @property
     def trained_families(self) -> list[tuple[str, ...]]:
-        return [f for f in FAMILIES if not self.is_held_back(f)]
+        return [f for f in self.families if not self.is_held_back(f)]
 
     @property
     def held_back_families(self) -> list[tuple[str, ...]]:
-        return [f for f in FAMILIES if self.is_held_back(f)]
+        return [f for f in self.families if self.is_held_back(f)]
+
+    def skill_families(self) -> list[tuple[str, list[tuple[str, ...]]]]:
+        """The stream of skills, in order: each relation of `held_back_sequence` with the
+        held-back families it is the first of the sequence to appear in (a family that composes
+        two of them is the later one's: it needs both)."""
+        seq = self.config.held_back_sequence
+        out: list[tuple[str, list[tuple[str, ...]]]] = [(r, []) for r in seq]
+        for f in self.held_back_families:
+            ranks = [seq.index(r) for r in f if r in seq]
+            if ranks:
+                out[max(ranks)][1].append(f)
+        return out
 
     def follow(self, start: str, family: tuple[str, ...]) -> tuple[Fact, ...] | None:
         chain, cur = [], start
@@ -287,7 +369,7 @@ class World:
         is too small)."""
         rng = random.Random(f"{self.config.seed}-{split}-{seed}")
         out: list[Question] = []
-        for fam in families if families is not None else FAMILIES:
+        for fam in families if families is not None else self.families:
             starts = [e for e in self.core[RELATIONS[fam[0]].domain] if self.split_of[e] == split]
             rng.shuffle(starts)
             for start in starts[:per_family]:
@@ -375,4 +457,12 @@ def build_world(config: WorldConfig | None = None) -> World:
             entities[shadow] = t
             shadows.add(shadow)
             add_facts(shadow, t)
+    # The stream's relations, for core entities and their look-alikes, from a seed of their own.
+    stream = [STREAM_RELATIONS[r] for r in config.held_back_sequence if r in STREAM_RELATIONS]
+    srng = random.Random(f"{config.seed}-stream")
+    for rel in stream:
+        for subject, t in list(entities.items()):
+            if t == rel.domain:
+                choices = [o for o in core[rel.range] if o != subject]
+                facts[(subject, rel.name)] = Fact(subject, rel.name, srng.choice(choices))
     return World(config, entities, core, split_of, facts, shadows)

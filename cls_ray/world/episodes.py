@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cls_ray.steps import answer_step, grounded_choices
-from cls_ray.world.core import RELATIONS, RELATIONS_OF, EntityType, World, fact_text, question_text
+from cls_ray.world.core import (
+    BASE_RELATIONS,
+    RELATIONS,
+    RELATIONS_OF,
+    EntityType,
+    World,
+    fact_text,
+    question_text,
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,7 @@ class EpisodeSampler:
                 la = self._lookalike(subject, stype, rng)
                 doc = fact_text(la, r, self._name(self._type_of(r), rng, avoid=la))
             else:
-                back = [r for r in RELATIONS.values() if r.range == stype]
+                back = [r for r in BASE_RELATIONS.values() if r.range == stype]
                 r = rng.choice(back)
                 doc = fact_text(self._name(r.domain, rng, avoid=subject), r.name, subject)
             if doc not in out:
