@@ -160,6 +160,13 @@ class ConsolidateConfig(TrainerConfig):
         description="lora: an adapter (served next to the base); full: every weight trains and "
         "the version is a full checkpoint replicas reload (SFT only).",
     )
+    compose: Literal["continue", "base"] = Field(
+        "continue",
+        description="How sleep after sleep composes: continue: the candidate starts from the "
+        "current version (its adapter trained further, one adapter in all; a full checkpoint "
+        "trained further); base: a fresh adapter on the base model each sleep, earlier sleeps' "
+        "skills kept only through replay.",
+    )
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1, description="2 x rank forgets least (see ANCHORS.md).")
     replay_ratio: float = Field(0.75, ge=0, lt=1, description="Share of replayed old data.")

@@ -34,7 +34,7 @@ from cls_ray.consolidate.sft import adapter_run, launch_adapter_run
 from cls_ray.distributed import deepspeed_steps, gathered
 from cls_ray.model.examples import encode_examples
 from cls_ray.model.loading import save_version
-from cls_ray.model.lora import lora_model
+from cls_ray.model.lora import Start, lora_model
 from cls_ray.ports import Retriever, Scorer
 from cls_ray.prm.labels import evidence_for
 from cls_ray.rgr import run_rgr
@@ -293,11 +293,17 @@ def ppo_loop_per_worker(config: dict) -> None:
 
 
 def train_ppo(
-    cfg, rows: list[dict], out: str | Path, steps: int | None = None, replay: list | None = None
+    cfg,
+    rows: list[dict],
+    out: str | Path,
+    steps: int | None = None,
+    replay: list | None = None,
+    start: Start | None = None,
 ) -> dict:
     """PPO of a LoRA adapter on `rows` (see `experience_rows`) through Ray Train + DeepSpeed,
     with `replay` (prompt, step) pairs for the ptx term; writes the adapter to `out` and returns
-    the training metrics."""
+    the training metrics. With `start` (`consolidate.compose: continue`) the current version's
+    adapter trains further; the KL reference stays the base (the adapter disabled)."""
     c = cfg.consolidate
     if not rows:
         raise ValueError("no scored trajectories: nothing to learn from")
@@ -307,7 +313,7 @@ def train_ppo(
             "with the adapter disabled); use sleep (SFT) for full weights"
         )
     steps = steps or c.ppo.steps
-    config = adapter_run(cfg, Path(out).resolve(), steps, "ppo", trajectories=len(rows))
+    config = adapter_run(cfg, Path(out).resolve(), steps, "ppo", start, trajectories=len(rows))
     config.update(
         lr=c.ppo.lr,
         batch_size=c.ppo.batch_size,

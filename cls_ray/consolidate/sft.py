@@ -20,18 +20,17 @@ from cls_ray.distributed import deepspeed_steps, gathered, launch, trainer_optio
 from cls_ray.model.examples import encode_examples
 from cls_ray.model.loading import (
     context_length,
-    load_model_and_tokenizer,
     save_full_checkpoint,
     save_version,
 )
-from cls_ray.model.lora import lora_model
+from cls_ray.model.lora import Start, full_model, lora_model
 
 
 def sft_loop_per_worker(config: dict) -> None:
     """Runs in every Ray Train worker: LoRA on the base model (or every weight, `weights:
     full`), DeepSpeed, save on rank 0."""
     full = config.get("weights", "lora") == "full"
-    model, tok = load_model_and_tokenizer(config["base"]) if full else lora_model(config)
+    model, tok = full_model(config) if full else lora_model(config)
     if full:
         model.train()
     engine, metrics = deepspeed_steps(
@@ -52,10 +51,34 @@ def sft_loop_per_worker(config: dict) -> None:
     ray.train.report(metrics)
 
 
-def adapter_run(cfg, out: Path, steps: int, method: str, **counts) -> dict:
-    """The worker config every adapter run (SFT, PPO) shares: the trainer options, the base,
-    the LoRA shape, where to write, and the `meta` saved next to the adapter."""
+def start_point(cfg, start: Start | None) -> dict:
+    """Where a run's weights start (`consolidate.compose`): from the base model, or from the
+    current version `start` (kind, local folder, name): its adapter trained further (LoRA), or
+    every weight of it (full: a checkpoint as it is, an adapter merged into the base first)."""
     c = cfg.consolidate
+    if c.compose == "base" or start is None or start.kind == "base":
+        return {}
+    if c.weights == "full":
+        if start.kind == "full":
+            return {"base": str(start.path), "started_from": start.name}
+        return {"merge_adapter": str(start.path), "started_from": start.name}
+    if start.kind == "full":
+        raise ValueError(
+            f"the current version {start.name} is a full checkpoint: an adapter trained on it "
+            "could not be served next to the base; set consolidate.weights=full, or "
+            "consolidate.compose=base"
+        )
+    return {"init_adapter": str(start.path), "started_from": start.name}
+
+
+def adapter_run(
+    cfg, out: Path, steps: int, method: str, start: Start | None = None, **counts
+) -> dict:
+    """The worker config every adapter run (SFT, PPO) shares: the trainer options, the base,
+    the LoRA shape, where to write, and the `meta` saved next to the adapter; `start`: the
+    current version, where `consolidate.compose` continues from it (`start_point`)."""
+    c = cfg.consolidate
+    begin = start_point(cfg, start)
     meta = {
         "method": method,
         "base": str(cfg.model_path),
@@ -67,10 +90,13 @@ def adapter_run(cfg, out: Path, steps: int, method: str, **counts) -> dict:
         "zero_stage": c.zero_stage,
         "workers": c.num_workers,
         "created_at": time.time(),
+        "compose": c.compose,
+        "started_from": begin.get("started_from", "base"),
     }
     return {
         **trainer_options(c),
         "base": str(cfg.model_path.resolve()),
+        **begin,
         "lora_r": c.lora_r,
         "lora_alpha": c.lora_alpha,
         "max_len": context_length(cfg.model_path, cfg.consolidate.max_length),
@@ -88,13 +114,20 @@ def launch_adapter_run(cfg, loop, config: dict, name: str) -> dict:
     return {**meta["train"], "seconds": seconds, "path": config["out"]}
 
 
-def train_sft(cfg, pairs: list[tuple[str, str]], out: str | Path, steps: int | None = None):
-    """LoRA SFT of the base model on `pairs` through Ray Train + DeepSpeed; writes the adapter
-    to `out` and returns the training metrics."""
+def train_sft(
+    cfg,
+    pairs: list[tuple[str, str]],
+    out: str | Path,
+    steps: int | None = None,
+    start: Start | None = None,
+):
+    """LoRA SFT on `pairs` through Ray Train + DeepSpeed, from the base model or the current
+    version `start` (`consolidate.compose`); writes the adapter to `out` and returns the
+    training metrics."""
     if not pairs:
         raise ValueError("no supervised pairs: nothing passed the PRM gate")
     steps = steps or cfg.consolidate.steps
-    config = adapter_run(cfg, Path(out).resolve(), steps, "sft", pairs=len(pairs))
+    config = adapter_run(cfg, Path(out).resolve(), steps, "sft", start, pairs=len(pairs))
     config["pairs"] = list(pairs)
     return {
         **launch_adapter_run(cfg, sft_loop_per_worker, config, "sleep-sft"),

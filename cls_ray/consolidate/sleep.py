@@ -38,9 +38,11 @@ from cls_ray.consolidate.sft import train_sft
 from cls_ray.consolidate.skills import Skill, SkillLedger, skill_questions
 from cls_ray.engine.factory import build_engine
 from cls_ray.engine.hf import HFEngine
+from cls_ray.model.lora import Start
 from cls_ray.ports import Buffer, Scorer
 from cls_ray.replay.data import read_leased
 from cls_ray.stack import Stack
+from cls_ray.storage import materialize
 from cls_ray.task import QA
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,14 @@ class SleepBatch:
 
 
 def train_candidate(
-    cfg, method: Method, batch: SleepBatch, pairs, out: Path, log: Log, known: KnownSkills
+    cfg,
+    method: Method,
+    batch: SleepBatch,
+    pairs,
+    out: Path,
+    log: Log,
+    known: KnownSkills,
+    start: Start | None = None,
 ):
     """The slow path: an adapter trained on the gated pairs (SFT) or on the scored sessions'
     step rewards with replay (PPO-ptx)."""
@@ -76,8 +85,8 @@ def train_candidate(
         )
         replay = known.take(4 * len(rows))
         log(f"ppo: {len(rows)} scored trajectories, {len(replay)} replayed pairs for ptx")
-        return train_ppo(cfg, rows, out, replay=replay)
-    return train_sft(cfg, pairs, out)
+        return train_ppo(cfg, rows, out, replay=replay, start=start)
+    return train_sft(cfg, pairs, out, start=start)
 
 
 def new_skill(version: str, task, new_qs: Sequence[QA], learned: set[str]) -> Skill | None:
@@ -145,7 +154,11 @@ def sleep_once(
         )
         log(f"sleep: {len(pats)} procedures indexed; new family with them {fast:.3f}")
     out = out or cfg.state_path / "adapters" / f"{method}-{int(time.time())}"
-    train = train_candidate(cfg, method, batch, pairs, out, log, known)
+    start = Start(current.kind, None, current.name)
+    if current.kind != "base":  # `consolidate.compose: continue` trains it further
+        local = materialize(current.artifact_uri, cfg.state_path / "cache" / "artifacts")
+        start = Start(current.kind, Path(local), current.name)
+    train = train_candidate(cfg, method, batch, pairs, out, log, known, start)
     log(f"sleep: trained {out.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
     # The configured engine (HF, or vLLM on a GPU), under a name no other sleep used: vLLM
     # caches adapters and weights by name.

@@ -12,6 +12,7 @@ from cls_ray.consolidate.data import mix, replay_pairs, subplan_pairs
 from cls_ray.consolidate.extract import extract, gate
 from cls_ray.consolidate.sft import train_sft
 from cls_ray.engine.hf import HFEngine
+from cls_ray.model.lora import Start
 from cls_ray.rgr import run_rgr
 from cls_ray.session import Session
 from cls_ray.steps import StepFormat
@@ -80,3 +81,18 @@ def test_sleep_sft_lowers_the_loss_and_changes_the_adapter(
     eng = HFEngine.from_config(cfg, "v1", out)
     assert eng.version == "v1" and eng.generate([pairs[0][0]])[0].token_ids
     assert not (tmp_path / "adapter.tmp").exists()
+    assert meta["compose"] == "continue" and meta["started_from"] == "base"
+
+    # The next sleep starts from this version (`consolidate.compose: continue`): its adapter
+    # trains further. With a learning rate of ~0, what it saves is what it started from.
+    still = cfg.model_copy(
+        update={"consolidate": cfg.consolidate.model_copy(update={"lr": 1e-12, "warmup": 0})}
+    )
+    nxt = tmp_path / "adapter2"
+    train_sft(still, pairs, nxt, steps=1, start=Start("lora", out, "v1"))
+    assert json.loads((nxt / "consolidation.json").read_text())["started_from"] == "v1"
+    again = load_file(nxt / "adapter_model.safetensors")
+    assert again.keys() == weights.keys()
+    assert all(torch.allclose(again[k], weights[k], atol=1e-6) for k in weights)
+    with pytest.raises(ValueError, match="full checkpoint"):  # an adapter needs the base
+        train_sft(cfg, pairs, tmp_path / "x", start=Start("full", out, "v2"))
