@@ -1,4 +1,4 @@
-"""`cls-ray bench rgr | retrieval | serve | chaos | fuzz | autoscale | consolidation | train | stream`: each benchmark prints
+"""`cls-ray bench rgr | retrieval | serve | chaos | fuzz | autoscale | consolidation | train | stream | continual`: each benchmark prints
 its figures, writes a JSON report (and a plot where one helps) under `state_dir/reports/`."""
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from cls_ray.cli.bench_service import bench_autoscale_cmd, bench_chaos_cmd, benc
 from cls_ray.cli.http import stack_up
 from cls_ray.config import Config
 from cls_ray.eval.bench_consolidation import bench_consolidation
+from cls_ray.eval.bench_continual import bench_continual, check_stream, format_continual
 from cls_ray.eval.bench_retrieval import bench_retrieval, format_retrieval_table
 from cls_ray.eval.bench_rgr import bench_rgr, format_table
 from cls_ray.eval.bench_serve import bench_serve, format_serve, serve_workload
 from cls_ray.eval.bench_stream import bench_stream, format_stream
 from cls_ray.eval.bench_train import bench_train
-from cls_ray.eval.plots import plot_bench_rgr, plot_bench_serve
+from cls_ray.eval.plots import plot_bench_continual, plot_bench_rgr, plot_bench_serve
 from cls_ray.eval.reports import write_report
 from cls_ray.model.loading import is_checkpoint
 from cls_ray.prm.model import load_prm
@@ -40,6 +41,7 @@ def cmd_bench(args, cfg: Config) -> dict:
         "consolidation": bench_consolidation_cmd,
         "train": bench_train_cmd,
         "stream": bench_stream_cmd,
+        "continual": bench_continual_cmd,
     }[args.which]
     result = run(args, cfg)
     mirror_reports(cfg)  # a no-op without storage.uri
@@ -162,6 +164,26 @@ def bench_consolidation_cmd(args, cfg: Config) -> dict:
             f"retention {row['retention_after']:.2f}"
         )
     print(f"report: {report}")
+    return result
+
+
+def bench_continual_cmd(args, cfg: Config) -> dict:
+    """Sleep after sleep over the world's skill stream, per composition arm (a copy of the
+    state directory each); the accuracy matrix, forgetting, and a heat-map per arm."""
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    try:
+        check_stream(cfg, arms)
+    except ValueError as e:
+        raise SystemExit(f"cls-ray bench continual: {e}") from e
+    stack = _stack_with_documents(args, cfg)
+    stack.release_store()  # each arm opens its own copy of the store
+    prm = load_prm(cfg)
+    init_ray(cfg, log_to_driver=not args.quiet)
+    result = bench_continual(cfg, prm, arms, log=print)
+    report = write_report(cfg, "bench_continual", result)
+    png = plot_bench_continual(result, report.with_suffix(".png"))
+    print(format_continual(result))
+    print(f"report: {report}; plot: {png}")
     return result
 
 

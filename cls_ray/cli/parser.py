@@ -116,7 +116,13 @@ def make_parser() -> argparse.ArgumentParser:
             "consolidation",
             "train",
             "stream",
+            "continual",
         ],
+    )
+    bench.add_argument(
+        "--arms",
+        default="continue,base",
+        help="continual: the composition arms, comma-separated (continue, base)",
     )
     bench.add_argument(
         "--replicas",

@@ -22,6 +22,7 @@ from cls_ray.consolidate.data import (
     group_of,
     score_sessions,
     sessions_to_pairs,
+    subplan_pairs,
 )
 from cls_ray.consolidate.episodic import fold_patterns
 from cls_ray.consolidate.evaluate import (
@@ -167,6 +168,10 @@ def sleep_once(
     # Teacher-forced logits need the model in this process (HF); vLLM keeps it in its workers.
     both_local = isinstance(stack.engine, HFEngine) and isinstance(cand, HFEngine)
     kl = kl_base_candidate(stack.engine, cand, pairs[:256]) if both_local else None
+    # How far the candidate moved from the current version on the new skill's own prompts: an
+    # early warning of forgetting (RL's Razor), recorded with every sleep.
+    fresh = subplan_pairs(good, known.format)[:256]
+    kl_new = kl_base_candidate(stack.engine, cand, fresh) if both_local and fresh else None
     rolled_back = {v["name"] for v in services.registry.list() if v["status"] == "rolled_back"}
     best = ledger.best(lambda version: version not in rolled_back)
     ok, reason = decide(before, after, cfg.consolidate.retention_tolerance, best)
@@ -188,6 +193,7 @@ def sleep_once(
         "skills_after": after["skills"],
         "skills_best": {k: score for k, (score, _) in best.items()},
         "kl_base_candidate": kl,
+        "kl_new_skill": kl_new,
         "train": train,
         "data": data,
     }

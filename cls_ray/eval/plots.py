@@ -127,3 +127,24 @@ def plot_bench_autoscale(result: dict, path: Path) -> Path:
     )
     ax.legend(loc="upper right", fontsize=8)
     return save(fig, path)
+
+
+def plot_bench_continual(result: dict, path: Path) -> Path:
+    """One heat-map per composition arm: accuracy after each sleep (rows) on every skill
+    (columns), the value in each cell."""
+    arms = result["arms"]
+    fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms) + 0.8, 3.8), squeeze=False)
+    for ax, r in zip(axes[0], arms, strict=True):
+        m = r["matrix"]
+        ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        for i, row in enumerate(m):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if v < 0.6 else "black")  # fmt: skip
+        ax.set_xticks(range(len(r["columns"])), r["columns"], rotation=30, fontsize=8)
+        ax.set_yticks(range(len(m)), ["before"] + [f"sleep {i}" for i in range(1, len(m))])
+        ax.set_title(
+            f"{r['arm']}: final {r['final_average']:.2f}, forgetting {r['max_forgetting']:.2f}",
+            fontsize=9,
+        )
+    return save(fig, path)

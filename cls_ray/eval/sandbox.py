@@ -14,6 +14,7 @@ SKIPPED = (
     "chaos",
     "fuzz",
     "autoscale",
+    "continual-*",
     "replay",
     "reports",
     "bench",

@@ -1,0 +1,213 @@
+"""`cls-ray bench continual`: many sleeps, one skill after another, with forgetting measured.
+
+The world holds back a sequence of skills (`world.held_back_sequence`, each a relation with its
+1- to 3-hop families). For each composition arm (`consolidate.compose`), on a copy of the state
+directory that starts at the base model: sleep k learns skill k from sessions found by best of N
+with the PRM (as users asking for it would), replaying the sessions of every earlier skill (an
+equal share each); the gate decides, and a promoted candidate is the version the next sleep
+starts from. Before the first sleep and after every sleep, every skill is measured by greedy RGR
+on its held-out questions, the families the model was built on as one column (`base`).
+
+The result per arm: the accuracy matrix (rows: before, after sleep 1..K; columns: base, skill
+1..K), `final_average` (the last row's mean), `max_forgetting` (the largest drop of any skill
+from its best score since it was learned) and `backward_transfer` (the mean change of each
+earlier skill from right after its sleep to the end); per sleep, the KL of the candidate to the
+version before it on the new skill's prompts next to the forgetting it caused, and across all
+sleeps their correlation (does the KL warn of forgetting, as RL's Razor reports?).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from collections.abc import Callable, Sequence
+
+from cls_ray.config import Config
+from cls_ray.consolidate.evaluate import greedy_accuracy
+from cls_ray.consolidate.promotion import SleepServices
+from cls_ray.consolidate.sleep import SleepBatch, sleep_once
+from cls_ray.eval.bench_consolidation import sessions_by_best_of_n
+from cls_ray.eval.sandbox import sandbox_config
+from cls_ray.eval.scratch import scratch_procedures
+from cls_ray.ports import Scorer
+from cls_ray.replay.sampling import balanced
+from cls_ray.stack import Stack
+from cls_ray.world.core import family_name
+
+logger = logging.getLogger(__name__)
+
+ARMS = ("continue", "base")
+BASE = "base"
+# A fresh copy starts at the base model: what earlier runs in the state directory learned is
+# not carried into the arm.
+FRESH = ("registry.json", "registry.json.lock", "skills.json", "retention_suite.jsonl", "adapters")
+
+
+def summarize(matrix: Sequence[Sequence[float]], learned_row: Sequence[int]) -> dict:
+    """`final_average`, `max_forgetting` and `backward_transfer` of an accuracy matrix (rows:
+    before the first sleep, then after each; column j learned at row `learned_row[j]`)."""
+    last = matrix[-1]
+    forgetting, transfer = [], []
+    for j, row in enumerate(learned_row):
+        if row >= len(matrix):
+            continue
+        best = max(matrix[r][j] for r in range(row, len(matrix)))
+        forgetting.append(best - last[j])
+        if 0 < row < len(matrix) - 1:  # a skill a sleep taught, not the last one
+            transfer.append(last[j] - matrix[row][j])
+    return {
+        "final_average": sum(last) / len(last),
+        "max_forgetting": max(forgetting, default=0.0),
+        "backward_transfer": sum(transfer) / len(transfer) if transfer else float("nan"),
+    }
+
+
+def forgetting_of(before: Sequence[float], after: Sequence[float], learned: int) -> float:
+    """The largest drop, over one sleep, of the skills learned before it (columns < `learned`)."""
+    return max((before[j] - after[j] for j in range(learned)), default=0.0)
+
+
+def correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Pearson's r of paired figures (NaN with fewer than 3 pairs or no spread)."""
+    pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None]
+    if len(pairs) < 3:
+        return float("nan")
+    mx = sum(x for x, _ in pairs) / len(pairs)
+    my = sum(y for _, y in pairs) / len(pairs)
+    sxy = sum((x - mx) * (y - my) for x, y in pairs)
+    sx = math.sqrt(sum((x - mx) ** 2 for x, _ in pairs))
+    sy = math.sqrt(sum((y - my) ** 2 for _, y in pairs))
+    return sxy / (sx * sy) if sx > 1e-12 and sy > 1e-12 else float("nan")
+
+
+def arm_config(cfg: Config, arm: str) -> Config:
+    """A copy of the state directory for one arm, at the base model, composing by `arm`."""
+    c = sandbox_config(cfg, f"continual-{arm}", {"consolidate.compose": arm})
+    for name in FRESH:
+        path = c.state_path / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return c
+
+
+def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> dict:
+    """K sleeps, one skill each, on a fresh copy composing by `arm`; the matrix and figures."""
+    c = arm_config(cfg, arm)
+    stack = Stack(c)
+    task, world, cc = stack.task, stack.task.world, c.consolidate
+    skills = world.skill_families()
+    groups = {name: [family_name(f) for f in fams] for name, fams in skills}
+    columns = [BASE, *groups]
+    held_out = {BASE: task.questions("retention", per_group=cc.eval_per_family)}
+    held_out |= {
+        n: task.questions("eval", g, per_group=cc.eval_per_family) for n, g in groups.items()
+    }
+    opts = {**c.rgr_options(), "patterns": False, "check": task.check}
+
+    def measure(s: Stack) -> list[float]:
+        return [greedy_accuracy(s.engine, s.retriever, held_out[col], **opts) for col in columns]
+
+    matrix = [measure(stack)]
+    log(
+        f"  [{arm}] before: "
+        + "  ".join(f"{k} {v:.2f}" for k, v in zip(columns, matrix[0], strict=True))
+    )
+    sleeps, replay, docs = [], [], {}
+    group = {q.question: q.group for q in task.questions("train")}
+    for k, (name, _) in enumerate(skills, start=1):
+        train_qs = task.questions("train", groups[name], per_group=cc.new_per_family)
+        sessions, more = sessions_by_best_of_n(stack, prm, train_qs, cc.sample_n, cc.seed + k)
+        docs |= more
+        replayed = balanced(replay, lambda s: group.get(s["question"], ""), cc.replay_keep, cc.seed)
+        batch = SleepBatch(sessions, docs, held_out[name], held_out[BASE], replayed)
+        with scratch_procedures(stack) as memory:
+            done = sleep_once(stack, batch, SleepServices.local(c, memory), index=False, log=log)
+        replay += sessions  # the buffer keeps them for the next sleeps' replay
+        stack.release_store()
+        stack = Stack(c)  # the promoted version, or the same one when the gate refused
+        row = measure(stack)
+        matrix.append(row)
+        forgot = forgetting_of(matrix[-2], row, k)
+        sleeps.append(
+            {
+                "skill": name,
+                "version": done["version"],
+                "promoted": done["promoted"],
+                "reason": done["reason"],
+                "kl_new_skill": done.get("kl_new_skill"),
+                "forgetting": forgot,
+                "pairs": done["data"]["pairs"],
+            }
+        )
+        log(
+            f"  [{arm}] sleep {k} ({name}): {'promoted' if done['promoted'] else 'refused'} "
+            + "  ".join(f"{col} {v:.2f}" for col, v in zip(columns, row, strict=True))
+            + f"  (forgetting {forgot:+.3f}, KL {done.get('kl_new_skill') or float('nan'):.4f})"
+        )
+    stack.release_store()
+    learned_row = [0, *range(1, len(skills) + 1)]
+    return {"arm": arm, "columns": columns, "matrix": matrix, "sleeps": sleeps} | summarize(
+        matrix, learned_row
+    )
+
+
+def check_stream(cfg: Config, arms: Sequence[str]) -> None:
+    """A clear error before any work when the config has no skill stream or an unknown arm."""
+    if cfg.task.kind != "world" or len(cfg.world.held_back_sequence) < 2:
+        raise ValueError(
+            "bench continual needs a skill stream: the built-in world with "
+            "world.held_back_sequence naming 2 or more relations (for example "
+            "[rival, spouse, partner, twin]), and a model bootstrapped on that world"
+        )
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        raise ValueError(f"unknown arm(s) {unknown or arms}: choose from {list(ARMS)}")
+
+
+def bench_continual(
+    cfg: Config, prm: Scorer, arms: Sequence[str] = ARMS, log: Callable[[str], None] = logger.info
+) -> dict:
+    """Every arm of `arms` through the whole sequence of skills; the first arm's figures at the
+    top level (the default, `continue`), every arm's under `arms`."""
+    check_stream(cfg, arms)
+    seq = cfg.world.held_back_sequence
+    results = []
+    for arm in arms:
+        log(f"bench continual: arm {arm} ({len(seq)} sleeps: {', '.join(seq)})")
+        results.append(run_arm(cfg, prm, arm, log))
+    every = [s for r in results for s in r["sleeps"]]
+    first = results[0]
+    return {
+        "sequence": list(seq),
+        "columns": first["columns"],
+        "matrix": first["matrix"],
+        "final_average": first["final_average"],
+        "max_forgetting": first["max_forgetting"],
+        "backward_transfer": first["backward_transfer"],
+        "kl_predicts_forgetting_r": correlation(
+            [s["kl_new_skill"] for s in every], [s["forgetting"] for s in every]
+        ),
+        "arms": results,
+    }
+
+
+def format_continual(result: dict) -> str:
+    lines = []
+    for r in result["arms"]:
+        lines.append(f"arm {r['arm']}: rows = before, after sleep 1..{len(r['sleeps'])}")
+        lines.append("            " + "".join(f"{c:>9}" for c in r["columns"]))
+        for i, row in enumerate(r["matrix"]):
+            label = "before" if i == 0 else f"sleep {i}"
+            lines.append(f"  {label:<10}" + "".join(f"{v:9.2f}" for v in row))
+        lines.append(
+            f"  final average {r['final_average']:.3f}, max forgetting "
+            f"{r['max_forgetting']:.3f}, backward transfer {r['backward_transfer']:+.3f}"
+        )
+    lines.append(
+        f"KL on the new skill's prompts vs forgetting, over every sleep: r = "
+        f"{result['kl_predicts_forgetting_r']:.2f}"
+    )
+    return "\n".join(lines)
