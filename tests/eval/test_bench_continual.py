@@ -1,14 +1,19 @@
 """`cls-ray bench continual`'s figures: the accuracy matrix read as forgetting and transfer, the
 KL's correlation with forgetting, the heat-map, and a clear error without a skill stream."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from cls_ray.cli import main
+from cls_ray.consolidate.skills import SkillLedger
 from cls_ray.eval.bench_continual import correlation, forgetting_of, summarize
 from cls_ray.eval.plots import plot_bench_continual
+from cls_ray.registry import ModelRegistry
+from tests.helpers import OPEN_GATE, TINY_OVERRIDES, set_args
 
 # rows: before, after sleep 1, 2, 3; columns: base, skill 1, 2, 3
 MATRIX = [
@@ -69,3 +74,50 @@ def test_without_a_skill_stream_it_says_what_to_set(tmp_path, capsys):
                 "world.held_back_sequence=[rival,spouse]",
             ]
         )
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_two_sleeps_over_a_skill_stream_on_a_copy_of_the_state(
+    tiny_prm, ray_local, tmp_path, capsys
+):
+    """A tiny world holding back rival, then spouse: bootstrap, ingest, then the bench's two
+    sleeps for the `continue` arm. The second sleep starts from the first's version, the ledger
+    knows both skills, and the user's own registry is untouched."""
+    overrides = [
+        *TINY_OVERRIDES,
+        f"state_dir={tmp_path}",
+        "world.held_back_sequence=[rival,spouse]",
+        "store.collection_prefix=stream",
+        f"prm.path={tiny_prm}",
+        "consolidate.steps=10",
+        "consolidate.batch_size=8",
+        "consolidate.cpus_per_worker=0.5",
+        "consolidate.new_per_family=2",
+        "consolidate.eval_per_family=2",
+        "consolidate.sample_n=2",
+        *OPEN_GATE,
+    ]
+    args = ["-q", *set_args(overrides)]
+    assert main(["bootstrap", *args]) == 0
+    assert main(["ingest", "--world", "--no-ray", *args]) == 0
+    capsys.readouterr()
+    assert main(["bench", "continual", "--json", "--arms", "continue", *args]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["sequence"] == ["rival", "spouse"] and out["columns"] == ["base", "rival", "spouse"]
+    assert len(out["matrix"]) == 3 and all(len(r) == 3 for r in out["matrix"])
+    assert all(0.0 <= v <= 1.0 for r in out["matrix"] for v in r)
+    (arm,) = out["arms"]
+    first, second = arm["sleeps"]
+    assert first["promoted"] and second["promoted"]  # the gate is open here
+    sandbox = tmp_path / "continual-continue"
+    v2 = ModelRegistry(sandbox / "registry.json").get(second["version"])
+    meta = json.loads(Path(v2.artifact_uri, "consolidation.json").read_text())
+    assert meta["started_from"] == first["version"] and meta["compose"] == "continue"
+    assert [s.name for s in SkillLedger(sandbox / "skills.json").skills()] == [
+        first["version"],
+        second["version"],
+    ]
+    mine = ModelRegistry(tmp_path / "registry.json").list()  # the user's state: untouched
+    assert all(v["name"] == "base" for v in mine) and not (tmp_path / "adapters").exists()
+    assert (tmp_path / "reports" / "bench_continual.png").stat().st_size > 1000
