@@ -32,30 +32,28 @@ class Relation:
     range: EntityType
 
 
-# Every world has these.
-BASE_RELATIONS: dict[str, Relation] = {
-    r.name: r
-    for r in [
-        Relation("employer", "employer", "person", "org"),
-        Relation("mentor", "mentor", "person", "person"),
-        Relation("birthplace", "birthplace", "person", "city"),
-        Relation("rival", "rival", "person", "person"),
-        Relation("founder", "founder", "org", "person"),
-        Relation("hq", "headquarters", "org", "city"),
-        Relation("mayor", "mayor", "city", "person"),
-    ]
-}
+def _by_name(*relations: tuple[str, str, EntityType, EntityType]) -> dict[str, Relation]:
+    return {name: Relation(name, *rest) for name, *rest in relations}
+
+
+# Every world has these: (name, noun, domain, range).
+BASE_RELATIONS = _by_name(
+    ("employer", "employer", "person", "org"),
+    ("mentor", "mentor", "person", "person"),
+    ("birthplace", "birthplace", "person", "city"),
+    ("rival", "rival", "person", "person"),
+    ("founder", "founder", "org", "person"),
+    ("hq", "headquarters", "org", "city"),
+    ("mayor", "mayor", "city", "person"),
+)
 # Skills a world gains only when `world.held_back_sequence` names them: their facts (drawn after
 # the base facts, from a seed of their own, so the base world stays as it is) and families.
-STREAM_RELATIONS: dict[str, Relation] = {
-    r.name: r
-    for r in [
-        Relation("spouse", "spouse", "person", "person"),
-        Relation("school", "school", "person", "org"),
-        Relation("partner", "partner", "org", "org"),
-        Relation("twin", "twin city", "city", "city"),
-    ]
-}
+STREAM_RELATIONS = _by_name(
+    ("spouse", "spouse", "person", "person"),
+    ("school", "school", "person", "org"),
+    ("partner", "partner", "org", "org"),
+    ("twin", "twin city", "city", "city"),
+)
 RELATIONS: dict[str, Relation] = {**BASE_RELATIONS, **STREAM_RELATIONS}  # by name, for lookups
 RELATIONS_OF: dict[str, list[str]] = {
     t: [r.name for r in BASE_RELATIONS.values() if r.domain == t] for t in ("person", "org", "city")
