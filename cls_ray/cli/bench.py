@@ -176,6 +176,18 @@ def bench_continual_cmd(args, cfg: Config) -> dict:
     except ValueError as e:
         raise SystemExit(f"cls-ray bench continual: {e}") from e
     stack = _stack_with_documents(args, cfg)
+    from transformers import AutoTokenizer  # seconds to import: this command only
+
+    tok = AutoTokenizer.from_pretrained(str(cfg.model_path))
+    nouns = [r.noun for r in stack.task.world.relations.values()]
+    missing = [
+        n for n in nouns if tok.unk_token_id in tok(n, add_special_tokens=False)["input_ids"]
+    ]
+    if missing:
+        raise SystemExit(
+            f"cls-ray bench continual: the model's tokenizer has no {missing}: bootstrap a model "
+            "on this world (`cls-ray bootstrap` with the same world.held_back_sequence)"
+        )
     stack.release_store()  # each arm opens its own copy of the store
     prm = load_prm(cfg)
     init_ray(cfg, log_to_driver=not args.quiet)

@@ -140,7 +140,7 @@ def sessions_to_pairs(
         c.min_r_tau,
         c.min_step_score,
     )
-    # What earlier sleeps taught, an equal share per group (skill) of the replayed sessions:
+    # What earlier sleeps taught, an equal share per group (family) of the replayed sessions:
     # the first skill learned stays in the replay however much later ones bring.
     group = group_of(task, replayed)
     tagged = [

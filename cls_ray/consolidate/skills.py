@@ -8,15 +8,21 @@ promoted skill; and the gate compares a candidate with each skill's best promote
 only with its parent's, so losses that each stay within the tolerance cannot add up over sleeps.
 
 The file (`state_dir/skills.json`) holds the skills and the scores of every promoted version on
-them; it is replaced atomically, so a crash leaves the old ledger or the new one.
+them, with a fingerprint of how they were measured (a score bars only candidates measured the
+same way); it is replaced atomically under a lock, so a crash leaves the old ledger or the new
+one. Deleting it resets the bars to the parent's (the skills are then learned anew).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,13 +50,23 @@ class SkillLedger:
         return json.loads(self.path.read_text())
 
     def _write(self, data: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
         with tmp.open("w") as f:
             json.dump(data, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(self.path)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time from read to rename (a sleep, a benchmark, the CLI)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f"{self.path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def skills(self) -> list[Skill]:
         """The learned skills, oldest first (`base` is implicit: the retention questions)."""
@@ -64,14 +80,22 @@ class SkillLedger:
 
     def scores(self) -> dict[str, dict[str, float]]:
         """version → skill → its score when that version was current."""
-        return self._read()["scores"]
+        return {v: r["scores"] for v, r in self._read()["scores"].items()}
 
-    def best(self, counts: Callable[[str], bool] = lambda _: True) -> dict[str, tuple[float, str]]:
+    def conditions(self, version: str) -> str | None:
+        """What `version`'s scores were measured under (`measuring_conditions`)."""
+        return self._read()["scores"].get(version, {}).get("conditions")
+
+    def best(
+        self, counts: Callable[[str], bool] = lambda _: True, conditions: str | None = None
+    ) -> dict[str, tuple[float, str]]:
         """skill → (its best score, the version that had it), over the recorded versions that
-        `counts` accepts (a rolled-back version's scores do not bind later candidates)."""
+        `counts` accepts (a rolled-back version's scores do not bind later candidates) and,
+        given `conditions`, that were measured under them."""
         out: dict[str, tuple[float, str]] = {}
-        for version, by_skill in self.scores().items():
-            if not counts(version):
+        for version, rec in self._read()["scores"].items():
+            by_skill = rec["scores"]
+            if not counts(version) or (conditions and rec.get("conditions") != conditions):
                 continue
             for skill, score in by_skill.items():
                 if score is not None and not math.isnan(score):
@@ -80,19 +104,43 @@ class SkillLedger:
         return out
 
     def record(
-        self, version: str, scores: Mapping[str, float], new: Iterable[Skill] = ()
+        self,
+        version: str,
+        scores: Mapping[str, float],
+        new: Iterable[Skill] = (),
+        conditions: str | None = None,
     ) -> list[str]:
-        """Keeps `version`'s scores (a promoted version: they become a bar for later ones) and
-        adds the skills it was the first to learn; returns the names of those added."""
-        data = self._read()
-        data["scores"][version] = {k: float(v) for k, v in scores.items()}
-        added = []
-        for s in new:
-            if s.name not in data["skills"] and s.questions:
-                data["skills"][s.name] = {"groups": list(s.groups), "questions": list(s.questions)}
-                added.append(s.name)
-        self._write(data)
+        """Keeps `version`'s scores, measured under `conditions` (a promoted version: they
+        become a bar for later ones), and adds the skills it was the first to learn; returns
+        the names of those added."""
+        with self._locked():
+            data = self._read()
+            data["scores"][version] = {
+                "conditions": conditions,
+                "scores": {k: float(v) for k, v in scores.items()},
+            }
+            added = []
+            for s in new:
+                if s.name not in data["skills"] and s.questions:
+                    data["skills"][s.name] = {
+                        "groups": list(s.groups),
+                        "questions": list(s.questions),
+                    }
+                    added.append(s.name)
+            self._write(data)
         return added
+
+
+def measuring_conditions(cfg, retention_questions: Sequence) -> str:
+    """A fingerprint of how scores are measured: the retention questions, the RGR options and
+    the engine. Bars hold only between measurements with the same one (a changed `rgr.top_k`
+    or engine would otherwise lock the gate against scores no version can reach again)."""
+    what = {
+        "retention": sorted(q.question for q in retention_questions),
+        "rgr": cfg.rgr_options(),
+        "engine": [cfg.engine.kind, cfg.engine.dtype, cfg.engine.max_new_tokens],
+    }
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def skill_questions(skills: Sequence[Skill], index: Mapping[str, object]) -> dict[str, list]:

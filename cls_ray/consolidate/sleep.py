@@ -36,7 +36,7 @@ from cls_ray.consolidate.ppo import experience_rows, fresh_rollouts, train_ppo
 from cls_ray.consolidate.promotion import SleepServices, conclude, decide
 from cls_ray.consolidate.retention import RetentionSuite
 from cls_ray.consolidate.sft import train_sft
-from cls_ray.consolidate.skills import Skill, SkillLedger, skill_questions
+from cls_ray.consolidate.skills import Skill, SkillLedger, measuring_conditions, skill_questions
 from cls_ray.engine.factory import build_engine
 from cls_ray.engine.hf import HFEngine
 from cls_ray.model.lora import Start
@@ -90,6 +90,15 @@ def train_candidate(
     return train_sft(cfg, pairs, out, start=start)
 
 
+def start_of(cfg, version) -> Start:
+    """Where a consolidation of `version` (the current one) starts: its files, fetched to this
+    node, when `consolidate.compose` continues from it."""
+    if version.kind == "base" or cfg.consolidate.compose != "continue":
+        return Start(version.kind, None, version.name)
+    local = materialize(version.artifact_uri, cfg.state_path / "cache" / "artifacts")
+    return Start(version.kind, Path(local), version.name)
+
+
 def new_skill(version: str, task, new_qs: Sequence[QA], learned: set[str]) -> Skill | None:
     """The skill a promoted sleep taught: the task's new groups among those it was measured on
     that no earlier sleep learned, with their held-out questions (frozen from now on)."""
@@ -140,8 +149,11 @@ def sleep_once(
     skill_qs = skill_questions(learned, question_index(task))
     measure = {"episodes": episodes, "check": task.check, "trusted": trusted, "skills": skill_qs}
     before = evaluate_version(cfg, stack.engine, memory, new_qs, retention_qs, **measure)
-    if current.name not in ledger.scores():  # the current version's own bar (base at first)
-        ledger.record(current.name, before["skills"])
+    # Scores are bars only among measurements taken alike (same retention questions, RGR
+    # options and engine): when those change, the current version sets the bar again.
+    conditions = measuring_conditions(cfg, retention_qs)
+    if ledger.conditions(current.name) != conditions:
+        ledger.record(current.name, before["skills"], conditions=conditions)
     fast, pats = None, []
     if index:
         pats = fold_patterns(good)
@@ -155,11 +167,7 @@ def sleep_once(
         )
         log(f"sleep: {len(pats)} procedures indexed; new family with them {fast:.3f}")
     out = out or cfg.state_path / "adapters" / f"{method}-{int(time.time())}"
-    start = Start(current.kind, None, current.name)
-    if current.kind != "base":  # `consolidate.compose: continue` trains it further
-        local = materialize(current.artifact_uri, cfg.state_path / "cache" / "artifacts")
-        start = Start(current.kind, Path(local), current.name)
-    train = train_candidate(cfg, method, batch, pairs, out, log, known, start)
+    train = train_candidate(cfg, method, batch, pairs, out, log, known, start_of(cfg, current))
     log(f"sleep: trained {out.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
     # The configured engine (HF, or vLLM on a GPU), under a name no other sleep used: vLLM
     # caches adapters and weights by name.
@@ -173,7 +181,7 @@ def sleep_once(
     fresh = subplan_pairs(good, known.format)[:256]
     kl_new = kl_base_candidate(stack.engine, cand, fresh) if both_local and fresh else None
     rolled_back = {v["name"] for v in services.registry.list() if v["status"] == "rolled_back"}
-    best = ledger.best(lambda version: version not in rolled_back)
+    best = ledger.best(lambda version: version not in rolled_back, conditions)
     ok, reason = decide(before, after, cfg.consolidate.retention_tolerance, best)
     metrics = {
         "method": method,
@@ -207,7 +215,7 @@ def sleep_once(
             n = {g: sum(q.group == g for q in new_qs) for g in skill.groups}
             right = sum(after["new_family_by_group"][g] * n[g] for g in skill.groups)
             scores[skill.name] = right / sum(n.values())  # its accuracy on its own questions
-        ledger.record(v.name, scores, [skill] if skill else [])
+        ledger.record(v.name, scores, [skill] if skill else [], conditions)
         if skill is not None:
             log(
                 f"sleep: {v.name} learned {len(skill.groups)} new group(s); their "

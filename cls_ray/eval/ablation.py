@@ -14,7 +14,7 @@ from cls_ray.consolidate.data import KnownSkills, score_sessions, sessions_to_pa
 from cls_ray.consolidate.episodic import fold_patterns
 from cls_ray.consolidate.evaluate import evaluate_version, question_index, retention_episodes
 from cls_ray.consolidate.promotion import version_kind
-from cls_ray.consolidate.sleep import SleepBatch, train_candidate
+from cls_ray.consolidate.sleep import SleepBatch, start_of, train_candidate
 from cls_ray.engine.hf import HFEngine
 from cls_ray.eval.scratch import scratch_procedures
 from cls_ray.ports import Scorer
@@ -123,7 +123,8 @@ def ablation(
         log(f"ablation {arm}: {data['new_pairs']} pairs from {data['sessions']} sessions")
         out = cfg.state_path / "adapters" / f"ablation-{stamp}-{arm}"
         batch = SleepBatch(mixed, docs, new_qs, retention_qs)
-        train = train_candidate(cfg, method, batch, pairs, out, log, known)
+        start = start_of(cfg, stack.model_version)  # as the measured sleep starts
+        train = train_candidate(cfg, method, batch, pairs, out, log, known, start)
         cand = HFEngine.from_config(cfg, arm, out)
         after = evaluate_version(cfg, cand, stack.retriever, new_qs, retention_qs, **ev)
         row = {

@@ -109,6 +109,12 @@ def first_time(samples: Sequence[tuple], after: float, test) -> float | None:
     return next((s[0] - after for s in samples if s[0] >= after and test(*s[1:])), None)
 
 
+def at_rest(sample: tuple, min_replicas: int) -> bool:
+    """Back at rest: no more replicas serving, and none still starting, than at rest."""
+    _, running, starting = sample
+    return running + starting <= min_replicas
+
+
 def added_not_serving(samples: Sequence[tuple], since: float, min_replicas: int) -> bool:
     """The controller has added replicas since `since`, and none of them serves yet."""
     recent = [s for s in samples if s[0] >= since]
@@ -157,8 +163,7 @@ def bench_autoscale(
     quiet_deadline = time.monotonic() + quiet_max_s
     while time.monotonic() < quiet_deadline:
         last = sampler.samples[-1] if sampler.samples else None
-        # Back at rest: no more replicas serving, and none still starting, than at rest.
-        if last is not None and last[1] + last[2] <= min_replicas and last[0] > ended + 2:
+        if last is not None and at_rest(last, min_replicas) and last[0] > ended + 2:
             break
         time.sleep(1.0)
     time.sleep(2.0)  # a last sample or two at rest
@@ -177,7 +182,7 @@ def bench_autoscale(
         # The controller's decision (a replica starting) and the replica serving.
         "decided_up_s": first_time(samples, began, lambda n, st: n + st > min_replicas),
         "scale_up_s": first_time(samples, began, lambda n, st: n > min_replicas),
-        "scale_down_s": first_time(samples, ended, lambda n, st: n + st <= min_replicas),
+        "scale_down_s": first_time(samples, ended, lambda n, st: at_rest((0, n, st), min_replicas)),
         "clients": clients,
         "requests": len(records),
         "ok": len(ok),

@@ -4,16 +4,17 @@ The world holds back a sequence of skills (`world.held_back_sequence`, each a re
 1- to 3-hop families). For each composition arm (`consolidate.compose`), on a copy of the state
 directory that starts at the base model: sleep k learns skill k from sessions found by best of N
 with the PRM (as users asking for it would), replaying the sessions of every earlier skill (an
-equal share each); the gate decides, and a promoted candidate is the version the next sleep
+equal share per group, that is per family); the gate decides, and a promoted candidate is the version the next sleep
 starts from. Before the first sleep and after every sleep, every skill is measured by greedy RGR
 on its held-out questions, the families the model was built on as one column (`base`).
 
 The result per arm: the accuracy matrix (rows: before, after sleep 1..K; columns: base, skill
 1..K), `final_average` (the last row's mean), `max_forgetting` (the largest drop of any skill
 from its best score since it was learned) and `backward_transfer` (the mean change of each
-earlier skill from right after its sleep to the end); per sleep, the KL of the candidate to the
-version before it on the new skill's prompts next to the forgetting it caused, and across all
-sleeps their correlation (does the KL warn of forgetting, as RL's Razor reports?).
+earlier skill from right after its sleep to the end; a refused skill counts as never learned);
+per sleep, the KL of the candidate to the version before it on the new skill's prompts next to
+the forgetting the candidate showed on the earlier skills (its own measurements, promoted or
+not), and across all sleeps their correlation (does the KL warn of forgetting, as RL's Razor reports?).
 """
 
 from __future__ import annotations
@@ -63,11 +64,6 @@ def summarize(matrix: Sequence[Sequence[float]], learned_row: Sequence[int]) -> 
     }
 
 
-def forgetting_of(before: Sequence[float], after: Sequence[float], learned: int) -> float:
-    """The largest drop, over one sleep, of the skills learned before it (columns < `learned`)."""
-    return max((before[j] - after[j] for j in range(learned)), default=0.0)
-
-
 def correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Pearson's r of paired figures (NaN with fewer than 3 pairs or no spread)."""
     pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None]
@@ -111,6 +107,7 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
         return [greedy_accuracy(s.engine, s.retriever, held_out[col], **opts) for col in columns]
 
     matrix = [measure(stack)]
+    learned_row = [0, *range(1, len(skills) + 1)]  # the row each column was learned at
     log(
         f"  [{arm}] before: "
         + "  ".join(f"{k} {v:.2f}" for k, v in zip(columns, matrix[0], strict=True))
@@ -123,14 +120,23 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
         docs |= more
         replayed = balanced(replay, lambda s: group.get(s["question"], ""), cc.replay_keep, cc.seed)
         batch = SleepBatch(sessions, docs, held_out[name], held_out[BASE], replayed)
-        with scratch_procedures(stack) as memory:
-            done = sleep_once(stack, batch, SleepServices.local(c, memory), index=False, log=log)
+        try:
+            with scratch_procedures(stack) as memory:
+                services = SleepServices.local(c, memory)
+                done = sleep_once(stack, batch, services, index=False, log=log)
+        except ValueError as e:  # nothing passed the gate: this skill is not learned
+            done = {"version": None, "promoted": False, "reason": str(e), "data": {"pairs": 0}}
         replay += sessions  # the buffer keeps them for the next sleeps' replay
         stack.release_store()
         stack = Stack(c)  # the promoted version, or the same one when the gate refused
         row = measure(stack)
         matrix.append(row)
-        forgot = forgetting_of(matrix[-2], row, k)
+        if not done["promoted"]:
+            learned_row[k] = len(skills) + 1  # never learned: no forgetting to count
+        # What the candidate itself cost the skills learned before (refused or not): the
+        # forgetting its KL is to predict.
+        b, a = done.get("skills_before") or {}, done.get("skills_after") or {}
+        forgot = max((b[s] - a[s] for s in b if s in a), default=None)
         sleeps.append(
             {
                 "skill": name,
@@ -145,10 +151,10 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
         log(
             f"  [{arm}] sleep {k} ({name}): {'promoted' if done['promoted'] else 'refused'} "
             + "  ".join(f"{col} {v:.2f}" for col, v in zip(columns, row, strict=True))
-            + f"  (forgetting {forgot:+.3f}, KL {done.get('kl_new_skill') or float('nan'):.4f})"
+            + f"  (candidate's forgetting {forgot if forgot is not None else float('nan'):+.3f}, "
+            f"KL {done.get('kl_new_skill') or float('nan'):.4f})"
         )
     stack.release_store()
-    learned_row = [0, *range(1, len(skills) + 1)]
     return {"arm": arm, "columns": columns, "matrix": matrix, "sleeps": sleeps} | summarize(
         matrix, learned_row
     )

@@ -301,9 +301,9 @@ class ReplayBuffer:
         self, keep_replay: int, seed: int = 0, strata: Mapping[str, str] | None = None
     ) -> dict:
         """Discards consumed sessions, keeping `keep_replay` of them (a random sample) as the
-        replay sample for later sleeps; with `strata` (session id → its skill), an equal share
-        of each skill as far as it has sessions, so an early skill keeps its place in the
-        replay however many sessions later skills bring (`balanced`). Everything is sealed, the
+        replay sample for later sleeps; with `strata` (session id → its group, a family on the
+        world), an equal share of each group as far as it has sessions, so an early skill keeps
+        its place in the replay however many sessions later skills bring (`balanced`). Everything is sealed, the
         survivors are written as one new segment, then the old segments are deleted and the
         acks rewritten: a crash at any point leaves every unconsumed session (at worst, some
         consumed ones stay)."""
@@ -336,7 +336,7 @@ class ReplayBuffer:
         self, n: int, seed: int = 0, strata: Mapping[str, str] | None = None
     ) -> list[Session]:
         """Up to `n` consumed sessions: what earlier sleeps learned from, to replay (an equal
-        share per skill with `strata`, as in `compact`)."""
+        share per group with `strata`, as in `compact`)."""
         consumed = [i for i in self.sessions if i in self.acked]
         strata = strata or {}
         return [self.sessions[i] for i in balanced(consumed, lambda i: strata.get(i, ""), n, seed)]

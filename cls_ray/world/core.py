@@ -336,7 +336,7 @@ class World:
 
     def skill_families(self) -> list[tuple[str, list[tuple[str, ...]]]]:
         """The stream of skills, in order: each relation of `held_back_sequence` with the
-        held-back families it is the first of the sequence to appear in (a family that composes
+        held-back families whose latest relation in the sequence it is (a family that composes
         two of them is the later one's: it needs both)."""
         seq = self.config.held_back_sequence
         out: list[tuple[str, list[tuple[str, ...]]]] = [(r, []) for r in seq]

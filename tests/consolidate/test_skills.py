@@ -2,10 +2,18 @@
 holds each skill to its best promoted score, not only to the parent's."""
 
 import json
+from types import SimpleNamespace
 
 from cls_ray.consolidate.evaluate import evaluate_version, question_index
 from cls_ray.consolidate.promotion import decide
-from cls_ray.consolidate.skills import BASE, Skill, SkillLedger, below_best, skill_questions
+from cls_ray.consolidate.skills import (
+    BASE,
+    Skill,
+    SkillLedger,
+    below_best,
+    measuring_conditions,
+    skill_questions,
+)
 from cls_ray.consolidate.sleep import new_skill
 
 
@@ -23,8 +31,25 @@ def test_the_ledger_keeps_skills_and_scores_across_reopening(tmp_path):
     assert again.best() == {BASE: (0.96, "v2"), "v1": (0.93, "v2")}
     # A rolled-back version's scores bind no later candidate.
     assert again.best(lambda v: v != "v2") == {BASE: (0.95, "base"), "v1": (0.90, "v1")}
-    assert not (tmp_path / "skills.tmp").exists()
-    assert json.loads((tmp_path / "skills.json").read_text())["scores"]["v1"]["v1"] == 0.90
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+    assert json.loads((tmp_path / "skills.json").read_text())["scores"]["v1"]["scores"]["v1"] == 0.9
+
+
+def test_scores_bar_only_candidates_measured_the_same_way(tmp_path, tiny_cfg):
+    """A changed retention set, RGR option or engine makes earlier scores no bar: the gate could
+    otherwise refuse every candidate against a score no version can reach any more."""
+    ledger = SkillLedger(tmp_path / "skills.json")
+    qs = [SimpleNamespace(question=f"q{i}") for i in range(3)]
+    now = measuring_conditions(tiny_cfg, qs)
+    assert now == measuring_conditions(tiny_cfg, list(reversed(qs)))  # order does not matter
+    other = tiny_cfg.model_copy(update={"rgr": tiny_cfg.rgr.model_copy(update={"top_k": 9})})
+    assert measuring_conditions(other, qs) != now
+    assert measuring_conditions(tiny_cfg, qs[:2]) != now
+    ledger.record("base", {BASE: 0.95}, conditions=now)
+    ledger.record("v1", {BASE: 0.99}, conditions="before an ingest")
+    assert ledger.conditions("base") == now
+    assert ledger.best(conditions=now) == {BASE: (0.95, "base")}
+    assert ledger.best() == {BASE: (0.99, "v1")}
 
 
 def test_small_losses_cannot_add_up_over_sleeps():

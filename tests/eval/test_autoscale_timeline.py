@@ -1,6 +1,6 @@
 """How `cls-ray bench autoscale` reads its timeline of `(t_s, running, starting)` samples."""
 
-from cls_ray.eval.bench_autoscale import added_not_serving, first_time, replica_cpus
+from cls_ray.eval.bench_autoscale import added_not_serving, at_rest, first_time, replica_cpus
 
 AT_REST = [(0.0, 1, 0), (1.0, 1, 0)]
 
@@ -16,7 +16,8 @@ def test_a_replica_still_starting_keeps_the_load_on_until_it_serves():
 def test_the_scale_down_waits_for_starting_replicas_too():
     after = [(30.0, 3, 0), (35.0, 1, 2), (50.0, 1, 0)]
     # One running replica is not "back at rest" while two more are still starting.
-    assert first_time(after, 30.0, lambda n, st: n + st <= 1) == 20.0
+    assert [at_rest(s, 1) for s in after] == [False, False, True]
+    assert first_time(after, 30.0, lambda n, st: at_rest((0, n, st), 1)) == 20.0
     assert first_time(after, 30.0, lambda n, st: n > 1) == 0.0
 
 
