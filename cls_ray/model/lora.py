@@ -23,7 +23,7 @@ def full_model(config: dict):
     `config["merge_adapter"]` merged in, to train; and the tokenizer."""
     model, tok = load_model_and_tokenizer(config["base"])
     if config.get("merge_adapter"):
-        from peft import PeftModel
+        from peft import PeftModel  # seconds to import: the training workers that need it only
 
         model = PeftModel.from_pretrained(model, config["merge_adapter"]).merge_and_unload()
     return model.train(), tok
