@@ -37,15 +37,16 @@ def s3_server():
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    deadline = time.monotonic() + 60  # a busy machine starts it slowly (it was 10 s: too short)
+    while True:
         try:
-            requests.get(url, timeout=1)
+            requests.get(url, timeout=2)
             break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("moto_server did not open its port")
+        except requests.RequestException:  # not listening yet, or listening but not answering
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("moto_server did not answer on its port within 60 s")
+            time.sleep(0.2)
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
