@@ -62,39 +62,6 @@ def trainer_options(t) -> dict:
     }
 
 
-def bucketed(
-    order: list,
-    size,
-    batch_size: int,
-    rng: random.Random,
-    pool: int = 16,
-    order_rng: random.Random | None = None,
-) -> list[list]:
-    """`order` (one shuffled epoch) as full batches whose items are about the same size: every
-    `pool` batches' worth is sorted by `size` and cut into batches. Every item is in a batch;
-    the few left over at the end make one batch topped up with items drawn at random from the
-    same pool, and an epoch smaller than a batch is repeated to fill one. The batches come in an
-    order drawn from `order_rng` (else `rng`): data-parallel ranks that share its seed train
-    batches of alike length at each step, so none waits long for another's longer batch."""
-    if len(order) < batch_size:
-        order = (order * batch_size)[:batch_size]  # `order` is shuffled: no end is favoured
-    span = batch_size * pool
-    chunks = [order[at : at + span] for at in range(0, len(order), span)]
-    if len(chunks) > 1 and len(chunks[-1]) < batch_size:
-        tail = chunks.pop()
-        chunks[-1] = chunks[-1] + tail
-    batches = []
-    for chunk in chunks:
-        chunk = sorted(chunk, key=size)
-        full = len(chunk) // batch_size * batch_size
-        batches += [chunk[i : i + batch_size] for i in range(0, full, batch_size)]
-        if rest := chunk[full:]:
-            extra = rng.sample(chunk[:full], batch_size - len(rest))
-            batches.append(sorted(rest + extra, key=size))
-    (order_rng or rng).shuffle(batches)
-    return batches
-
-
 def deepspeed_steps(
     model,
     rows: list,
@@ -102,11 +69,10 @@ def deepspeed_steps(
     loss_fn: Callable[[object, dict], object],
     config: dict,
     name: str,
-    length: Callable[[object], int] | None = None,
 ):
-    """Trains `model` for `config["steps"]` steps inside a Ray Train worker. Returns the
-    DeepSpeed engine and the final metrics (which the caller reports, after saving). With
-    `length` (a row's size), each batch holds rows of about the same length (less padding)."""
+    """Trains `model` for `config["steps"]` steps inside a Ray Train worker, on random batches
+    of its rank's share of `rows`. Returns the DeepSpeed engine and the final metrics (which
+    the caller reports, after saving)."""
     # DeepSpeed picks its accelerator when it is imported: here, in the worker, after
     # `launch` set DS_ACCELERATOR (a driver never needs it, and its import takes seconds).
     import deepspeed
@@ -137,28 +103,17 @@ def deepspeed_steps(
         raise ValueError(f"{name}: worker {rank} has no rows ({len(rows)} rows, {world} workers)")
     rng = random.Random(config["seed"] + rank)
     order: list[int] = []
-    pending: list[list[int]] = []  # with `length`: this epoch's batches, still to train on
-    order_rng = random.Random(config["seed"])  # the same on every rank: batches of alike length
     losses: list[float] = []
     t0 = time.time()
     bf16 = bool(config.get("bf16"))
     metrics: dict = {}
     log_every = max(1, min(config["log_every"], steps))
     for step in range(steps):
-        if length is not None:
-            if not pending:
-                fresh = list(range(len(mine)))
-                rng.shuffle(fresh)
-                pending = bucketed(
-                    fresh, lambda i: length(mine[i]), config["batch_size"], rng, order_rng=order_rng
-                )
-            idx = pending.pop()
-        else:
-            while len(order) < config["batch_size"]:
-                fresh = list(range(len(mine)))
-                rng.shuffle(fresh)
-                order += fresh
-            idx, order = order[: config["batch_size"]], order[config["batch_size"] :]
+        while len(order) < config["batch_size"]:
+            fresh = list(range(len(mine)))
+            rng.shuffle(fresh)
+            order += fresh
+        idx, order = order[: config["batch_size"]], order[config["batch_size"] :]
         batch = to_device(collate([mine[i] for i in idx]), engine.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)

@@ -47,7 +47,7 @@ def train_loop_per_worker(config: dict) -> None:
         lambda eng, b: step_loss(eng(b["input_ids"], b["attention_mask"]).float(), b["labels"]),
         config,
         "prm train",
-    )  # random batches: batches of like lengths made the tests' tiny PRM learn worse
+    )  # random batches: batches of like lengths (as the bootstrap uses) made a tiny PRM learn worse
     state = full_state_dict(engine, config["zero_stage"])
     if ray.train.get_context().get_world_rank() == 0:
         final = StepPRM.from_encoder(config["encoder"], config.get("num_layers"))
