@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from cls_ray.answers import EXACT, AnswerCheck
+from cls_ray.consolidate.evaluate import question_index
 from cls_ray.consolidate.extract import Artifact, extract, gate
 from cls_ray.model.examples import episode_pair
 from cls_ray.ports import Memory, Retriever, Scorer
@@ -22,7 +23,7 @@ from cls_ray.replay.sampling import balanced
 from cls_ray.rgr import step_query
 from cls_ray.session import Feedback
 from cls_ray.steps import StepFormat, answer_step, parse_answer
-from cls_ray.task import SPLITS, Task
+from cls_ray.task import Task
 from cls_ray.world.core import World
 from cls_ray.world.episodes import EpisodeSampler
 
@@ -169,8 +170,8 @@ def sessions_to_pairs(
 
 def group_of(task: Task, sessions: Sequence[dict]) -> dict[str, str]:
     """Session id → the task's group of its question ("" where the task does not know it)."""
-    groups = {q.question: q.group for split in SPLITS for q in task.questions(split)}
-    return {s["id"]: groups.get(s["question"], "") for s in sessions}
+    index = question_index(task)
+    return {s["id"]: index[s["question"]].group if s["question"] in index else "" for s in sessions}
 
 
 def score_sessions(prm: Scorer, sessions: Sequence[dict], doc_texts: dict[str, str]) -> list[dict]:

@@ -25,6 +25,7 @@ import shutil
 from collections.abc import Callable, Sequence
 
 from cls_ray.config import Config
+from cls_ray.consolidate.data import group_of
 from cls_ray.consolidate.evaluate import greedy_accuracy
 from cls_ray.consolidate.promotion import SleepServices
 from cls_ray.consolidate.sleep import SleepBatch, sleep_once
@@ -113,12 +114,12 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
         + "  ".join(f"{k} {v:.2f}" for k, v in zip(columns, matrix[0], strict=True))
     )
     sleeps, replay, docs = [], [], {}
-    group = {q.question: q.group for q in task.questions("train")}
     for k, (name, _) in enumerate(skills, start=1):
         train_qs = task.questions("train", groups[name], per_group=cc.new_per_family)
         sessions, more = sessions_by_best_of_n(stack, prm, train_qs, cc.sample_n, cc.seed + k)
         docs |= more
-        replayed = balanced(replay, lambda s: group.get(s["question"], ""), cc.replay_keep, cc.seed)
+        group = group_of(task, replay)
+        replayed = balanced(replay, lambda s, g=group: g[s["id"]], cc.replay_keep, cc.seed)
         batch = SleepBatch(sessions, docs, held_out[name], held_out[BASE], replayed)
         try:
             with scratch_procedures(stack) as memory:
