@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from cls_ray.storage import write_atomically
 
 Status = Literal["candidate", "promoted", "rolled_back"]
 
@@ -108,13 +109,7 @@ class ModelRegistry:
             del self.requests[old]
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as f:
-            f.write(json.dumps(self._payload(), indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
+        write_atomically(self.path, json.dumps(self._payload(), indent=2).encode())
 
     def get(self, name: str) -> ModelVersion:
         self._load()

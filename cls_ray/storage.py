@@ -73,6 +73,18 @@ def read_table(uri: str, columns: list[str] | None = None):
     return pq.read_table(path, columns=columns, filesystem=fs)
 
 
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """`data` at the local `path`, whole or not at all: written under a unique temporary name
+    beside it, fsynced, then renamed over it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def materialize(uri: str | None, cache_dir: str | Path) -> str | None:
     """A local folder holding the artifact at `uri`: the path itself when it is local, else a
     copy under `cache_dir` (downloaded once, under a temporary name, then renamed, so a reader
@@ -152,13 +164,7 @@ class Storage:
     def write_bytes(self, rel: str, data: bytes) -> None:
         target = self.path(rel)
         if self.local:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+            write_atomically(target, data)
             return
         with self.fs.open_output_stream(target) as f:
             f.write(data)

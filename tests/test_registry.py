@@ -32,7 +32,7 @@ def test_versions_promote_and_roll_back_persistently(tmp_path):
         ModelRegistry(path).promote("v9")
     # Names are never reused, even after a rollback.
     assert ModelRegistry(path).register("/adapters/3", "full").name == "v3"
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))  # no temporary file left behind
 
 
 def _register_many(path, n):

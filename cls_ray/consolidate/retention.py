@@ -13,12 +13,12 @@ The file (`state_dir/retention_suite.jsonl`) is replaced atomically.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cls_ray.consolidate.extract import Artifact
+from cls_ray.storage import write_atomically
 from cls_ray.world.episodes import step_accuracy
 
 
@@ -73,13 +73,8 @@ class RetentionSuite:
         return len(new)
 
     def _write(self, steps: Sequence[TrustedStep]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as f:
-            f.writelines(json.dumps(asdict(s)) + "\n" for s in steps)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
+        text = "".join(json.dumps(asdict(s)) + "\n" for s in steps)
+        write_atomically(self.path, text.encode())
 
 
 def next_step_accuracy(engine, steps: Sequence[TrustedStep], grounded: bool = False) -> float:

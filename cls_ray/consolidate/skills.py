@@ -19,12 +19,12 @@ import fcntl
 import hashlib
 import json
 import math
-import os
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from cls_ray.storage import write_atomically
 
 BASE = "base"  # the skills the model was built on: the task's retention questions
 
@@ -48,14 +48,6 @@ class SkillLedger:
         if not self.path.exists():
             return {"skills": {}, "scores": {}}
         return json.loads(self.path.read_text())
-
-    def _write(self, data: dict) -> None:
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        with tmp.open("w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -127,7 +119,7 @@ class SkillLedger:
                         "questions": list(s.questions),
                     }
                     added.append(s.name)
-            self._write(data)
+            write_atomically(self.path, json.dumps(data, indent=1).encode())
         return added
 
 
