@@ -152,7 +152,17 @@ class ScheduleConfig(Section):
 class ConsolidateConfig(TrainerConfig):
     """Sleep (LoRA SFT on what the PRM trusts, with replay), PPO and their schedule."""
 
-    steps: int = Field(150, ge=1)
+    steps: int = Field(
+        150, ge=1, description="A sleep's optimizer steps; with `epochs`, the most it takes."
+    )
+    epochs: float | None = Field(
+        None,
+        gt=0,
+        description="A sleep's schedule follows its data: this many passes over its pairs at "
+        "the global batch (batch_size x num_workers), at least `min_steps`, at most `steps`; "
+        "null: always `steps`.",
+    )
+    min_steps: int = Field(20, ge=1, description="With `epochs`: the fewest steps a sleep takes.")
     lr: float = Field(2e-3, gt=0)
     warmup: int = Field(20, ge=0)
     weights: Literal["lora", "full"] = Field(

@@ -11,6 +11,7 @@ killed job leaves no half-written version.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -114,6 +115,16 @@ def launch_adapter_run(cfg, loop, config: dict, name: str) -> dict:
     return {**meta["train"], "seconds": seconds, "path": config["out"]}
 
 
+def sleep_steps(c, pairs: int) -> int:
+    """A sleep's optimizer steps for `pairs` examples (`c`: the consolidate section): `epochs`
+    passes at the global batch, within [`min_steps`, `steps`]; `steps` when `epochs` is null.
+    A constant would see each pair three times as often when the PRM keeps a third of them."""
+    if c.epochs is None:
+        return c.steps
+    wanted = math.ceil(c.epochs * pairs / (c.batch_size * c.num_workers))
+    return min(c.steps, max(c.min_steps, wanted))
+
+
 def train_sft(
     cfg,
     pairs: list[tuple[str, str]],
@@ -126,7 +137,7 @@ def train_sft(
     training metrics."""
     if not pairs:
         raise ValueError("no supervised pairs: nothing passed the PRM gate")
-    steps = steps or cfg.consolidate.steps
+    steps = steps or sleep_steps(cfg.consolidate, len(pairs))
     config = adapter_run(cfg, Path(out).resolve(), steps, "sft", start, pairs=len(pairs))
     config["pairs"] = list(pairs)
     return {

@@ -35,7 +35,7 @@ from cls_ray.consolidate.evaluate import (
 from cls_ray.consolidate.ppo import experience_rows, fresh_rollouts, train_ppo
 from cls_ray.consolidate.promotion import SleepServices, conclude, decide
 from cls_ray.consolidate.retention import RetentionSuite
-from cls_ray.consolidate.sft import train_sft
+from cls_ray.consolidate.sft import sleep_steps, train_sft
 from cls_ray.consolidate.skills import Skill, SkillLedger, measuring_conditions, skill_questions
 from cls_ray.engine.factory import build_engine
 from cls_ray.engine.hf import HFEngine
@@ -87,7 +87,9 @@ def train_candidate(
         replay = known.take(4 * len(rows))
         log(f"ppo: {len(rows)} scored trajectories, {len(replay)} replayed pairs for ptx")
         return train_ppo(cfg, rows, out, replay=replay, start=start)
-    return train_sft(cfg, pairs, out, start=start)
+    steps = sleep_steps(cfg.consolidate, len(pairs))
+    log(f"sleep: SFT on {len(pairs)} pairs, {steps} steps")
+    return train_sft(cfg, pairs, out, steps=steps, start=start)
 
 
 def start_of(cfg, version) -> Start:
