@@ -122,7 +122,7 @@ def make_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--arms",
         default="continue,base",
-        help="continual: the composition arms, comma-separated (continue, base)",
+        help="continual: the composition arms, comma-separated (continue, base, full)",
     )
     bench.add_argument(
         "--replicas",

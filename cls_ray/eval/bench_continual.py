@@ -1,7 +1,8 @@
 """`cls-ray bench continual`: many sleeps, one skill after another, with forgetting measured.
 
 The world holds back a sequence of skills (`world.held_back_sequence`, each a relation with its
-1- to 3-hop families). For each composition arm (`consolidate.compose`), on a copy of the state
+1- to 3-hop families). For each composition arm (`arms_of`: the adapter trained further, a fresh
+adapter on the base each sleep, or every weight under ZeRO-3), on a copy of the state
 directory that starts at the base model: sleep k learns skill k from sessions found by best of N
 with the PRM (as users asking for it would), replaying the sessions of every earlier skill (an
 equal share per group, that is per family); the gate decides, and a promoted candidate is the version the next sleep
@@ -39,7 +40,26 @@ from cls_ray.world.core import family_name
 
 logger = logging.getLogger(__name__)
 
-ARMS = ("continue", "base")
+
+def arms_of(cfg: Config) -> dict[str, dict]:
+    """The composition arms and their settings: `continue` trains the current adapter further,
+    `base` a fresh adapter on the base each sleep, `full` every weight (the current checkpoint
+    further, under ZeRO-3) at a tenth of the adapter's learning rate, the usual ratio between
+    full fine-tuning's best rate and LoRA's."""
+    c = cfg.consolidate
+    return {
+        "continue": {"consolidate.compose": "continue"},
+        "base": {"consolidate.compose": "base"},
+        "full": {
+            "consolidate.compose": "continue",
+            "consolidate.weights": "full",
+            "consolidate.zero_stage": 3,
+            "consolidate.lr": c.lr / 10,
+        },
+    }
+
+
+ARMS = ("continue", "base", "full")
 BASE = "base"
 # A fresh copy starts at the base model: what earlier runs in the state directory learned is
 # not carried into the arm.
@@ -80,7 +100,7 @@ def correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 def arm_config(cfg: Config, arm: str) -> Config:
     """A copy of the state directory for one arm, at the base model, composing by `arm`."""
-    c = sandbox_config(cfg, f"continual-{arm}", {"consolidate.compose": arm})
+    c = sandbox_config(cfg, f"continual-{arm}", arms_of(cfg)[arm])
     for name in FRESH:
         path = c.state_path / name
         if path.is_dir():

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from cls_ray.cli import main
+from cls_ray.config import Config
 from cls_ray.consolidate.skills import SkillLedger
-from cls_ray.eval.bench_continual import correlation, summarize
+from cls_ray.eval.bench_continual import arms_of, correlation, summarize
 from cls_ray.eval.plots import plot_bench_continual
 from cls_ray.registry import ModelRegistry
 from tests.helpers import OPEN_GATE, TINY_OVERRIDES, set_args
@@ -123,3 +124,13 @@ def test_two_sleeps_over_a_skill_stream_on_a_copy_of_the_state(
     mine = ModelRegistry(tmp_path / "registry.json").list()  # the user's state: untouched
     assert all(v["name"] == "base" for v in mine) and not (tmp_path / "adapters").exists()
     assert (tmp_path / "reports" / "bench_continual.png").stat().st_size > 1000
+
+
+def test_the_full_arm_trains_every_weight_under_zero3_at_a_tenth_of_the_rate():
+    arms = arms_of(Config.model_validate({"consolidate": {"lr": 2e-3}}))
+    assert arms["continue"] == {"consolidate.compose": "continue"}
+    assert arms["base"] == {"consolidate.compose": "base"}
+    full = arms["full"]
+    assert full["consolidate.weights"] == "full" and full["consolidate.zero_stage"] == 3
+    assert full["consolidate.compose"] == "continue"
+    assert full["consolidate.lr"] == pytest.approx(2e-4)
