@@ -5,12 +5,15 @@ checksum of its weights, which an engine loading it in another process reproduce
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from cls_ray.config import load_config
 from cls_ray.consolidate.data import mix, replay_pairs
 from cls_ray.consolidate.ppo import train_ppo
 from cls_ray.consolidate.sft import train_sft
 from cls_ray.engine.hf import HFEngine
+from cls_ray.model.lora import Start
 from tests.helpers import TINY_OVERRIDES
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -52,6 +55,21 @@ def test_full_weight_sft_under_zero3_saves_a_checkpoint_an_engine_loads_bit_for_
     assert eng.checksum() == meta["checksum"]
     assert tiny_stack.engine.checksum() != meta["checksum"]
     assert eng.generate([pairs[0][0]])[0].token_ids
+
+    # The next sleep trains this checkpoint further (`consolidate.compose: continue`): with a
+    # learning rate of ~0, what it saves is the checkpoint it started from (to float error:
+    # a weight at 0 moves by the rate), not the base.
+    still = cfg.model_copy(
+        update={"consolidate": cfg.consolidate.model_copy(update={"lr": 1e-12, "warmup": 0})}
+    )
+    nxt = tmp_path / "full2"
+    train_sft(still, pairs, nxt, steps=1, start=Start("full", out, "v9"))
+    assert json.loads((nxt / "consolidation.json").read_text())["started_from"] == "v9"
+    first, again = (load_file(d / "model.safetensors") for d in (out, nxt))
+    assert again.keys() == first.keys()
+    assert all(torch.allclose(again[k], first[k], atol=1e-6) for k in first)
+    base = load_file(cfg.model_path / "model.safetensors")
+    assert not all(torch.allclose(base[k], first[k], atol=1e-6) for k in first if k in base)
 
 
 def test_ppo_refuses_full_weights_naming_the_field(tiny_cfg):
