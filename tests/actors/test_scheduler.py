@@ -42,6 +42,9 @@ def served(tmp_path_factory, tiny_cfg, tiny_stack, ray_local, tiny_prm):
             "serve.generator.autoscaling.max_replicas=2",
             "serve.generator.num_cpus=0.2",
             "consolidate.steps=40",
+            # 40 steps whatever the data: a run long enough to cancel mid-way, and an adapter
+            # that changes answers (the schedule by epochs is tested in test_schedule, test_sft).
+            "consolidate.epochs=null",
             "consolidate.batch_size=8",
             "consolidate.eval_per_family=2",
             *OPEN_GATE,
