@@ -203,6 +203,17 @@ class ConsolidateConfig(TrainerConfig):
         description="SFT/PPO: tokens per example at most; null: the model's "
         "context length (max_position_embeddings).",
     )
+    dream_rounds: int = Field(
+        0,
+        ge=0,
+        description="SFT sleeps: rounds in which the candidate asks the sessions' questions again "
+        "(best of `dream_n` by the PRM, gated like sessions) and the next candidate trains on "
+        "sessions and dreams (expert iteration); 0: none.",
+    )
+    dream_n: int = Field(8, ge=1, description="Samples per question in a dream.")
+    dream_questions: int = Field(
+        256, ge=1, description="A dream asks at most this many of the sessions' questions."
+    )
     new_per_family: int = Field(20, ge=1, description="bench: sessions per new family.")
     sample_n: int = Field(16, ge=1, description="bench: best-of-N samples per session.")
     eval_per_family: int = Field(20, ge=1)

@@ -10,6 +10,7 @@ this process, or the Ray-backed ones of a running application (`actors.consolida
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from cls_ray.consolidate.data import (
     sessions_to_pairs,
     subplan_pairs,
 )
+from cls_ray.consolidate.dream import best_of_n_sessions, dream_questions
 from cls_ray.consolidate.episodic import fold_patterns
 from cls_ray.consolidate.evaluate import (
     evaluate_version,
@@ -92,6 +94,63 @@ def train_candidate(
     return train_sft(cfg, pairs, out, steps=steps, start=start)
 
 
+def train_with_dreams(
+    stack: Stack,
+    batch: SleepBatch,
+    services: SleepServices,
+    prm: Scorer | None,
+    method: Method,
+    pairs,
+    out: Path,
+    known: KnownSkills,
+    start: Start,
+    log: Log,
+) -> tuple[dict, list[dict]]:
+    """The candidate of a sleep, written to `out`: trained on the sessions' pairs; then, for
+    each of `consolidate.dream_rounds` (SFT, with a PRM), the last candidate asks the sessions'
+    questions again (`dream`), and the next trains from `start` on the sessions and every dream
+    so far, gated alike. Returns the last training's metrics and one row per dream."""
+    cfg, c = stack.cfg, stack.cfg.consolidate
+    rounds = c.dream_rounds if prm is not None and method == "sft" else 0
+    questions = dream_questions(batch.sessions, c.dream_questions)
+    if not questions:
+        rounds = 0
+
+    def dest(r: int) -> Path:
+        return out if r == rounds else out.with_name(f"{out.name}.round{r}")
+
+    train = train_candidate(cfg, method, batch, pairs, dest(0), log, known, start)
+    log(f"sleep: trained {dest(0).name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
+    docs, dreamt, rows = dict(batch.doc_texts), [], []
+    for r in range(1, rounds + 1):
+        t0 = time.time()
+        engine = build_engine(cfg, f"dream-{dest(r - 1).name}", dest(r - 1))
+        got, more = best_of_n_sessions(
+            cfg, engine, services.memory, prm, questions, c.dream_n, c.seed + r, "dream"
+        )
+        docs.update(more)
+        dreamt += got
+        new_pairs, data, _ = sessions_to_pairs(
+            [*batch.sessions, *dreamt],
+            docs,
+            cfg,
+            stack.task,
+            known,
+            replayed=batch.replayed,
+            check=stack.task.check,
+        )
+        rows.append({"round": r, "questions": len(questions), "n": c.dream_n, **data})
+        log(
+            f"sleep: dream {r}: {len(questions)} questions x {c.dream_n} in "
+            f"{time.time() - t0:.0f} s; with the sessions A_good {data['a_good']} -> "
+            f"{data['new_pairs']} pairs"
+        )
+        train = train_candidate(cfg, method, batch, new_pairs, dest(r), log, known, start)
+        log(f"sleep: trained {dest(r).name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
+        shutil.rmtree(dest(r - 1), ignore_errors=True)
+    return train, rows
+
+
 def start_of(cfg, version) -> Start:
     """Where a consolidation of `version` (the current one) starts: its files, fetched to this
     node, when `consolidate.compose` continues from it."""
@@ -120,12 +179,14 @@ def sleep_once(
     index: bool = True,
     out: Path | None = None,
     log: Log = logger.info,
+    prm: Scorer | None = None,
 ) -> dict:
     """Trains a candidate on `batch`, registers it with its metrics, promotes it if it keeps
     what the model knew. Returns the report.
 
     Before any weight changes, the procedures of A_good go to episodic memory (the fast path,
-    `index`); the candidate is then measured on what its weights alone do."""
+    `index`); the candidate is then measured on what its weights alone do. With `prm` and
+    `consolidate.dream_rounds`, an SFT candidate dreams (`train_with_dreams`)."""
     cfg, memory, task = stack.cfg, services.memory, stack.task
     current = services.registry.current()
     if stack.model_version.name != current.name:
@@ -169,8 +230,9 @@ def sleep_once(
         )
         log(f"sleep: {len(pats)} procedures indexed; new family with them {fast:.3f}")
     out = out or cfg.state_path / "adapters" / f"{method}-{int(time.time())}"
-    train = train_candidate(cfg, method, batch, pairs, out, log, known, start_of(cfg, current))
-    log(f"sleep: trained {out.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
+    train, dreams = train_with_dreams(
+        stack, batch, services, prm, method, pairs, out, known, start_of(cfg, current), log
+    )
     # The configured engine (HF, or vLLM on a GPU), under a name no other sleep used: vLLM
     # caches adapters and weights by name.
     cand = build_engine(cfg, f"candidate-{out.name}", out)
@@ -206,6 +268,7 @@ def sleep_once(
         "kl_new_skill": kl_new,
         "train": train,
         "data": data,
+        "dreams": dreams,
     }
     v = conclude(cfg, services, out, method, current.name, metrics, (ok, reason), promote)
     log(f"sleep: {v.name} {'passes' if ok else 'fails'} the retention gate: {reason}")
@@ -287,7 +350,7 @@ def sleep_from_buffer(
         learn += fresh
         log(f"ppo: {len(fresh)} fresh rollouts on replayed questions")
     batch = SleepBatch(learn, doc_texts, new_qs, retention_qs, replayed)
-    result = sleep_once(stack, batch, services, method=method, log=log)
+    result = sleep_once(stack, batch, services, method=method, log=log, prm=prm)
     if result["promoted"]:
         result["acknowledged"] = buffer.ack([s["id"] for s in taken])
         # The consumed cache is discarded but for the replay sample: a share per skill.

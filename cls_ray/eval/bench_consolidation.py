@@ -8,13 +8,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from cls_ray.consolidate.dream import best_of_n_sessions
 from cls_ray.consolidate.promotion import SleepServices
 from cls_ray.consolidate.sleep import SleepBatch, sleep_once
 from cls_ray.eval.ablation import ablation
 from cls_ray.eval.scratch import scratch_procedures
 from cls_ray.ports import Scorer
-from cls_ray.prm.best_of_n import rgr_best_of_n
-from cls_ray.session import Session
 from cls_ray.stack import Stack
 from cls_ray.task import QA
 
@@ -27,26 +26,8 @@ def sessions_by_best_of_n(
     """Simulated users' sessions on `questions`: the model samples `n` trajectories with RGR and
     the PRM keeps the best (the way to find good trajectories for a family the model cannot
     solve greedily). Returns session dicts (scored) and the texts of every retrieved document."""
-    cfg = stack.cfg
-    best = rgr_best_of_n(
-        [q.question for q in questions],
-        stack.engine,
-        stack.retriever,
-        prm.score_many,
-        n,
-        temperature=cfg.prm.sample_temperature,
-        seed=seed,
-        aggregation=cfg.prm.aggregation,
-        **cfg.rgr_options(),
-    )
-    sessions, docs = [], {}
-    for tr, scores, tau in best:
-        s = Session.from_trajectory(tr)
-        s.prm_step_scores, s.r_tau = list(scores), tau
-        sessions.append(s.model_dump())
-        for st in tr.steps:
-            docs.update({d.id: d.text for d in st.retrieved})
-    return sessions, docs
+    texts = [q.question for q in questions]
+    return best_of_n_sessions(stack.cfg, stack.engine, stack.retriever, prm, texts, n, seed)
 
 
 def bench_consolidation(
@@ -68,7 +49,8 @@ def bench_consolidation(
     retention_qs = task.questions("retention", per_group=c.eval_per_family)
     batch = SleepBatch(sessions, docs, new_qs, retention_qs)
     with scratch_procedures(stack) as memory:
-        result = sleep_once(stack, batch, SleepServices.local(cfg, memory), promote=False, log=log)
+        services = SleepServices.local(cfg, memory)
+        result = sleep_once(stack, batch, services, promote=False, log=log, prm=prm)
     result["new_family_questions"] = len(new_qs)
     result["retention_questions"] = len(retention_qs)
     if arms and task.world is None:

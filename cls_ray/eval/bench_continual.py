@@ -144,7 +144,7 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
         try:
             with scratch_procedures(stack) as memory:
                 services = SleepServices.local(c, memory)
-                done = sleep_once(stack, batch, services, index=False, log=log)
+                done = sleep_once(stack, batch, services, index=False, log=log, prm=prm)
         except ValueError as e:  # nothing passed the gate: this skill is not learned
             done = {"version": None, "promoted": False, "reason": str(e), "data": {"pairs": 0}}
         replay += sessions  # the buffer keeps them for the next sleeps' replay

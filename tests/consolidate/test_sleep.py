@@ -28,6 +28,8 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
         "consolidate.batch_size=8",
         "consolidate.cpus_per_worker=0.5",
         "consolidate.eval_per_family=2",
+        "consolidate.dream_rounds=1",
+        "consolidate.dream_n=2",
         *OPEN_GATE,
     ]
     cfg = load_config(None, overrides)
@@ -43,6 +45,15 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
     v = reg.get(out["version"])
     assert reg.current().name == v.name and v.kind == "lora" and v.parent == "base"
     assert "new_family_after" in v.metrics and "retention_after" in v.metrics
+    # One dream: the first candidate asked the sessions' questions again, the PRM scored its
+    # best of 2 and the gate took them with the sessions; only the last candidate is kept.
+    (dream,) = out["dreams"]
+    assert dream["questions"] == len({q.text for q in qs})
+    assert dream["sessions"] == len(qs) + dream["questions"]
+    assert (
+        dream["a_good"] >= out["data"]["a_good"] and dream["new_pairs"] >= out["data"]["new_pairs"]
+    )
+    assert not list((cfg.state_path / "adapters").glob("*.round*"))
     # The family it learned is a skill now: its held-out questions join what later sleeps
     # measure, and its score bars later candidates.
     (skill,) = SkillLedger.of(cfg).skills()

@@ -1,0 +1,56 @@
+"""Dreams: inside one sleep, the candidate asks the sessions' own questions again (expert
+iteration, as in STaR and ReST-EM). The PRM keeps the best of N samples of each and the same
+gate judges them as it judges served sessions, so a right chain the model could not find before
+the sleep (a multi-hop chain of a relation it did not know) becomes training data once the
+first round has taught the relation's single steps.
+
+Dreams use no reference answers and nothing a client sent beyond the question it asked: what
+becomes training data is the model's own trajectory, scored by the PRM and gated."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cls_ray.ports import Retriever, Scorer
+from cls_ray.prm.best_of_n import rgr_best_of_n
+from cls_ray.session import Session
+
+
+def best_of_n_sessions(
+    cfg,
+    engine,
+    retriever: Retriever,
+    prm: Scorer,
+    questions: Sequence[str],
+    n: int,
+    seed: int = 0,
+    model_version: str | None = None,
+) -> tuple[list[dict], dict[str, str]]:
+    """For each question, the best of `n` RGR samples by the PRM, as a scored session dict;
+    and the texts of every document they retrieved."""
+    best = rgr_best_of_n(
+        list(questions),
+        engine,
+        retriever,
+        prm.score_many,
+        n,
+        temperature=cfg.prm.sample_temperature,
+        seed=seed,
+        aggregation=cfg.prm.aggregation,
+        **cfg.rgr_options(),
+    )
+    sessions, docs = [], {}
+    for tr, scores, tau in best:
+        s = Session.from_trajectory(tr)
+        s.prm_step_scores, s.r_tau = list(scores), tau
+        if model_version:
+            s.model_version = model_version
+        sessions.append(s.model_dump())
+        for st in tr.steps:
+            docs.update({d.id: d.text for d in st.retrieved})
+    return sessions, docs
+
+
+def dream_questions(sessions: Sequence[dict], limit: int) -> list[str]:
+    """The distinct questions of `sessions`, in order of first appearance, at most `limit`."""
+    return list(dict.fromkeys(s["question"] for s in sessions))[: max(0, limit)]
