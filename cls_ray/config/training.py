@@ -203,6 +203,12 @@ class ConsolidateConfig(TrainerConfig):
         description="SFT/PPO: tokens per example at most; null: the model's "
         "context length (max_position_embeddings).",
     )
+    balance_up_to: int = Field(
+        1,
+        ge=1,
+        description="A sleep's new pairs of each group are repeated towards the largest "
+        "group's count, each at most this many times (1: as they come).",
+    )
     dream_rounds: int = Field(
         0,
         ge=0,
@@ -211,6 +217,13 @@ class ConsolidateConfig(TrainerConfig):
         "sessions and dreams (expert iteration); 0: none.",
     )
     dream_n: int = Field(8, ge=1, description="Samples per question in a dream.")
+    dream_until: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="A dream asks again the questions none of whose trajectories reached this "
+        "R(τ) (null: min_r_tau, what the gate trusts).",
+    )
     dream_questions: int = Field(
         256, ge=1, description="A dream asks at most this many of the sessions' questions."
     )

@@ -136,6 +136,8 @@ def sessions_to_pairs(
     else:
         good = gate(arts, 0.0, 0.0)
     new = subplan_pairs(good, known.format)
+    if c.balance_up_to > 1:
+        new = balance_groups(good, group_of(task, sessions), known.format, c.balance_up_to, c.seed)
     replay_good = gate(
         [a for s in replayed for a in extract(s, doc_texts, type_of)],
         c.min_r_tau,
@@ -166,6 +168,25 @@ def sessions_to_pairs(
         "patterns": sum(a.kind == "pattern" for a in good),
     }
     return pairs, stats, good
+
+
+def balance_groups(
+    good: Sequence[Artifact], group: dict[str, str], fmt: StepFormat, up_to: int, seed: int = 0
+) -> list[tuple[str, str]]:
+    """The subplan pairs of `good`, those of each group (the task's group of the session's
+    question) repeated towards the largest group's count, each at most `up_to` times in all:
+    the groups the sessions solved least (a multi-hop shape best of N rarely finds) are not
+    drowned by those they solved most."""
+    by: dict[str, list[tuple[str, str]]] = {}
+    for a in good:
+        by.setdefault(group.get(a.session_id, ""), []).extend(subplan_pairs([a], fmt))
+    most = max((len(v) for v in by.values()), default=0)
+    out: list[tuple[str, str]] = []
+    for pairs in by.values():
+        want = min(most, up_to * len(pairs))
+        out += [pairs[i % len(pairs)] for i in range(want)]
+    random.Random(seed).shuffle(out)
+    return out
 
 
 def group_of(task: Task, sessions: Sequence[dict]) -> dict[str, str]:

@@ -51,6 +51,10 @@ def best_of_n_sessions(
     return sessions, docs
 
 
-def dream_questions(sessions: Sequence[dict], limit: int) -> list[str]:
-    """The distinct questions of `sessions`, in order of first appearance, at most `limit`."""
-    return list(dict.fromkeys(s["question"] for s in sessions))[: max(0, limit)]
+def dream_questions(sessions: Sequence[dict], limit: int, solved_at: float) -> list[str]:
+    """The questions of `sessions` none of whose sessions the PRM trusts yet (R(τ) below
+    `solved_at`), in order of first appearance, at most `limit`: a dream asks again only what
+    no trajectory has solved."""
+    solved = {s["question"] for s in sessions if (s.get("r_tau") or 0.0) >= solved_at}
+    asked = dict.fromkeys(s["question"] for s in sessions if s["question"] not in solved)
+    return list(asked)[: max(0, limit)]

@@ -107,24 +107,22 @@ def train_with_dreams(
     log: Log,
 ) -> tuple[dict, list[dict]]:
     """The candidate of a sleep, written to `out`: trained on the sessions' pairs; then, for
-    each of `consolidate.dream_rounds` (SFT, with a PRM), the last candidate asks the sessions'
-    questions again (`dream`), and the next trains from `start` on the sessions and every dream
-    so far, gated alike. Returns the last training's metrics and one row per dream."""
+    each of `consolidate.dream_rounds` (SFT, with a PRM), the last candidate asks again the
+    sessions' questions no trusted trajectory has solved yet, and the next trains from `start`
+    on the sessions and every dream so far, gated alike. Returns the last training's metrics and one row per dream."""
     cfg, c = stack.cfg, stack.cfg.consolidate
     rounds = c.dream_rounds if prm is not None and method == "sft" else 0
-    questions = dream_questions(batch.sessions, c.dream_questions)
-    if not questions:
-        rounds = 0
-
-    def dest(r: int) -> Path:
-        return out if r == rounds else out.with_name(f"{out.name}.round{r}")
-
-    train = train_candidate(cfg, method, batch, pairs, dest(0), log, known, start)
-    log(f"sleep: trained {dest(0).name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
+    until = c.min_r_tau if c.dream_until is None else c.dream_until
+    last = out if not rounds else out.with_name(f"{out.name}.round0")
+    train = train_candidate(cfg, method, batch, pairs, last, log, known, start)
+    log(f"sleep: trained {last.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
     docs, dreamt, rows = dict(batch.doc_texts), [], []
     for r in range(1, rounds + 1):
         t0 = time.time()
-        engine = build_engine(cfg, f"dream-{dest(r - 1).name}", dest(r - 1))
+        questions = dream_questions([*batch.sessions, *dreamt], c.dream_questions, until)
+        if not questions:
+            break  # every question has a trajectory the PRM trusts
+        engine = build_engine(cfg, f"dream-{last.name}", last)
         got, more = best_of_n_sessions(
             cfg, engine, services.memory, prm, questions, c.dream_n, c.seed + r, "dream"
         )
@@ -139,15 +137,23 @@ def train_with_dreams(
             replayed=batch.replayed,
             check=stack.task.check,
         )
-        rows.append({"round": r, "questions": len(questions), "n": c.dream_n, **data})
-        log(
-            f"sleep: dream {r}: {len(questions)} questions x {c.dream_n} in "
-            f"{time.time() - t0:.0f} s; with the sessions A_good {data['a_good']} -> "
-            f"{data['new_pairs']} pairs"
+        solved = sum((s.get("r_tau") or 0.0) >= until for s in got)
+        rows.append(
+            {"round": r, "questions": len(questions), "solved": solved, "n": c.dream_n, **data}
         )
-        train = train_candidate(cfg, method, batch, new_pairs, dest(r), log, known, start)
-        log(f"sleep: trained {dest(r).name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
-        shutil.rmtree(dest(r - 1), ignore_errors=True)
+        log(
+            f"sleep: dream {r}: {len(questions)} unsolved questions x {c.dream_n} in "
+            f"{time.time() - t0:.0f} s, {solved} solved; with the sessions A_good "
+            f"{data['a_good']} -> {data['new_pairs']} pairs"
+        )
+        nxt = out.with_name(f"{out.name}.round{r}")
+        train = train_candidate(cfg, method, batch, new_pairs, nxt, log, known, start)
+        log(f"sleep: trained {nxt.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
+        shutil.rmtree(last, ignore_errors=True)
+        last = nxt
+    if last != out:
+        last.rename(out)
+        train = {**train, "path": str(out)}
     return train, rows
 
 

@@ -28,9 +28,10 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
         "consolidate.batch_size=8",
         "consolidate.cpus_per_worker=0.5",
         "consolidate.eval_per_family=2",
+        *OPEN_GATE,
         "consolidate.dream_rounds=1",
         "consolidate.dream_n=2",
-        *OPEN_GATE,
+        "consolidate.dream_until=1.0",
     ]
     cfg = load_config(None, overrides)
     world = tiny_stack.world
@@ -45,10 +46,13 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
     v = reg.get(out["version"])
     assert reg.current().name == v.name and v.kind == "lora" and v.parent == "base"
     assert "new_family_after" in v.metrics and "retention_after" in v.metrics
-    # One dream: the first candidate asked the sessions' questions again, the PRM scored its
-    # best of 2 and the gate took them with the sessions; only the last candidate is kept.
+    # One dream: the first candidate asked again the questions none of whose sessions reached
+    # R(τ) 1.0 (all of them here), the PRM scored its best of 2 and the gate took them with the
+    # sessions; only the last candidate is kept.
     (dream,) = out["dreams"]
-    assert dream["questions"] == len({q.text for q in qs})
+    scored = ReplayBuffer(cfg.replay_path, readonly=True)
+    taus = [scored.get(i).r_tau for i in scored.ids()]
+    assert dream["questions"] == len({q.text for q in qs}) and max(taus) < 1.0
     assert dream["sessions"] == len(qs) + dream["questions"]
     assert (
         dream["a_good"] >= out["data"]["a_good"] and dream["new_pairs"] >= out["data"]["new_pairs"]
