@@ -20,3 +20,29 @@ def test_a_dream_asks_the_unsolved_questions_once_each_in_order():
     assert dream_questions(sessions, 2, solved_at=0.5) == ["q1", "q3"]
     assert dream_questions(sessions, 10, solved_at=0.05) == ["q3"]
     assert dream_questions([_s("q1", 0.7)], 10, solved_at=0.5) == []
+
+
+def _subplan(session_id, n):
+    from cls_ray.consolidate.extract import Artifact
+
+    content = {"question": f"q{n}", "docs": [], "steps": [], "next": f"step {session_id} {n}"}
+    return Artifact("subplan", content, session_id, [0.9], 0.9)
+
+
+def test_balance_repeats_the_least_solved_groups_up_to_a_bound():
+    from cls_ray.consolidate.data import balance_groups
+    from cls_ray.steps import StepFormat
+
+    good = [_subplan("a", i) for i in range(12)]  # group "one hop": solved often
+    good += [_subplan("b", i) for i in range(2)]  # group "two hops": solved twice
+    good += [_subplan("c", i) for i in range(5)]  # group "three hops"
+    group = {"a": "one hop", "b": "two hops", "c": "three hops"}
+    pairs = balance_groups(good, group, StepFormat(), up_to=4)
+    targets = [t for _, t in pairs]
+    count = {g: sum(t.startswith(f"step {s} ") for t in targets) for s, g in group.items()}
+    # the largest group as it was; the others towards it, each pair at most 4 times
+    assert count == {"one hop": 12, "two hops": 8, "three hops": 12}
+    assert all(targets.count(f"step b {i}") == 4 for i in range(2))
+    assert set(targets) == {a.content["next"] for a in good}  # nothing dropped
+    once = [t for _, t in balance_groups(good, group, StepFormat(), up_to=1)]
+    assert sorted(once) == sorted(a.content["next"] for a in good)  # 1: as they come
