@@ -136,7 +136,6 @@ class Corruptor:
         "skipped_hop",
         "early_answer",
         "wrong_answer",
-        "wrong_order",
     )
 
     def __init__(self, world: World):
@@ -196,19 +195,6 @@ class Corruptor:
             if rest is None:
                 return None
             return gold[:i] + [f"the {noun} of {fact.subject} is {other} ."] + rest
-        if kind == "wrong_order":  # a true fact of a relation the question names, a hop early
-            options = [
-                (j, k)
-                for j, f in enumerate(q.chain)
-                for k in range(j + 1, hops)
-                if q.family[k] != f.relation and (f.subject, q.family[k]) in self.world.facts
-            ]
-            if not options:
-                return None
-            j, k = rng.choice(options)
-            wrong = self.world.facts[(q.chain[j].subject, q.family[k])]
-            rest = self._continue(wrong.object, q.family[j + 1 : k] + q.family[k + 1 :])
-            return gold[:j] + [wrong.text] + (rest or [answer_step(wrong.object)])
         if kind == "skipped_hop":
             if hops < 2:
                 return None
