@@ -44,6 +44,7 @@ TINY_OVERRIDES = [
     "engine.batch_size=16",
     "bench.per_family=2",
     "store.collection_prefix=tiny",
+    "consolidate.dream_rounds=0",  # dreams are tested on their own (test_sleep)
 ]
 
 TINY_PRM_OVERRIDES = [

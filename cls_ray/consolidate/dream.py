@@ -9,7 +9,7 @@ becomes training data is the model's own trajectory, scored by the PRM and gated
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cls_ray.ports import Retriever, Scorer
 from cls_ray.prm.best_of_n import rgr_best_of_n
@@ -25,9 +25,11 @@ def best_of_n_sessions(
     n: int,
     seed: int = 0,
     model_version: str | None = None,
+    accept: Callable[[str, str | None], bool] | None = None,
 ) -> tuple[list[dict], dict[str, str]]:
-    """For each question, the best of `n` RGR samples by the PRM, as a scored session dict;
-    and the texts of every document they retrieved."""
+    """For each question, the best of `n` RGR samples by the PRM (among those `accept` takes,
+    where any does), as a scored session dict; and the texts of every document they
+    retrieved."""
     best = rgr_best_of_n(
         list(questions),
         engine,
@@ -37,6 +39,7 @@ def best_of_n_sessions(
         temperature=cfg.prm.sample_temperature,
         seed=seed,
         aggregation=cfg.prm.aggregation,
+        accept=accept,
         **cfg.rgr_options(),
     )
     sessions, docs = [], {}
@@ -49,6 +52,20 @@ def best_of_n_sessions(
         for st in tr.steps:
             docs.update({d.id: d.text for d in st.retrieved})
     return sessions, docs
+
+
+def reference_check(task, sessions: Sequence[dict]) -> Callable[[str, str | None], bool] | None:
+    """Where the task holds reference answers for the sessions' questions (its `train` split,
+    the questions training may draw on; never `eval` or `retention`), a check that a
+    trajectory's answer is one of them; a question without one passes. None when the task
+    knows none of them: dreams then rest on the PRM alone (STaR and ReST-EM keep a sample only
+    when its answer is right; the PRM alone passes a chain of true facts in the wrong order on
+    a relation it never saw)."""
+    asked = {s["question"] for s in sessions}
+    ref = {q.question: q.answers for q in task.questions("train") if q.question in asked}
+    if not ref:
+        return None
+    return lambda question, answer: question not in ref or task.check(answer, ref[question])
 
 
 def dream_questions(sessions: Sequence[dict], limit: int, solved_at: float) -> list[str]:

@@ -25,7 +25,7 @@ from cls_ray.consolidate.data import (
     sessions_to_pairs,
     subplan_pairs,
 )
-from cls_ray.consolidate.dream import best_of_n_sessions, dream_questions
+from cls_ray.consolidate.dream import best_of_n_sessions, dream_questions, reference_check
 from cls_ray.consolidate.episodic import fold_patterns
 from cls_ray.consolidate.evaluate import (
     evaluate_version,
@@ -109,10 +109,13 @@ def train_with_dreams(
     """The candidate of a sleep, written to `out`: trained on the sessions' pairs; then, for
     each of `consolidate.dream_rounds` (SFT, with a PRM), the last candidate asks again the
     sessions' questions no trusted trajectory has solved yet, and the next trains from `start`
-    on the sessions and every dream so far, gated alike. Returns the last training's metrics and one row per dream."""
+    on the sessions and every dream so far, gated alike; dreams end when one adds nothing the
+    gate trusts. Returns the last training's metrics and one row per dream."""
     cfg, c = stack.cfg, stack.cfg.consolidate
     rounds = c.dream_rounds if prm is not None and method == "sft" else 0
     until = c.min_r_tau if c.dream_until is None else c.dream_until
+    accept = reference_check(stack.task, batch.sessions) if rounds else None
+    refuted, trusted = 0, None
     last = out if not rounds else out.with_name(f"{out.name}.round0")
     train = train_candidate(cfg, method, batch, pairs, last, log, known, start)
     log(f"sleep: trained {last.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
@@ -124,8 +127,12 @@ def train_with_dreams(
             break  # every question has a trajectory the PRM trusts
         engine = build_engine(cfg, f"dream-{last.name}", last)
         got, more = best_of_n_sessions(
-            cfg, engine, services.memory, prm, questions, c.dream_n, c.seed + r, "dream"
+            cfg, engine, services.memory, prm, questions, c.dream_n, c.seed + r, "dream", accept
         )
+        if accept is not None:  # a dream the reference answer refutes teaches nothing
+            kept = [s for s in got if accept(s["question"], s["answer"])]
+            refuted, got = len(got) - len(kept), kept
+        solved = sum((s.get("r_tau") or 0.0) >= until for s in got)
         docs.update(more)
         dreamt += got
         new_pairs, data, _ = sessions_to_pairs(
@@ -137,13 +144,24 @@ def train_with_dreams(
             replayed=batch.replayed,
             check=stack.task.check,
         )
-        solved = sum((s.get("r_tau") or 0.0) >= until for s in got)
         rows.append(
-            {"round": r, "questions": len(questions), "solved": solved, "n": c.dream_n, **data}
+            {
+                "round": r,
+                "questions": len(questions),
+                "solved": solved,
+                "refuted": refuted,
+                "n": c.dream_n,
+                **data,
+            }
         )
+        if data["a_good"] == trusted:  # nothing new the gate trusts: the last candidate stands
+            log(f"sleep: dream {r}: {len(questions)} questions, nothing new trusted; dreams end")
+            break
+        trusted = data["a_good"]
         log(
             f"sleep: dream {r}: {len(questions)} unsolved questions x {c.dream_n} in "
-            f"{time.time() - t0:.0f} s, {solved} solved; with the sessions A_good "
+            f"{time.time() - t0:.0f} s, {solved} solved, {refuted} refuted by a reference "
+            f"answer; with the sessions A_good "
             f"{data['a_good']} -> {data['new_pairs']} pairs"
         )
         nxt = out.with_name(f"{out.name}.round{r}")

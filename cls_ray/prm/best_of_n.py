@@ -41,13 +41,24 @@ def rgr_best_of_n(
     temperature: float = 1.0,
     seed: int | None = None,
     aggregation: Aggregation = "min",
+    accept: Callable[[str, str | None], bool] | None = None,
     **rgr_options,
 ) -> list[tuple[object, list[float], float]]:
-    """For each question: (best trajectory, its step scores, its R(τ)) among `n` samples."""
+    """For each question: (best trajectory, its step scores, its R(τ)) among `n` samples. With
+    `accept(question, answer)`, a sample it accepts (its answer checks against a reference) beats any it does
+    not, and R(τ) ranks within each."""
     if n < 1:
         raise ValueError("n must be at least 1")
     flat = [q for q in questions for _ in range(n)]
     trajs = run_rgr(flat, engine, retriever, temperature=temperature, seed=seed, **rgr_options)
     scores = score_many(trajectory_items(trajs))
     taus = [aggregate_step_scores(s, aggregation) for s in scores]
-    return [(trajs[j], scores[j], taus[j]) for j in best_indices(taus, n)]
+    keys = (
+        taus
+        if accept is None
+        else [
+            t + 2.0 * bool(accept(tr.question, tr.answer))
+            for t, tr in zip(taus, trajs, strict=True)
+        ]
+    )
+    return [(trajs[j], scores[j], taus[j]) for j in best_indices(keys, n)]

@@ -46,3 +46,32 @@ def test_balance_repeats_the_least_solved_groups_up_to_a_bound():
     assert set(targets) == {a.content["next"] for a in good}  # nothing dropped
     once = [t for _, t in balance_groups(good, group, StepFormat(), up_to=1)]
     assert sorted(once) == sorted(a.content["next"] for a in good)  # 1: as they come
+
+
+def test_a_dream_is_checked_against_train_answers_only(tmp_path):
+    """A reference answer judges a dream only for a question of the task's `train` split (the
+    questions training may draw on): an `eval` question's answer never becomes a training
+    signal, and a question the task does not know passes on the PRM alone."""
+    import json
+
+    from cls_ray.consolidate.dream import reference_check
+    from cls_ray.task import FilesTask
+
+    def lines(rows):
+        return "".join(json.dumps(r) + "\n" for r in rows)
+
+    (tmp_path / "corpus.jsonl").write_text(lines([{"id": "d1", "text": "Ada wrote code."}]))
+    (tmp_path / "train.jsonl").write_text(
+        lines([{"id": "t1", "question": "Who wrote code?", "answers": ["Ada", "Ada Lovelace"]}])
+    )
+    (tmp_path / "eval.jsonl").write_text(
+        lines([{"id": "e1", "question": "Who wrote the first program?", "answers": ["Ada"]}])
+    )
+    task = FilesTask(tmp_path)
+    asked = [_s("Who wrote code?", 0.9), _s("Who wrote the first program?", 0.9), _s("Why?", 0.1)]
+    accept = reference_check(task, asked)
+    assert accept("Who wrote code?", "ada lovelace") and accept("Who wrote code?", "Ada")
+    assert not accept("Who wrote code?", "Babbage") and not accept("Who wrote code?", None)
+    assert accept("Who wrote the first program?", "anyone")  # eval: never a reference
+    assert accept("Why?", "because")  # unknown to the task: the PRM alone
+    assert reference_check(task, [_s("Why?", 0.1)]) is None
