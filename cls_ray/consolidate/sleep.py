@@ -105,6 +105,7 @@ def train_with_dreams(
     known: KnownSkills,
     start: Start,
     log: Log,
+    a_good: int | None = None,
 ) -> tuple[dict, list[dict]]:
     """The candidate of a sleep, written to `out`: trained on the sessions' pairs; then, for
     each of `consolidate.dream_rounds` (SFT, with a PRM), the last candidate asks again the
@@ -115,60 +116,68 @@ def train_with_dreams(
     rounds = c.dream_rounds if prm is not None and method == "sft" else 0
     until = c.min_r_tau if c.dream_until is None else c.dream_until
     accept = reference_check(stack.task, batch.sessions) if rounds else None
-    refuted, trusted = 0, None
+    refuted, trusted = 0, a_good
     last = out if not rounds else out.with_name(f"{out.name}.round0")
     train = train_candidate(cfg, method, batch, pairs, last, log, known, start)
     log(f"sleep: trained {last.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
     docs, dreamt, rows = dict(batch.doc_texts), [], []
-    for r in range(1, rounds + 1):
-        t0 = time.time()
-        questions = dream_questions([*batch.sessions, *dreamt], c.dream_questions, until)
-        if not questions:
-            break  # every question has a trajectory the PRM trusts
-        engine = build_engine(cfg, f"dream-{last.name}", last)
-        got, more = best_of_n_sessions(
-            cfg, engine, services.memory, prm, questions, c.dream_n, c.seed + r, "dream", accept
-        )
-        if accept is not None:  # a dream the reference answer refutes teaches nothing
-            kept = [s for s in got if accept(s["question"], s["answer"])]
-            refuted, got = len(got) - len(kept), kept
-        solved = sum((s.get("r_tau") or 0.0) >= until for s in got)
-        docs.update(more)
-        dreamt += got
-        new_pairs, data, _ = sessions_to_pairs(
-            [*batch.sessions, *dreamt],
-            docs,
-            cfg,
-            stack.task,
-            known,
-            replayed=batch.replayed,
-            check=stack.task.check,
-        )
-        rows.append(
-            {
-                "round": r,
-                "questions": len(questions),
-                "solved": solved,
-                "refuted": refuted,
-                "n": c.dream_n,
-                **data,
-            }
-        )
-        if data["a_good"] == trusted:  # nothing new the gate trusts: the last candidate stands
-            log(f"sleep: dream {r}: {len(questions)} questions, nothing new trusted; dreams end")
-            break
-        trusted = data["a_good"]
-        log(
-            f"sleep: dream {r}: {len(questions)} unsolved questions x {c.dream_n} in "
-            f"{time.time() - t0:.0f} s, {solved} solved, {refuted} refuted by a reference "
-            f"answer; with the sessions A_good "
-            f"{data['a_good']} -> {data['new_pairs']} pairs"
-        )
-        nxt = out.with_name(f"{out.name}.round{r}")
-        train = train_candidate(cfg, method, batch, new_pairs, nxt, log, known, start)
-        log(f"sleep: trained {nxt.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
-        shutil.rmtree(last, ignore_errors=True)
-        last = nxt
+    try:
+        for r in range(1, rounds + 1):
+            t0 = time.time()
+            questions = dream_questions([*batch.sessions, *dreamt], c.dream_questions, until)
+            if not questions:
+                break  # every question has a trajectory the PRM trusts
+            engine = build_engine(cfg, f"dream-{last.name}", last)
+            got, more = best_of_n_sessions(
+                cfg, engine, services.memory, prm, questions, c.dream_n, c.seed + r, "dream", accept
+            )
+            if accept is not None:  # a dream the reference answer refutes teaches nothing
+                kept = [s for s in got if accept(s["question"], s["answer"])]
+                refuted, got = len(got) - len(kept), kept
+            solved = sum((s.get("r_tau") or 0.0) >= until for s in got)
+            docs.update(more)
+            dreamt += got
+            new_pairs, data, _ = sessions_to_pairs(
+                [*batch.sessions, *dreamt],
+                docs,
+                cfg,
+                stack.task,
+                known,
+                replayed=batch.replayed,
+                check=stack.task.check,
+            )
+            rows.append(
+                {
+                    "round": r,
+                    "questions": len(questions),
+                    "solved": solved,
+                    "refuted": refuted,
+                    "n": c.dream_n,
+                    **data,
+                }
+            )
+            if data["a_good"] == trusted:  # nothing new the gate trusts: the last candidate stands
+                log(
+                    f"sleep: dream {r}: {len(questions)} questions, nothing new trusted; dreams end"
+                )
+                break
+            trusted = data["a_good"]
+            log(
+                f"sleep: dream {r}: {len(questions)} unsolved questions x {c.dream_n} in "
+                f"{time.time() - t0:.0f} s, {solved} solved, {refuted} refuted by a reference "
+                f"answer; with the sessions A_good "
+                f"{data['a_good']} -> {data['new_pairs']} pairs"
+            )
+            nxt = out.with_name(f"{out.name}.round{r}")
+            del engine  # the dream's model, before the next one trains
+            train = train_candidate(cfg, method, batch, new_pairs, nxt, log, known, start)
+            log(f"sleep: trained {nxt.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
+            shutil.rmtree(last, ignore_errors=True)
+            last = nxt
+    except BaseException:  # a failed or cancelled sleep leaves no round behind
+        for r in range(rounds + 1):
+            shutil.rmtree(out.with_name(f"{out.name}.round{r}"), ignore_errors=True)
+        raise
     if last != out:
         last.rename(out)
         train = {**train, "path": str(out)}
@@ -255,7 +264,17 @@ def sleep_once(
         log(f"sleep: {len(pats)} procedures indexed; new family with them {fast:.3f}")
     out = out or cfg.state_path / "adapters" / f"{method}-{int(time.time())}"
     train, dreams = train_with_dreams(
-        stack, batch, services, prm, method, pairs, out, known, start_of(cfg, current), log
+        stack,
+        batch,
+        services,
+        prm,
+        method,
+        pairs,
+        out,
+        known,
+        start_of(cfg, current),
+        log,
+        a_good=data["a_good"],
     )
     # The configured engine (HF, or vLLM on a GPU), under a name no other sleep used: vLLM
     # caches adapters and weights by name.
