@@ -4,8 +4,9 @@ gate judges them as it judges served sessions, so a right chain the model could 
 the sleep (a multi-hop chain of a relation it did not know) becomes training data once the
 first round has taught the relation's single steps.
 
-Dreams use no reference answers and nothing a client sent beyond the question it asked: what
-becomes training data is the model's own trajectory, scored by the PRM and gated."""
+Nothing a client sent beyond the question it asked becomes training data: what does is the
+model's own trajectory, scored by the PRM and gated, and, where the task holds a reference
+answer for the question in its `train` split (`reference_check`), one whose answer checks."""
 
 from __future__ import annotations
 
