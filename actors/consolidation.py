@@ -66,9 +66,10 @@ def run_consolidation(
     if serving_is_up(cfg):
         cfg = fit_workers(cfg)
         stack = Stack(cfg)
-        memory = RemoteRetriever.of_app(cfg.serve.app_name, cfg.serve.retriever.max_batch_size)
+        t, app = cfg.consolidate.call_timeout_s, cfg.serve.app_name
+        memory = RemoteRetriever.of_app(app, cfg.serve.retriever.max_batch_size, t)
         services = SleepServices(memory, registry_for(cfg), ServingPublisher(cfg))
-        buffer = ActorBuffer.of_app(cfg.serve.app_name)
+        buffer = ActorBuffer.of_app(app, t)
         log(f"{method}: through the serving application {cfg.serve.app_name!r}")
     else:
         stack = Stack(cfg)

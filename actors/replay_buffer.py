@@ -88,6 +88,9 @@ class ReplayBufferActor:
     def lease(self, n: int) -> dict:
         return self.buffer.lease(n)
 
+    def renew(self, ids: list[str]) -> int:
+        return self.buffer.renew(ids)
+
     def ack(self, ids: list[str]) -> int:
         return self.buffer.ack(ids)
 
@@ -171,6 +174,9 @@ class ActorBuffer:
 
     def set_scores(self, session_id, step_scores, r_tau, prm=None) -> None:
         self._get(self.handle.set_scores.remote(session_id, step_scores, r_tau, prm))
+
+    def renew(self, ids: Sequence[str]) -> int:
+        return self._get(self.handle.renew.remote(list(ids)))
 
     def ack(self, ids: Sequence[str]) -> int:
         return self._get(self.handle.ack.remote(list(ids)))

@@ -40,14 +40,15 @@ def up(cfg: Config, version: ModelVersion | None = None, **batch_sizes) -> str:
 class SchedulerClient:
     """The scheduler actor as a `Scheduler` (see `cls_ray.ports`)."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, timeout_s: float = 60.0):
         self.handle = handle
+        self.timeout_s = timeout_s  # each call; `wait` adds its own wait to it
 
     def trigger(self, reason: str = "admin request", method: str | None = None) -> dict:
-        return ray.get(self.handle.trigger.remote(reason, method))
+        return ray.get(self.handle.trigger.remote(reason, method), timeout=self.timeout_s)
 
     def wait(self, timeout_s: float) -> dict:
-        return ray.get(self.handle.wait.remote(timeout_s))
+        return ray.get(self.handle.wait.remote(timeout_s), timeout=timeout_s + self.timeout_s)
 
 
 class RayRuntime:
@@ -68,11 +69,12 @@ class RayRuntime:
         return up(cfg)
 
     def buffer(self) -> ActorBuffer:
-        return ActorBuffer.of_app(self.cfg.serve.app_name)
+        return ActorBuffer.of_app(self.cfg.serve.app_name, self.cfg.consolidate.call_timeout_s)
 
     def scheduler(self) -> SchedulerClient:
         return SchedulerClient(
-            ray.get_actor(scheduler_actor_name(self.cfg.serve.app_name), namespace=NAMESPACE)
+            ray.get_actor(scheduler_actor_name(self.cfg.serve.app_name), namespace=NAMESPACE),
+            self.cfg.consolidate.call_timeout_s,
         )
 
     def stop(self) -> None:

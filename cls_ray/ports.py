@@ -73,7 +73,12 @@ class Buffer(Protocol):
     """The replay buffer as its consumers (sleep, PPO, the PRM's human labels) use it."""
 
     def lease(self, n: int) -> dict:
-        """Seals, leases up to `n` unconsumed sessions: `{"ids", "segments", "late"}`."""
+        """Seals, leases up to `n` unconsumed sessions: `{"ids", "lease_s", "segments",
+        "late"}`."""
+        ...
+
+    def renew(self, ids: Sequence[str]) -> int:
+        """Extends the live leases on these sessions by the lease time; returns how many."""
         ...
 
     def set_scores(

@@ -84,9 +84,11 @@ class RemoteRetriever:
         self.timeout_s = timeout_s
 
     @classmethod
-    def of_app(cls, app_name: str, max_group: int | None = None) -> RemoteRetriever:
+    def of_app(
+        cls, app_name: str, max_group: int | None = None, timeout_s: float | None = None
+    ) -> RemoteRetriever:
         """The retriever of a running application, from anywhere in its cluster."""
-        return cls(serve.get_deployment_handle(RETRIEVER, app_name), max_group)
+        return cls(serve.get_deployment_handle(RETRIEVER, app_name), max_group, timeout_s)
 
     def _result(self, call):
         return result_within(call, self.timeout_s, "the retriever")

@@ -231,6 +231,12 @@ class ConsolidateConfig(TrainerConfig):
     dream_questions: int = Field(
         256, ge=1, description="A dream asks at most this many of the sessions' questions."
     )
+    call_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Each call a sleep makes to the serving application (the retriever's "
+        "batches, the buffer actor), at most; beyond, the sleep fails and its lease runs out.",
+    )
     new_per_family: int = Field(20, ge=1, description="bench: sessions per new family.")
     sample_n: int = Field(16, ge=1, description="bench: best-of-N samples per session.")
     eval_per_family: int = Field(20, ge=1)

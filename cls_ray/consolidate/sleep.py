@@ -44,6 +44,7 @@ from cls_ray.engine.hf import HFEngine
 from cls_ray.model.lora import Start
 from cls_ray.ports import Buffer, Scorer
 from cls_ray.replay.data import read_leased
+from cls_ray.replay.lease import kept
 from cls_ray.stack import Stack
 from cls_ray.storage import materialize
 from cls_ray.task import QA
@@ -355,10 +356,27 @@ def sleep_from_buffer(
     where the serving stack has not yet), one consolidation, promotion if the candidate keeps
     what the model knew. The sessions are acknowledged (consumed) only when the candidate is
     promoted. PPO adds fresh rollouts of the current model on the sessions' questions."""
+    lease = buffer.lease(limit)
+    if not lease["ids"]:
+        raise ValueError(f"no unconsumed sessions in {stack.cfg.replay_path}")
+    # Held while the sleep runs, however long its dreams take (`cls_ray.replay.lease`).
+    with kept(buffer, lease["ids"], lease["lease_s"]) as renewals:
+        result = _sleep_on_lease(stack, prm, buffer, services, lease, method, log)
+    result["lease_renewals"] = renewals["renewals"]
+    return result
+
+
+def _sleep_on_lease(
+    stack: Stack,
+    prm: Scorer,
+    buffer: Buffer,
+    services: SleepServices,
+    lease: dict,
+    method: Method,
+    log: Log,
+) -> dict:
     cfg, task = stack.cfg, stack.task
-    taken = read_leased(buffer.lease(limit))  # the sealed segments, read with Ray Data
-    if not taken:
-        raise ValueError(f"no unconsumed sessions in {cfg.replay_path}")
+    taken = read_leased(lease)  # the sealed segments, read with Ray Data
     c = cfg.consolidate
     replayed = [s.model_dump() for s in buffer.replay_sample(c.replay_keep, c.seed)]
     ids = sorted({r["id"] for s in taken + replayed for st in s["steps"] for r in st["retrieved"]})

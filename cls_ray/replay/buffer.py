@@ -385,6 +385,7 @@ class ReplayBuffer:
         taken = self.take(n)
         return {
             "ids": [s.id for s in taken],
+            "lease_s": self.lease_seconds,
             "segments": self.segment_paths(),
             "late": {
                 s.id: {
@@ -396,6 +397,17 @@ class ReplayBuffer:
                 for s in taken
             },
         }
+
+    @_locked
+    def renew(self, ids: list[str]) -> int:
+        """Extends the live leases on `ids` by the lease time (a consumer that is still working
+        keeps its sessions; one that died lets them go when the last renewal runs out). A
+        lease that already ran out or was acknowledged is not renewed; returns how many were."""
+        now = time.time()
+        live = [i for i in ids if i not in self.acked and self.leases.get(i, 0) > now]
+        for i in live:
+            self.leases[i] = now + self.lease_seconds
+        return len(live)
 
     @_locked
     def ack(self, ids: list[str]) -> int:
