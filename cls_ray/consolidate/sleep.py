@@ -155,6 +155,7 @@ def train_with_dreams(
                     "refuted": refuted,
                     "n": c.dream_n,
                     **data,
+                    "trained": data["a_good"] != trusted,  # a candidate trained on this set
                 }
             )
             if data["a_good"] == trusted:  # nothing new the gate trusts: the last candidate stands
@@ -311,7 +312,9 @@ def sleep_once(
         "kl_base_candidate": kl,
         "kl_new_skill": kl_new,
         "train": train,
-        "data": data,
+        "data": data,  # the sessions' data
+        # what the candidate trained on: the sessions' data, or with the last trusted dream's
+        "trained": next((d for d in reversed(dreams) if d["trained"]), data),
         "dreams": dreams,
     }
     v = conclude(cfg, services, out, method, current.name, metrics, (ok, reason), promote)

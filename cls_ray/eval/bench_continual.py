@@ -146,7 +146,7 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
                 services = SleepServices.local(c, memory)
                 done = sleep_once(stack, batch, services, index=False, log=log, prm=prm)
         except ValueError as e:  # nothing passed the gate: this skill is not learned
-            done = {"version": None, "promoted": False, "reason": str(e), "data": {"pairs": 0}}
+            done = {"version": None, "promoted": False, "reason": str(e), "trained": {"pairs": 0}}
         replay += sessions  # the buffer keeps them for the next sleeps' replay
         stack.release_store()
         stack = Stack(c)  # the promoted version, or the same one when the gate refused
@@ -166,7 +166,7 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
                 "reason": done["reason"],
                 "kl_new_skill": done.get("kl_new_skill"),
                 "forgetting": forgot,
-                "pairs": done["data"]["pairs"],
+                "pairs": done["trained"]["pairs"],  # with the dreams the candidate kept
             }
         )
         log(

@@ -59,6 +59,9 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
     assert (
         dream["a_good"] >= out["data"]["a_good"] and dream["new_pairs"] >= out["data"]["new_pairs"]
     )
+    # The candidate kept trained on the dream's set if the dream added trusted artifacts.
+    assert dream["trained"] == (dream["a_good"] > out["data"]["a_good"])
+    assert out["trained"] == (dream if dream["trained"] else out["data"])
     assert not list((cfg.state_path / "adapters").glob("*.round*"))
     # The family it learned is a skill now: its held-out questions join what later sleeps
     # measure, and its score bars later candidates.
