@@ -104,6 +104,7 @@ def run_rgr(
     prefixes: Sequence[Sequence[str]] | None = None,
     patterns: bool = False,
     max_tokens: int | None = None,
+    min_steps: int | Sequence[int] = 0,
 ) -> list[Trajectory]:
     """Runs RGR (or a baseline) for all `questions` together; returns one trajectory each.
 
@@ -113,10 +114,17 @@ def run_rgr(
     `patterns` (rgr mode, a retriever that is a `Memory`) looks up an episodic procedure per question
     once and, while the steps follow it, retrieves with its next step (`hint_query`).
     `max_tokens` bounds the tokens a trajectory generates: it stops after the step that reaches
-    it (without an answer, unless that step gave one).
+    it (without an answer, unless that step gave one). `min_steps` (one for all, or one per
+    question; grounded decoding only) is the fewest steps before an answer: below it the
+    grammar offers no answer.
     """
     if mode not in ("rgr", "single", "none"):
         raise ValueError(f"unknown mode {mode!r}; expected rgr, single or none")
+    floors = [min_steps] * len(questions) if isinstance(min_steps, int) else list(min_steps)
+    if len(floors) != len(questions):
+        raise ValueError("min_steps: one number, or one per question")
+    if any(floors) and not grounded:
+        raise ValueError("min_steps needs grounded decoding (it withholds the answer choices)")
     if mode != "none" and retriever is None:
         raise ValueError(f"mode {mode!r} needs a retriever")
     version = engine.version
@@ -169,7 +177,10 @@ def run_rgr(
         choices = (
             [
                 grounded_choices(
-                    trajs[i].question, [d.text for d in context[i]], trajs[i].step_texts
+                    trajs[i].question,
+                    [d.text for d in context[i]],
+                    trajs[i].step_texts,
+                    answers=len(trajs[i].steps) >= floors[i],
                 )
                 for i in active
             ]

@@ -107,16 +107,23 @@ def step_format(cfg, tokenizer=None) -> StepFormat:
 
 
 def grounded_choices(
-    question: str, docs: Sequence[str], steps: Sequence[str], max_span: int = 4
+    question: str,
+    docs: Sequence[str],
+    steps: Sequence[str],
+    max_span: int = 4,
+    answers: bool = True,
 ) -> list[str]:
     """The steps the grammar allows next: restate one sentence of a context document (a
     one-sentence document, as the world's facts, is restated whole), or answer with a span (up
-    to `max_span` words) of what the steps so far established.
+    to `max_span` words) of what the steps so far established. `answers=False` leaves the
+    answers out (a step must come first), unless no document offers a sentence.
 
     Decoding inside this set removes garbled copies, the small model's commonest error; which
     document to follow, and when and what to answer, stay the model's decisions.
     """
     out = list(dict.fromkeys(s for d in docs for s in sentences(d)))
+    if out and not answers:
+        return out
     words = [w for s in (steps or [question]) for w in s.split()]
     spans = {
         " ".join(words[i : i + n])

@@ -97,3 +97,29 @@ def test_max_tokens_stops_a_trajectory_after_the_step_that_reaches_it(tiny_stack
     cut = run_rgr(questions, tiny_stack.engine, tiny_stack.retriever, max_steps=5, max_tokens=1)
     assert any(len(tr.steps) > 1 for tr in free)
     assert all(len(tr.steps) == 1 for tr in cut)
+
+
+def test_min_steps_withholds_the_answer_until_that_many_steps(tiny_stack, questions):
+    """A dream asked one step further (`consolidate.dream_further`): below `min_steps` the
+    grammar offers no answer, so every trajectory takes that many reasoning steps first (or
+    ends at `max_steps` without one); ungrounded decoding cannot withhold it and says so."""
+    run = run_rgr(  # tiny model: without a floor it answers at once often
+        questions, tiny_stack.engine, tiny_stack.retriever, max_steps=5, grounded=True
+    )
+    floors = [2 + i % 2 for i in range(len(questions))]
+    held = run_rgr(
+        questions,
+        tiny_stack.engine,
+        tiny_stack.retriever,
+        max_steps=5,
+        grounded=True,
+        min_steps=floors,
+    )
+    assert any(tr.steps[0].is_answer or tr.steps[1].is_answer for tr in run if len(tr.steps) > 1)
+    for tr, floor in zip(held, floors, strict=True):
+        assert len(tr.steps) >= floor
+        assert not any(s.is_answer for s in tr.steps[:floor])
+    with pytest.raises(ValueError, match="min_steps needs grounded decoding"):
+        run_rgr(questions, tiny_stack.engine, tiny_stack.retriever, min_steps=1)
+    with pytest.raises(ValueError, match="one per question"):
+        run_rgr(questions, tiny_stack.engine, tiny_stack.retriever, grounded=True, min_steps=[1])

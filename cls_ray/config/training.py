@@ -221,6 +221,11 @@ class ConsolidateConfig(TrainerConfig):
         "sessions and dreams (expert iteration); 0: none.",
     )
     dream_n: int = Field(16, ge=1, description="Samples per question in a dream.")
+    dream_further: bool = Field(
+        True,
+        description="With a reference check and grounded decoding: a question whose dream the "
+        "reference refutes is asked once more with one step more before any answer.",
+    )
     dream_until: float | None = Field(
         None,
         ge=0,

@@ -27,10 +27,14 @@ def best_of_n_sessions(
     seed: int = 0,
     model_version: str | None = None,
     accept: Callable[[str, str | None], bool] | None = None,
+    min_steps: Sequence[int] | None = None,
 ) -> tuple[list[dict], dict[str, str]]:
     """For each question, the best of `n` RGR samples by the PRM (among those `accept` takes,
     where any does), as a scored session dict; and the texts of every document they
-    retrieved."""
+    retrieved. `min_steps`: per question, the fewest steps before an answer (grounded)."""
+    options = cfg.rgr_options()
+    if min_steps is not None:
+        options["min_steps"] = list(min_steps)
     best = rgr_best_of_n(
         list(questions),
         engine,
@@ -41,7 +45,7 @@ def best_of_n_sessions(
         seed=seed,
         aggregation=cfg.prm.aggregation,
         accept=accept,
-        **cfg.rgr_options(),
+        **options,
     )
     sessions, docs = [], {}
     for tr, scores, tau in best:
@@ -53,6 +57,51 @@ def best_of_n_sessions(
         for st in tr.steps:
             docs.update({d.id: d.text for d in st.retrieved})
     return sessions, docs
+
+
+def dream_round(
+    cfg,
+    engine,
+    retriever: Retriever,
+    prm: Scorer,
+    questions: Sequence[str],
+    seed: int,
+    accept: Callable[[str, str | None], bool] | None,
+) -> tuple[list[dict], dict[str, str], dict]:
+    """One round's samples: the best of `consolidate.dream_n` per question. With a reference
+    check, a dream whose answer it refutes is dropped; and first, where decoding is grounded
+    (`consolidate.dream_further`), its question is asked once more with one step more before
+    any answer than the refuted dream took: a wrong answer is most often a stop one hop short
+    (asked for the founder of the employer of the rival, the model names the employer), and a
+    grammar that withholds the answer for one more step lets it take the hop it skipped.
+    Returns the kept sessions, the documents they retrieved, and `{"refuted", "further"}`:
+    how many stayed refuted, how many the further step put right."""
+    c = cfg.consolidate
+    got, docs = best_of_n_sessions(
+        cfg, engine, retriever, prm, questions, c.dream_n, seed, "dream", accept
+    )
+    if accept is None:
+        return got, docs, {"refuted": 0, "further": 0}
+    kept = [s for s in got if accept(s["question"], s["answer"])]
+    wrong = [s for s in got if not accept(s["question"], s["answer"])]
+    right = []
+    if wrong and c.dream_further and cfg.grounded:
+        floors = [sum(not st["is_answer"] for st in s["steps"]) + 1 for s in wrong]
+        again, more = best_of_n_sessions(
+            cfg,
+            engine,
+            retriever,
+            prm,
+            [s["question"] for s in wrong],
+            c.dream_n,
+            seed + 7919,
+            "dream",
+            accept,
+            min_steps=floors,
+        )
+        right = [s for s in again if accept(s["question"], s["answer"])]
+        docs.update(more)
+    return kept + right, docs, {"refuted": len(wrong) - len(right), "further": len(right)}
 
 
 def reference_check(task, sessions: Sequence[dict]) -> Callable[[str, str | None], bool] | None:

@@ -25,7 +25,7 @@ from cls_ray.consolidate.data import (
     sessions_to_pairs,
     subplan_pairs,
 )
-from cls_ray.consolidate.dream import best_of_n_sessions, dream_questions, reference_check
+from cls_ray.consolidate.dream import dream_questions, dream_round, reference_check
 from cls_ray.consolidate.episodic import fold_patterns
 from cls_ray.consolidate.evaluate import (
     evaluate_version,
@@ -129,12 +129,11 @@ def train_with_dreams(
             if not questions:
                 break  # every question has a trajectory the PRM trusts
             engine = build_engine(cfg, f"dream-{last.name}", last)
-            got, more = best_of_n_sessions(
-                cfg, engine, services.memory, prm, questions, c.dream_n, c.seed + r, "dream", accept
+            # a dream the reference answer refutes teaches nothing (it is dropped)
+            got, more, checked = dream_round(
+                cfg, engine, services.memory, prm, questions, c.seed + r, accept
             )
-            if accept is not None:  # a dream the reference answer refutes teaches nothing
-                kept = [s for s in got if accept(s["question"], s["answer"])]
-                refuted, got = len(got) - len(kept), kept
+            refuted = checked["refuted"]
             solved = sum((s.get("r_tau") or 0.0) >= until for s in got)
             docs.update(more)
             dreamt += got
@@ -153,6 +152,7 @@ def train_with_dreams(
                     "questions": len(questions),
                     "solved": solved,
                     "refuted": refuted,
+                    "further": checked["further"],
                     "n": c.dream_n,
                     **data,
                     "trained": data["a_good"] != trusted,  # a candidate trained on this set
@@ -167,7 +167,7 @@ def train_with_dreams(
             log(
                 f"sleep: dream {r}: {len(questions)} unsolved questions x {c.dream_n} in "
                 f"{time.time() - t0:.0f} s, {solved} solved, {refuted} refuted by a reference "
-                f"answer; with the sessions A_good "
+                f"answer ({checked['further']} put right one step further); with the sessions A_good "
                 f"{data['a_good']} -> {data['new_pairs']} pairs"
             )
             nxt = out.with_name(f"{out.name}.round{r}")

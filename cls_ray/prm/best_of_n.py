@@ -50,6 +50,9 @@ def rgr_best_of_n(
     if n < 1:
         raise ValueError("n must be at least 1")
     flat = [q for q in questions for _ in range(n)]
+    floors = rgr_options.get("min_steps")
+    if floors is not None and not isinstance(floors, int):  # one per question: per sample
+        rgr_options["min_steps"] = [f for f in floors for _ in range(n)]
     trajs = run_rgr(flat, engine, retriever, temperature=temperature, seed=seed, **rgr_options)
     scores = score_many(trajectory_items(trajs))
     taus = [aggregate_step_scores(s, aggregation) for s in scores]
