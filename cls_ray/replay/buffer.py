@@ -60,9 +60,8 @@ def feedback_in_files(cfg) -> list[dict]:
     process that does not share them with a running buffer actor."""
     if not cfg.replay_path.exists():
         return []
-    return ReplayBuffer(
-        cfg.replay_path, segments=cfg.replay_segments, readonly=True
-    ).with_feedback()
+    buf = ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments, readonly=True)
+    return buf.with_feedback()
 
 
 def token_digest(token: str) -> str:
@@ -373,10 +372,9 @@ class ReplayBuffer:
         return out
 
     def lease(self, n: int) -> dict:
-        """Like `take`, for a reader of the sealed segments (`cls_ray.replay.data`): seals what
-        the WAL holds, leases up to `n` unconsumed sessions and returns their ids, the segment
-        paths, and what arrived for them after sealing (feedback, PRM scores), which only the
-        WAL holds."""
+        """Like `take`, for a reader of the sealed segments (`cls_ray.replay.data`): seals the
+        WAL, leases up to `n` unconsumed sessions; returns their ids, the lease time, the segment
+        paths, and what only the WAL holds for them (feedback, PRM scores since sealing)."""
         self.seal()
         with self._lock:
             return self._lease(n)
@@ -390,9 +388,7 @@ class ReplayBuffer:
             "late": {
                 s.id: {
                     "feedback": [f.model_dump() for f in s.feedback],
-                    "prm_step_scores": s.prm_step_scores,
-                    "r_tau": s.r_tau,
-                    "prm_version": s.prm_version,
+                    **s.model_dump(include={"prm_step_scores", "r_tau", "prm_version"}),
                 }
                 for s in taken
             },
@@ -400,13 +396,10 @@ class ReplayBuffer:
 
     @_locked
     def renew(self, ids: list[str]) -> int:
-        """Extends the live leases on `ids` by the lease time (a consumer that is still working
-        keeps its sessions; one that died lets them go when the last renewal runs out). A
-        lease that already ran out or was acknowledged is not renewed; returns how many were."""
+        """Extends the live, unacknowledged leases on `ids` by the lease time; how many."""
         now = time.time()
         live = [i for i in ids if i not in self.acked and self.leases.get(i, 0) > now]
-        for i in live:
-            self.leases[i] = now + self.lease_seconds
+        self.leases.update(dict.fromkeys(live, now + self.lease_seconds))
         return len(live)
 
     @_locked
