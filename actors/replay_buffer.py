@@ -88,8 +88,8 @@ class ReplayBufferActor:
     def lease(self, n: int) -> dict:
         return self.buffer.lease(n)
 
-    def renew(self, ids: list[str]) -> int:
-        return self.buffer.renew(ids)
+    def renew(self, ids: list[str], holder: str) -> int:
+        return self.buffer.renew(ids, holder)
 
     def ack(self, ids: list[str]) -> int:
         return self.buffer.ack(ids)
@@ -175,8 +175,8 @@ class ActorBuffer:
     def set_scores(self, session_id, step_scores, r_tau, prm=None) -> None:
         self._get(self.handle.set_scores.remote(session_id, step_scores, r_tau, prm))
 
-    def renew(self, ids: Sequence[str]) -> int:
-        return self._get(self.handle.renew.remote(list(ids)))
+    def renew(self, ids: Sequence[str], holder: str) -> int:
+        return self._get(self.handle.renew.remote(list(ids), holder))
 
     def ack(self, ids: Sequence[str]) -> int:
         return self._get(self.handle.ack.remote(list(ids)))

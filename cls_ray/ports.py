@@ -73,12 +73,14 @@ class Buffer(Protocol):
     """The replay buffer as its consumers (sleep, PPO, the PRM's human labels) use it."""
 
     def lease(self, n: int) -> dict:
-        """Seals, leases up to `n` unconsumed sessions: `{"ids", "lease_s", "segments",
-        "late"}`."""
+        """Seals, leases up to `n` unconsumed sessions: `{"ids", "holder", "lease_s",
+        "segments", "late"}`."""
         ...
 
-    def renew(self, ids: Sequence[str]) -> int:
-        """Extends the live leases on these sessions by the lease time; returns how many."""
+    def renew(self, ids: Sequence[str], holder: str) -> int:
+        """Extends `holder`'s leases on these sessions by the lease time (taking back the ones
+        that ran out, unless another consumer has them); returns how many it holds or are
+        acknowledged."""
         ...
 
     def set_scores(

@@ -125,6 +125,8 @@ def run_rgr(
         raise ValueError("min_steps: one number, or one per question")
     if any(floors) and not grounded:
         raise ValueError("min_steps needs grounded decoding (it withholds the answer choices)")
+    if any(f >= max_steps for f in floors):
+        raise ValueError(f"min_steps must stay below max_steps ({max_steps}): room to answer")
     if mode != "none" and retriever is None:
         raise ValueError(f"mode {mode!r} needs a retriever")
     version = engine.version

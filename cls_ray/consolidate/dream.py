@@ -84,24 +84,36 @@ def dream_round(
         return got, docs, {"refuted": 0, "further": 0}
     kept = [s for s in got if accept(s["question"], s["answer"])]
     wrong = [s for s in got if not accept(s["question"], s["answer"])]
+    further = further_floors(wrong, cfg.rgr.max_steps) if c.dream_further and cfg.grounded else {}
     right = []
-    if wrong and c.dream_further and cfg.grounded:
-        floors = [sum(not st["is_answer"] for st in s["steps"]) + 1 for s in wrong]
+    if further:
         again, more = best_of_n_sessions(
             cfg,
             engine,
             retriever,
             prm,
-            [s["question"] for s in wrong],
+            list(further),
             c.dream_n,
             seed + 7919,
             "dream",
             accept,
-            min_steps=floors,
+            min_steps=list(further.values()),
         )
         right = [s for s in again if accept(s["question"], s["answer"])]
         docs.update(more)
     return kept + right, docs, {"refuted": len(wrong) - len(right), "further": len(right)}
+
+
+def further_floors(refuted: Sequence[dict], max_steps: int) -> dict[str, int]:
+    """For each refuted dream that gave an answer early enough to leave room for one more
+    step and the answer (`max_steps`): its question and the fewest steps before an answer
+    when asked again, one more than it took."""
+    out = {}
+    for s in refuted:
+        floor = sum(not st["is_answer"] for st in s["steps"]) + 1
+        if s["answer"] is not None and floor < max_steps:
+            out.setdefault(s["question"], floor)
+    return out
 
 
 def reference_check(task, sessions: Sequence[dict]) -> Callable[[str, str | None], bool] | None:

@@ -25,17 +25,17 @@ is logged and reported in `stats` while adds go on into the WAL.
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cls_ray.replay.owners import may_give_feedback
 from cls_ray.replay.sampling import balanced
 from cls_ray.replay.wal import FolderLock, Log
 from cls_ray.session import Feedback, Session
@@ -62,21 +62,6 @@ def feedback_in_files(cfg) -> list[dict]:
         return []
     buf = ReplayBuffer(cfg.replay_path, segments=cfg.replay_segments, readonly=True)
     return buf.with_feedback()
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def may_give_feedback(session: Session, fb: Feedback, token: str | None) -> bool:
-    """A curator (or admin) may comment on any session; otherwise the feedback must come from
-    the key that asked, or with the session's feedback token."""
-    if fb.trusted:
-        return True
-    if fb.by is not None and session.owner == fb.by:
-        return True
-    digest = session.owner_token_sha256
-    return bool(token and digest and hmac.compare_digest(token_digest(token), digest))
 
 
 class ReplayBuffer:
@@ -114,7 +99,7 @@ class ReplayBuffer:
         self.in_wal: list[str] = []  # ids not yet sealed
         self.changed: set[str] = set()  # sealed sessions with feedback or scores since
         self.acked: set[str] = set()
-        self.leases: dict[str, float] = {}  # id -> lease expiry
+        self.leases: dict[str, tuple[float, str]] = {}  # id -> (lease expiry, holder)
         self.segments = 0
         self.seal_error: dict | None = None  # the last failed seal, until one succeeds
         self._recover()
@@ -358,16 +343,17 @@ class ReplayBuffer:
 
     # -- consumers -------------------------------------------------------------------------
     @_locked
-    def take(self, n: int) -> list[Session]:
-        """Up to `n` sessions that no consumer acknowledged and no live lease holds."""
+    def take(self, n: int, holder: str = "") -> list[Session]:
+        """Up to `n` sessions that no consumer acknowledged and no live lease holds, leased to
+        `holder` (`renew` extends only its own leases)."""
         now = time.time()
         out = []
         for sid, s in self.sessions.items():
             if len(out) >= n:
                 break
-            if sid in self.acked or self.leases.get(sid, 0) > now:
+            if sid in self.acked or self.leases.get(sid, (0.0, ""))[0] > now:
                 continue
-            self.leases[sid] = now + self.lease_seconds
+            self.leases[sid] = (now + self.lease_seconds, holder)
             out.append(s)
         return out
 
@@ -380,9 +366,11 @@ class ReplayBuffer:
             return self._lease(n)
 
     def _lease(self, n: int) -> dict:
-        taken = self.take(n)
+        holder = uuid.uuid4().hex
+        taken = self.take(n, holder)
         return {
             "ids": [s.id for s in taken],
+            "holder": holder,
             "lease_s": self.lease_seconds,
             "segments": self.segment_paths(),
             "late": {
@@ -395,12 +383,20 @@ class ReplayBuffer:
         }
 
     @_locked
-    def renew(self, ids: list[str]) -> int:
-        """Extends the live, unacknowledged leases on `ids` by the lease time; how many."""
+    def renew(self, ids: list[str], holder: str) -> int:
+        """Extends `holder`'s leases on `ids` by the lease time, and takes back for it those
+        that ran out (or that a restart forgot) unless another consumer leased them since;
+        acknowledged ones are done. Returns how many it holds or are acknowledged."""
         now = time.time()
-        live = [i for i in ids if i not in self.acked and self.leases.get(i, 0) > now]
-        self.leases.update(dict.fromkeys(live, now + self.lease_seconds))
-        return len(live)
+        mine = [
+            i
+            for i in ids
+            if i in self.sessions
+            and i not in self.acked
+            and (self.leases.get(i, (0.0, holder))[1] == holder or self.leases[i][0] <= now)
+        ]
+        self.leases.update(dict.fromkeys(mine, (now + self.lease_seconds, holder)))
+        return len(mine) + sum(i in self.acked for i in ids)
 
     @_locked
     def ack(self, ids: list[str]) -> int:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from fastapi import HTTPException
 
 from cls_ray.prm.best_of_n import best_indices
-from cls_ray.replay.buffer import token_digest
+from cls_ray.replay.owners import token_digest
 from cls_ray.rgr import Trajectory
 from cls_ray.serving.api import RGRRequest
 from cls_ray.serving.limits import request_cost

@@ -75,3 +75,52 @@ def test_a_dream_is_checked_against_train_answers_only(tmp_path):
     assert accept("Who wrote the first program?", "anyone")  # eval: never a reference
     assert accept("Why?", "because")  # unknown to the task: the PRM alone
     assert reference_check(task, [_s("Why?", 0.1)]) is None
+
+
+def test_a_refuted_dream_is_asked_again_one_step_further(monkeypatch):
+    """Where the reference refutes a question's best dream, the question is sampled again with
+    no answer before one step more than that dream took; what then checks joins, the rest
+    stays refuted. A dream that never answered, or left no room for another step, is not
+    asked again."""
+    from types import SimpleNamespace
+
+    import cls_ray.consolidate.dream as dream
+
+    def session(q, steps, answer):
+        rows = [{"is_answer": False, "text": t} for t in steps]
+        rows += [{"is_answer": True, "text": f"the answer is {answer} ."}] if answer else []
+        return {"question": q, "answer": answer, "steps": rows}
+
+    first = [
+        session("q1", ["a", "b"], "right"),  # checks
+        session("q2", ["a", "b"], "early"),  # refuted after 2 steps: asked again with floor 3
+        session("q3", ["a"], "wrong"),  # floor 2: asked again, still wrong
+        session("q4", ["a", "b", "c", "d"], "late"),  # floor 5 = max_steps: no room
+        session("q5", ["a", "b"], None),  # never answered
+    ]
+    calls = []
+
+    def fake_best_of_n(cfg, engine, retriever, prm, questions, n, seed, version, accept, **kw):
+        calls.append((list(questions), kw.get("min_steps")))
+        if not kw:
+            return first, {"d1": "doc"}
+        return [session("q2", ["a", "b", "c"], "right"), session("q3", ["a", "b"], "no")], {}
+
+    monkeypatch.setattr(dream, "best_of_n_sessions", fake_best_of_n)
+    cfg = SimpleNamespace(
+        consolidate=SimpleNamespace(dream_n=4, dream_further=True),
+        rgr=SimpleNamespace(max_steps=5),
+        grounded=True,
+    )
+
+    def accept(q, a):
+        return a == "right"
+
+    got, docs, counts = dream.dream_round(cfg, None, None, None, ["q1"], 0, accept)
+    assert calls[1] == (["q2", "q3"], [3, 2])
+    assert [s["question"] for s in got] == ["q1", "q2"] and docs == {"d1": "doc"}
+    assert counts == {"refuted": 3, "further": 1}
+    cfg.consolidate.dream_further = False
+    calls.clear()
+    got, _, counts = dream.dream_round(cfg, None, None, None, ["q1"], 0, accept)
+    assert len(calls) == 1 and counts == {"refuted": 4, "further": 0}

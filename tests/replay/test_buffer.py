@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from cls_ray.replay import ReplayBuffer
-from cls_ray.replay.buffer import token_digest
 from cls_ray.replay.data import read_leased
+from cls_ray.replay.owners import token_digest
 from cls_ray.replay.wal import FolderLocked
 from tests.helpers import make_session
 
