@@ -82,8 +82,9 @@ def dream_round(
     )
     if accept is None:
         return got, docs, {"refuted": 0, "further": 0}
-    kept = [s for s in got if accept(s["question"], s["answer"])]
-    wrong = [s for s in got if not accept(s["question"], s["answer"])]
+    checks = [accept(s["question"], s["answer"]) for s in got]
+    kept = [s for s, ok in zip(got, checks, strict=True) if ok]
+    wrong = [s for s, ok in zip(got, checks, strict=True) if not ok]
     further = further_floors(wrong, cfg.rgr.max_steps) if c.dream_further and cfg.grounded else {}
     right = []
     if further:

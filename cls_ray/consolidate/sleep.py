@@ -117,7 +117,7 @@ def train_with_dreams(
     rounds = c.dream_rounds if prm is not None and method == "sft" else 0
     until = c.min_r_tau if c.dream_until is None else c.dream_until
     accept = reference_check(stack.task, batch.sessions) if rounds else None
-    refuted, trusted = 0, a_good
+    trusted = a_good
     last = out if not rounds else out.with_name(f"{out.name}.round0")
     train = train_candidate(cfg, method, batch, pairs, last, log, known, start)
     log(f"sleep: trained {last.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
@@ -133,7 +133,6 @@ def train_with_dreams(
             got, more, checked = dream_round(
                 cfg, engine, services.memory, prm, questions, c.seed + r, accept
             )
-            refuted = checked["refuted"]
             solved = sum((s.get("r_tau") or 0.0) >= until for s in got)
             docs.update(more)
             dreamt += got
@@ -151,8 +150,7 @@ def train_with_dreams(
                     "round": r,
                     "questions": len(questions),
                     "solved": solved,
-                    "refuted": refuted,
-                    "further": checked["further"],
+                    **checked,  # refuted, further
                     "n": c.dream_n,
                     **data,
                     "trained": data["a_good"] != trusted,  # a candidate trained on this set
@@ -166,7 +164,7 @@ def train_with_dreams(
             trusted = data["a_good"]
             log(
                 f"sleep: dream {r}: {len(questions)} unsolved questions x {c.dream_n} in "
-                f"{time.time() - t0:.0f} s, {solved} solved, {refuted} refuted by a reference "
+                f"{time.time() - t0:.0f} s, {solved} solved, {checked['refuted']} refuted by a reference "
                 f"answer ({checked['further']} put right one step further); with the sessions A_good "
                 f"{data['a_good']} -> {data['new_pairs']} pairs"
             )

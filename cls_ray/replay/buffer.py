@@ -359,7 +359,7 @@ class ReplayBuffer:
 
     def lease(self, n: int) -> dict:
         """Like `take`, for a reader of the sealed segments (`cls_ray.replay.data`): seals the
-        WAL, leases up to `n` unconsumed sessions; returns their ids, the lease time, the segment
+        WAL, leases up to `n` unconsumed sessions; returns their ids, holder, lease time, segment
         paths, and what only the WAL holds for them (feedback, PRM scores since sealing)."""
         self.seal()
         with self._lock:
