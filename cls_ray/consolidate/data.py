@@ -17,12 +17,12 @@ from cls_ray.answers import EXACT, AnswerCheck
 from cls_ray.consolidate.evaluate import question_index
 from cls_ray.consolidate.extract import Artifact, extract, gate
 from cls_ray.model.examples import episode_pair
-from cls_ray.ports import Memory, Retriever, Scorer
+from cls_ray.ports import Retriever, Scorer
 from cls_ray.prm.labels import evidence_for
 from cls_ray.replay.sampling import balanced
 from cls_ray.rgr import step_query
 from cls_ray.session import Feedback
-from cls_ray.steps import StepFormat, answer_step, parse_answer
+from cls_ray.steps import StepFormat, answer_step, cite, parse_answer
 from cls_ray.task import Task
 from cls_ray.world.core import World
 from cls_ray.world.episodes import EpisodeSampler
@@ -58,33 +58,62 @@ def replay_pairs(
 class KnownSkills:
     """Replay of what the model already knows, `take(n)` pairs at a time: bootstrap episodes on
     the world; elsewhere the gold chains of the task's `train` questions outside its new groups
-    (question, their supporting documents, the gold steps so far → the next gold step)."""
+    (`gold_chain_pairs`: each gold step with the documents RGR retrieves before it)."""
 
     def __init__(
-        self, task: Task, memory: Memory | None, cfg, fmt: StepFormat, max_questions: int = 2000
+        self, task: Task, memory: Retriever | None, cfg, fmt: StepFormat, max_questions: int = 2000
     ):
-        self.task, self.cfg = task, cfg
+        self.task, self.cfg, self.memory = task, cfg, memory
         self.format = fmt
         self.pool: list[tuple[str, str]] = []
+        self._todo: list = []
         if task.world is not None or memory is None:
             return
         new = set(task.new_groups)
         qs = [q for q in task.questions("train") if q.group not in new]
         rng = random.Random(cfg.consolidate.seed)
-        qs = rng.sample(qs, min(len(qs), max_questions))
-        texts = memory.get_documents(sorted({d for q in qs for d in q.support_ids}))
-        for q in qs:
-            docs = [texts[d] for d in q.support_ids if d in texts][: cfg.rgr.top_k]
-            steps = [*q.steps, answer_step(q.answer)]
-            for i, nxt in enumerate(steps):
-                self.pool.append((fmt.render(q.question, docs, steps[:i]), nxt))
-        rng.shuffle(self.pool)
+        self._todo = rng.sample(qs, min(len(qs), max_questions))
+        self._rng = rng
 
     def take(self, n: int) -> list[tuple[str, str]]:
         if self.task.world is not None:
             c = self.cfg.consolidate
             return replay_pairs(self.task.world, n, self.cfg.rgr.top_k, c.seed, self.format)
+        # Built as far as asked, a chunk of questions at a time (one batched search per step).
+        while len(self.pool) < n and self._todo:
+            chunk, self._todo = self._todo[:256], self._todo[256:]
+            more = gold_chain_pairs(
+                chunk, self.memory, self.format, self.cfg.rgr.top_k, self.cfg.rgr.exclude_cited
+            )
+            self._rng.shuffle(more)
+            self.pool.extend(more)
         return self.pool[: max(0, n)]
+
+
+def gold_chain_pairs(
+    questions: Sequence, retriever: Retriever, fmt: StepFormat, top_k: int, exclude_cited: bool
+) -> list[tuple[str, str]]:
+    """(prompt, next gold step) for every step of the questions' gold chains (their answer
+    last), in the context serving gives that step: the documents RGR retrieves for the
+    reasoning so far, among them the look-alikes it has to tell apart, not only the gold
+    support. A step whose context does not hold what it restates is left out: RGR could not
+    have taken it from there."""
+    chains = [[*q.steps, answer_step(q.answer)] for q in questions]
+    cited: list[set[str]] = [set() for _ in chains]
+    out: list[tuple[str, str]] = []
+    for i in range(max((len(c) for c in chains), default=0)):
+        live = [j for j, c in enumerate(chains) if len(c) > i]
+        queries = [step_query(questions[j].question, chains[j][:i]) for j in live]
+        got = retriever.retrieve(
+            queries, top_k, [cited[j] for j in live] if exclude_cited else None
+        )
+        for j, hits in zip(live, got, strict=True):
+            texts, step = [d.text for d in hits], chains[j][i]
+            found = cite(step, texts)
+            cited[j] |= {hits[x].id for x in found}
+            if found or parse_answer(step) is not None:
+                out.append((fmt.render(questions[j].question, texts, chains[j][:i]), step))
+    return out
 
 
 def mix(new: list, replay: list, replay_ratio: float, seed: int = 0) -> list:
