@@ -88,6 +88,12 @@ class PRMConfig(TrainerConfig):
         description="mc_relative: keep a step's label only where the hard absolute label (any "
         "rollout reaches the answer) agrees; the ambiguous steps stay unlabelled.",
     )
+    mc_steps: bool = Field(
+        False,
+        description="mc_relative: count progress in steps too: a step after which the "
+        "successful rollouts need no fewer steps (half a step less at least) is a detour, "
+        "wrong, and every step after a wrong one is wrong (first-error labels).",
+    )
     questions_per_family: int = Field(40, ge=1, description="Training questions per family.")
     samples_per_question: int = Field(2, ge=0)
     corruptions_per_question: int = Field(2, ge=0)

@@ -281,6 +281,7 @@ def mc_labels(
     relative: bool = False,
     tolerance: float = 0.25,
     agree: bool = False,
+    steps: bool = False,
     **rgr_options,
 ) -> list[StepExample]:
     """Math-Shepherd labels: from each step prefix of each example, `rollouts` completions with
@@ -295,7 +296,11 @@ def mc_labels(
     blame its right steps, and a wrong step the model recovers from is still a drop. With
     `agree`, a relative label stands only where the absolute (hard) one says the same: a step
     the rollouts recover from, or a right step with a noisy drop, stays unlabelled.
-    Rollouts run `chunk` at a time (a progress bar with `progress`)."""
+    With `steps` (relative), progress is also counted in steps: a step after which the
+    rollouts that reach the answer need on average no fewer than half a step less than before
+    it took the model no nearer (a true fact off the question's chain, a detour the rollouts
+    walk around) and is wrong, and so is every step after a wrong one: the trajectory has
+    left the path, as a first-error label says. Rollouts run `chunk` at a time (a progress bar with `progress`)."""
     gold = [(a,) if isinstance(a, str) else tuple(a) for a in answers]
     jobs: list[tuple[int, int]] = []  # (example, prefix length) to roll out
     first_of: dict[str, int] = {}  # the question alone is rolled out once per prompt
@@ -309,6 +314,7 @@ def mc_labels(
             if parse_answer(ex.completions[k - 1]) is None:
                 jobs.extend([(i, k)] * rollouts)
     reached: Counter = Counter()
+    to_go: Counter = Counter()  # steps the successful rollouts took after the prefix, summed
     bar = console.progress("mc rollouts", len(jobs), unit="rollout", disable=not progress)
     for c in range(0, len(jobs), chunk):
         part = jobs[c : c + chunk]
@@ -324,30 +330,43 @@ def mc_labels(
         for (i, k), tr in zip(part, trajs, strict=True):
             if check(tr.answer, gold[i]):
                 reached[(i, k)] += 1
+                to_go[(i, k)] += len(tr.steps) - k
         bar.update(len(part))
     bar.close()
     out = []
     for i, ex in enumerate(examples):
         labels: list[Label] = []
-        before = reached[(first_of.get(ex.prompt, i), 0)] / rollouts
+        start = (first_of.get(ex.prompt, i), 0)
+        before, left = reached[start] / rollouts, _mean_to_go(reached, to_go, start)
         for k, step in enumerate(ex.completions, start=1):
             final = parse_answer(step)
+            if steps and relative and 0.0 in labels:
+                labels.append(0.0)  # after a wrong step
+                continue
             if final is not None:
                 labels.append(float(check(final, gold[i])))
                 continue
             share = reached[(i, k)] / rollouts
+            now = _mean_to_go(reached, to_go, (i, k))
             if not relative:
                 labels.append(share if soft else float(share > 0))
             elif before == 0 and share == 0:
                 labels.append(0.0 if 0.0 in labels else None)
             else:
                 label = float(share >= before - tolerance)
+                if steps and label and before > 0 and share > 0:
+                    label = float(now <= left - 0.5)
                 labels.append(None if agree and label != float(share > 0) else label)
-            before = share
+            before, left = share, now
         out.append(
             StepExample(ex.prompt, list(ex.completions), labels, list(ex.evidence), "mc", ex.meta)
         )
     return out
+
+
+def _mean_to_go(reached: Counter, to_go: Counter, key) -> float:
+    """The mean number of steps the successful rollouts from a prefix took (inf: none)."""
+    return to_go[key] / reached[key] if reached[key] else float("inf")
 
 
 # ------------------------------------------------------------------------------------------

@@ -85,6 +85,7 @@ def mc_labelled(
         relative=p.mc_relative,
         tolerance=p.mc_tolerance,
         agree=p.mc_agree,
+        steps=p.mc_steps,
         **cfg.rgr_options(),
     )
     for e in out:

@@ -152,7 +152,7 @@ def test_relative_monte_carlo_labels_judge_the_progress_a_step_makes(tiny_stack)
     examples += [verifier_example(q, bad, world=world) for q, bad in pairs]
     answers = [q.answer for q, _ in pairs] * 2
 
-    def relative(agree: bool):
+    def relative(agree: bool, steps: bool = False):
         return mc_labels(
             examples,
             answers,
@@ -162,6 +162,7 @@ def test_relative_monte_carlo_labels_judge_the_progress_a_step_makes(tiny_stack)
             seed=0,
             relative=True,
             agree=agree,
+            steps=steps,
             **tiny_stack.cfg.rgr_options(),
         )
 
@@ -183,3 +184,13 @@ def test_relative_monte_carlo_labels_judge_the_progress_a_step_makes(tiny_stack)
     ]
     assert all(la in (lr, None) for lr, la in kept)
     assert [e.labels[-1] for e in both] == [e.labels[-1] for e in got]
+    # `steps` also asks a step to bring the answer nearer in steps, and labels first errors:
+    # on the same rollouts a label only turns wrong (a detour; after a wrong step), never right
+    firsts = relative(agree=False, steps=True)
+    for r, f in zip(got, firsts, strict=True):
+        assert all(lf in (lr, 0.0) for lr, lf in zip(r.labels, f.labels, strict=True))
+        wrong_at = f.labels.index(0.0) if 0.0 in f.labels else len(f.labels)
+        assert all(x == 0.0 for x in f.labels[wrong_at:])
+    gold_first = [lab for e in firsts[:n] for lab in e.labels[:-1] if lab is not None]
+    # the gold chain brings the answer nearer a step at a time: most of its steps stay right
+    assert gold_first and sum(x == 1.0 for x in gold_first) >= 0.6 * len(gold_first)
