@@ -172,6 +172,10 @@ class ActorBuffer:
     def lease(self, n: int) -> dict:
         return self._get(self.handle.lease.remote(n))
 
+    def add(self, session: Session | dict) -> str:
+        s = session.model_dump() if isinstance(session, Session) else session
+        return self._get(self.handle.add.remote(s))
+
     def set_scores(self, session_id, step_scores, r_tau, prm=None) -> None:
         self._get(self.handle.set_scores.remote(session_id, step_scores, r_tau, prm))
 

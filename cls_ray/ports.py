@@ -83,6 +83,10 @@ class Buffer(Protocol):
         acknowledged."""
         ...
 
+    def add(self, session: Session | dict) -> str:
+        """Stores a session durably; returns its id (adding an id again changes nothing)."""
+        ...
+
     def set_scores(
         self, session_id: str, step_scores: list[float], r_tau: float, prm: str | None = None
     ) -> None: ...

@@ -107,12 +107,13 @@ def train_with_dreams(
     start: Start,
     log: Log,
     a_good: int | None = None,
-) -> tuple[dict, list[dict]]:
+) -> tuple[dict, list[dict], list[dict]]:
     """The candidate of a sleep, written to `out`: trained on the sessions' pairs; then, for
     each of `consolidate.dream_rounds` (SFT, with a PRM), the last candidate asks again the
     sessions' questions no trusted trajectory has solved yet, and the next trains from `start`
     on the sessions and every dream so far, gated alike; dreams end when one adds nothing the
-    gate trusts. Returns the last training's metrics and one row per dream."""
+    gate trusts. Returns the last training's metrics, one row per dream, and the dreams the
+    last candidate trained on (what later sleeps must replay to keep what this one taught)."""
     cfg, c = stack.cfg, stack.cfg.consolidate
     rounds = c.dream_rounds if prm is not None and method == "sft" else 0
     until = c.min_r_tau if c.dream_until is None else c.dream_until
@@ -121,7 +122,7 @@ def train_with_dreams(
     last = out if not rounds else out.with_name(f"{out.name}.round0")
     train = train_candidate(cfg, method, batch, pairs, last, log, known, start)
     log(f"sleep: trained {last.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
-    docs, dreamt, rows = dict(batch.doc_texts), [], []
+    docs, dreamt, rows, learned = dict(batch.doc_texts), [], [], []
     try:
         for r in range(1, rounds + 1):
             t0 = time.time()
@@ -173,7 +174,7 @@ def train_with_dreams(
             train = train_candidate(cfg, method, batch, new_pairs, nxt, log, known, start)
             log(f"sleep: trained {nxt.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
             shutil.rmtree(last, ignore_errors=True)
-            last = nxt
+            last, learned = nxt, list(dreamt)
     except BaseException:  # a failed or cancelled sleep leaves no round behind
         for r in range(rounds + 1):
             shutil.rmtree(out.with_name(f"{out.name}.round{r}"), ignore_errors=True)
@@ -181,7 +182,7 @@ def train_with_dreams(
     if last != out:
         last.rename(out)
         train = {**train, "path": str(out)}
-    return train, rows
+    return train, rows, learned
 
 
 def start_of(cfg, version) -> Start:
@@ -263,7 +264,7 @@ def sleep_once(
         )
         log(f"sleep: {len(pats)} procedures indexed; new family with them {fast:.3f}")
     out = out or cfg.state_path / "adapters" / f"{method}-{int(time.time())}"
-    train, dreams = train_with_dreams(
+    train, dreams, dreamt = train_with_dreams(
         stack,
         batch,
         services,
@@ -341,6 +342,9 @@ def sleep_once(
         "passes_gate": ok,
         "promoted": ok and promote,
         "reason": reason,
+        # the dreams the candidate learned from, as sessions: a promoted sleep's buffer keeps
+        # them for later sleeps' replay (callers take them out of what they print)
+        "dream_sessions": dreamt,
     }
 
 
@@ -413,10 +417,13 @@ def _sleep_on_lease(
         log(f"ppo: {len(fresh)} fresh rollouts on replayed questions")
     batch = SleepBatch(learn, doc_texts, new_qs, retention_qs, replayed)
     result = sleep_once(stack, batch, services, method=method, log=log, prm=prm)
+    dreamt = result.pop("dream_sessions")
     if result["promoted"]:
         result["acknowledged"] = buffer.ack([s["id"] for s in taken])
+        # What the dreams taught is replayed like what the sessions taught: kept, consumed.
+        result["dreams_kept"] = buffer.ack([buffer.add(s) for s in dreamt])
         # The consumed cache is discarded but for the replay sample: a share per skill.
-        strata = group_of(task, [*taken, *replayed])
+        strata = group_of(task, [*taken, *replayed, *dreamt])
         try:
             result["compaction"] = buffer.compact(c.replay_keep, c.seed, strata)
         except Exception as e:  # noqa: BLE001 - housekeeping: the version stands, the next

@@ -51,6 +51,7 @@ def bench_consolidation(
     with scratch_procedures(stack) as memory:
         services = SleepServices.local(cfg, memory)
         result = sleep_once(stack, batch, services, promote=False, log=log, prm=prm)
+        result.pop("dream_sessions")
     result["new_family_questions"] = len(new_qs)
     result["retention_questions"] = len(retention_qs)
     if arms and task.world is None:

@@ -147,7 +147,9 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
                 done = sleep_once(stack, batch, services, index=False, log=log, prm=prm)
         except ValueError as e:  # nothing passed the gate: this skill is not learned
             done = {"version": None, "promoted": False, "reason": str(e), "trained": {"pairs": 0}}
-        replay += sessions  # the buffer keeps them for the next sleeps' replay
+        # the buffer keeps them for the next sleeps' replay, and a promoted sleep's dreams too
+        dreamt = done.pop("dream_sessions", [])
+        replay += sessions + (dreamt if done["promoted"] else [])
         stack.release_store()
         stack = Stack(c)  # the promoted version, or the same one when the gate refused
         row = measure(stack)

@@ -69,9 +69,16 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
     assert out["learned_skill"] == skill.name == v.name
     assert set(skill.groups) == set(out["families"]) and skill.questions
     assert set(SkillLedger.of(cfg).scores()) == {"base", v.name}
-    # consumed, and the consumed cache discarded but for the replay sample (all 6 fit in it)
-    assert out["compaction"] == {"dropped": 0, "kept_replay": len(qs), "sessions": len(qs)}
+    # The dreams the kept candidate learned from join the buffer as consumed sessions, so
+    # later sleeps replay what they taught.
+    dreamt = dream["sessions"] - len(qs) if dream["trained"] else 0
+    assert out["dreams_kept"] == dreamt
+    # consumed, and the consumed cache discarded but for the replay sample (all fit in it)
+    n = len(qs) + dreamt
+    assert out["compaction"] == {"dropped": 0, "kept_replay": n, "sessions": n}
     again = ReplayBuffer(cfg.replay_path, readonly=True)
+    kept = [again.get(i) for i in again.ids()]
+    assert sum(s.model_version == "dream" for s in kept) == dreamt
     assert again.take(100) == []
     assert all(again.get(tr_id).r_tau is not None for tr_id in again.ids())  # scored on the way
     # Nothing left to consume: a clear message, not a crash.
