@@ -145,11 +145,15 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
             with scratch_procedures(stack) as memory:
                 services = SleepServices.local(c, memory)
                 done = sleep_once(stack, batch, services, index=False, log=log, prm=prm)
+                dreamt = done.pop("dream_sessions") if done["promoted"] else []
+                done.pop("dream_sessions", None)
+                seen = {r["id"] for s in dreamt for st in s["steps"] for r in st["retrieved"]}
+                docs |= memory.get_documents(sorted(seen - set(docs)))
         except ValueError as e:  # nothing passed the gate: this skill is not learned
             done = {"version": None, "promoted": False, "reason": str(e), "trained": {"pairs": 0}}
+            dreamt = []
         # the buffer keeps them for the next sleeps' replay, and a promoted sleep's dreams too
-        dreamt = done.pop("dream_sessions", [])
-        replay += sessions + (dreamt if done["promoted"] else [])
+        replay += sessions + dreamt
         stack.release_store()
         stack = Stack(c)  # the promoted version, or the same one when the gate refused
         row = measure(stack)
