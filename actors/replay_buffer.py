@@ -66,8 +66,8 @@ class ReplayBufferActor:
         self.buffer.log.fail_writes = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         threading.Timer(seconds, setattr, (self.buffer.log, "fail_writes", None)).start()
 
-    def add(self, session: dict) -> str:
-        return self.buffer.add(session)
+    def add(self, session: dict, consumed: bool = False) -> str:
+        return self.buffer.add(session, consumed)
 
     def add_many(self, sessions: list[dict]) -> list[str]:
         return [self.buffer.add(s) for s in sessions]
@@ -172,9 +172,9 @@ class ActorBuffer:
     def lease(self, n: int) -> dict:
         return self._get(self.handle.lease.remote(n))
 
-    def add(self, session: Session | dict) -> str:
+    def add(self, session: Session | dict, consumed: bool = False) -> str:
         s = session.model_dump() if isinstance(session, Session) else session
-        return self._get(self.handle.add.remote(s))
+        return self._get(self.handle.add.remote(s, consumed))
 
     def set_scores(self, session_id, step_scores, r_tau, prm=None) -> None:
         self._get(self.handle.set_scores.remote(session_id, step_scores, r_tau, prm))

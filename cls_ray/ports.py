@@ -83,8 +83,9 @@ class Buffer(Protocol):
         acknowledged."""
         ...
 
-    def add(self, session: Session | dict) -> str:
-        """Stores a session durably; returns its id (adding an id again changes nothing)."""
+    def add(self, session: Session | dict, consumed: bool = False) -> str:
+        """Stores a session durably; returns its id (adding an id again changes nothing).
+        `consumed`: stored as already learned from, in the same step (for replay only)."""
         ...
 
     def set_scores(

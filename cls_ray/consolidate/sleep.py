@@ -113,7 +113,8 @@ def train_with_dreams(
     sessions' questions no trusted trajectory has solved yet, and the next trains from `start`
     on the sessions and every dream so far, gated alike; dreams end when one adds nothing the
     gate trusts. Returns the last training's metrics, one row per dream, and the dreams the
-    last candidate trained on (what later sleeps must replay to keep what this one taught)."""
+    last candidate trained on that the gate can trust (what later sleeps replay to keep what
+    this one taught)."""
     cfg, c = stack.cfg, stack.cfg.consolidate
     rounds = c.dream_rounds if prm is not None and method == "sft" else 0
     until = c.min_r_tau if c.dream_until is None else c.dream_until
@@ -174,7 +175,9 @@ def train_with_dreams(
             train = train_candidate(cfg, method, batch, new_pairs, nxt, log, known, start)
             log(f"sleep: trained {nxt.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
             shutil.rmtree(last, ignore_errors=True)
-            last, learned = nxt, list(dreamt)
+            # kept for later replay: the dreams the gate can trust (R(τ) at its bar)
+            learned = [d for d in dreamt if (d.get("r_tau") or 0.0) >= c.min_r_tau]
+            last = nxt
     except BaseException:  # a failed or cancelled sleep leaves no round behind
         for r in range(rounds + 1):
             shutil.rmtree(out.with_name(f"{out.name}.round{r}"), ignore_errors=True)
@@ -216,7 +219,8 @@ def sleep_once(
     prm: Scorer | None = None,
 ) -> dict:
     """Trains a candidate on `batch`, registers it with its metrics, promotes it if it keeps
-    what the model knew. Returns the report.
+    what the model knew. Returns the report, with `dream_sessions` (the trusted dreams the
+    candidate learned from, as sessions) for the caller to keep and take out before printing.
 
     Before any weight changes, the procedures of A_good go to episodic memory (the fast path,
     `index`); the candidate is then measured on what its weights alone do. With `prm` and
@@ -421,7 +425,11 @@ def _sleep_on_lease(
     if result["promoted"]:
         result["acknowledged"] = buffer.ack([s["id"] for s in taken])
         # What the dreams taught is replayed like what the sessions taught: kept, consumed.
-        result["dreams_kept"] = buffer.ack([buffer.add(s) for s in dreamt])
+        try:
+            result["dreams_kept"] = len({buffer.add(s, consumed=True) for s in dreamt})
+        except Exception as e:  # noqa: BLE001 - the version stands; replay lacks some dreams
+            log(f"sleep: keeping the dreams for replay did not finish: {e}")
+            result["dreams_kept"] = {"error": str(e)}
         # The consumed cache is discarded but for the replay sample: a share per skill.
         strata = group_of(task, [*taken, *replayed, *dreamt])
         try:

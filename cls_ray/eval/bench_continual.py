@@ -145,8 +145,8 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
             with scratch_procedures(stack) as memory:
                 services = SleepServices.local(c, memory)
                 done = sleep_once(stack, batch, services, index=False, log=log, prm=prm)
-                dreamt = done.pop("dream_sessions") if done["promoted"] else []
-                done.pop("dream_sessions", None)
+                dreamt = done.pop("dream_sessions")
+                dreamt = dreamt if done["promoted"] else []
                 seen = {r["id"] for s in dreamt for st in s["steps"] for r in st["retrieved"]}
                 docs |= memory.get_documents(sorted(seen - set(docs)))
         except ValueError as e:  # nothing passed the gate: this skill is not learned

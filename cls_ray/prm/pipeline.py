@@ -14,11 +14,11 @@ from cls_ray.prm.labels import (
     evidence_for,
     gold_and_corrupted,
     human_examples,
-    mc_labels,
     merge_labels,
     sampled_examples,
     world_docs_for,
 )
+from cls_ray.prm.mc import mc_labels
 from cls_ray.prm.model import ProcessRewardModel
 from cls_ray.prm.store import next_prm_path
 from cls_ray.prm.train import train_prm

@@ -1,6 +1,6 @@
 """Trajectories to label on any task: each question's gold chain (where the task has gold
 steps), wrong versions of it made from other questions of its group, and the model's own
-samples. None of them carries a label: Monte Carlo rollouts (`labels.mc_labels`) or the task's
+samples. None of them carries a label: Monte Carlo rollouts (`mc.mc_labels`) or the task's
 verifier label them afterwards.
 
 The wrong versions need no knowledge of the domain: a hop replaced by the same hop of another

@@ -151,23 +151,27 @@ class ReplayBuffer:
         )
 
     # -- producers -------------------------------------------------------------------------
-    def add(self, session: Session | dict) -> str:
+    def add(self, session: Session | dict, consumed: bool = False) -> str:
         """Stores a session durably and returns its id; adding the same id again is a no-op.
-        Unless the owner seals in the background, a seal follows when `seal_every` sessions
-        wait; its failure does not fail the add (see `maybe_seal`)."""
-        sid = self._add(session)
+        `consumed`: stored as already learned from (a promoted sleep's dreams), for replay
+        only. Unless the owner seals in the background, a seal follows when `seal_every`
+        sessions wait; its failure does not fail the add (see `maybe_seal`)."""
+        sid = self._add(session, consumed)
         if not self.background_seal:
             self.maybe_seal()
         return sid
 
     @_locked
-    def _add(self, session: Session | dict) -> str:
+    def _add(self, session: Session | dict, consumed: bool = False) -> str:
         s = session if isinstance(session, Session) else Session.model_validate(session)
         if s.id in self.sessions:
             return s.id
         self.log.append([{"op": "add", "session": s.model_dump()}])
         self.sessions[s.id] = s
         self.in_wal.append(s.id)
+        if consumed:  # under the same lock: no consumer can lease it in between
+            self.acks_log.append([{"ids": [s.id]}])
+            self.acked.add(s.id)
         return s.id
 
     def needs_seal(self) -> bool:

@@ -12,10 +12,10 @@ from cls_ray.prm.labels import (
     evidence_for,
     gold_and_corrupted,
     human_examples,
-    mc_labels,
     merge_labels,
     verifier_example,
 )
+from cls_ray.prm.mc import mc_labels
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,18 @@ def test_take_and_ack_hand_out_each_session_until_acknowledged(tmp_path):
     assert [s.id for s in again.take(10)] == second
 
 
+def test_a_session_added_consumed_is_never_handed_out_but_replayed_after_restart(tmp_path):
+    """A promoted sleep's dreams: stored as learned from, for later sleeps' replay only."""
+    buf = ReplayBuffer(tmp_path, seal_every=1000)
+    buf.add(make_session(1))
+    buf.add(make_session(2), consumed=True)
+    assert [s.id for s in buf.take(10)] == ["s0001"]
+    buf.close()
+    again = ReplayBuffer(tmp_path)
+    assert [s.id for s in again.take(10)] == ["s0001"]  # the lease ran with the process
+    assert [s.id for s in again.replay_sample(10)] == ["s0002"]
+
+
 def test_feedback_joins_its_session_across_seal_and_restart(tmp_path):
     buf = ReplayBuffer(tmp_path, seal_every=3)
     buf.add(make_session(0))
