@@ -150,7 +150,7 @@ def below_best(
         if skill not in best or score is None or math.isnan(score):
             continue
         top, version = best[skill]
-        if top - score > tolerance:
+        if top - score - tolerance > 1e-9:  # exactly the tolerance is allowed (float noise)
             what = "retention (the base skills)" if skill == BASE else f"the skill {skill} taught"
             return (
                 f"{what} fell to {score:.3f}, {top - score:.3f} below its best {top:.3f} "
