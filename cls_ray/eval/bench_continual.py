@@ -6,7 +6,8 @@ adapter on the base each sleep, or every weight under ZeRO-3), on a copy of the 
 directory that starts at the base model: sleep k learns skill k from sessions found by best of N
 with the PRM (as users asking for it would), replaying the sessions of every earlier skill (an
 equal share per group, that is per family); the gate decides, and a promoted candidate is the version the next sleep
-starts from. Before the first sleep and after every sleep, every skill is measured by greedy RGR
+starts from; a refused sleep's sessions go to the next sleep again with its own, as the
+buffer gives them (`Unacked`). Before the first sleep and after every sleep, every skill is measured by greedy RGR
 on its held-out questions, the families the model was built on as one column (`base`).
 
 The result per arm: the accuracy matrix (rows: before, after sleep 1..K; columns: base, skill
@@ -24,6 +25,7 @@ import logging
 import math
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from cls_ray.config import Config
 from cls_ray.consolidate.data import group_of
@@ -98,6 +100,27 @@ def correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
     return sxy / (sx * sy) if sx > 1e-12 and sy > 1e-12 else float("nan")
 
 
+@dataclass
+class Unacked:
+    """The sessions a sleep learns from: its own skill's and those of the refused sleeps before
+    it. A refused sleep acknowledges nothing, so the buffer gives its sessions to the next sleep
+    again (`_sleep_on_lease`), which learns and is measured on both skills."""
+
+    skills: list[str] = field(default_factory=list)
+    sessions: list[dict] = field(default_factory=list)
+
+    def add(self, skill: str, sessions: Sequence[dict]) -> None:
+        self.skills.append(skill)
+        self.sessions += sessions
+
+    def settle(self, promoted: bool) -> list[str]:
+        """The skills a sleep learned: all it held when promoted (then none are held), else none."""
+        if not promoted:
+            return []
+        learned, self.skills, self.sessions = self.skills, [], []
+        return learned
+
+
 def arm_config(cfg: Config, arm: str) -> Config:
     """A copy of the state directory for one arm, at the base model, composing by `arm`."""
     c = sandbox_config(cfg, f"continual-{arm}", arms_of(cfg)[arm])
@@ -133,14 +156,18 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
         f"  [{arm}] before: "
         + "  ".join(f"{k} {v:.2f}" for k, v in zip(columns, matrix[0], strict=True))
     )
-    sleeps, replay, docs = [], [], {}
+    sleeps, replay, docs, leased = [], [], {}, Unacked()
     for k, (name, _) in enumerate(skills, start=1):
         train_qs = task.questions("train", groups[name], per_group=cc.new_per_family)
         sessions, more = sessions_by_best_of_n(stack, prm, train_qs, cc.sample_n, cc.seed + k)
         docs |= more
+        retried = list(leased.skills)
+        leased.add(name, sessions)
+        sessions = list(leased.sessions)
+        new_qs = [q for n in leased.skills for q in held_out[n]]
         group = group_of(task, replay)
         replayed = balanced(replay, lambda s, g=group: g[s["id"]], cc.replay_keep, cc.seed)
-        batch = SleepBatch(sessions, docs, held_out[name], held_out[BASE], replayed)
+        batch = SleepBatch(sessions, docs, new_qs, held_out[BASE], replayed)
         try:
             with scratch_procedures(stack) as memory:
                 services = SleepServices.local(c, memory)
@@ -152,14 +179,16 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
         except ValueError as e:  # nothing passed the gate: this skill is not learned
             done = {"version": None, "promoted": False, "reason": str(e), "trained": {"pairs": 0}}
             dreamt = []
-        # the buffer keeps them for the next sleeps' replay, and a promoted sleep's dreams too
-        replay += sessions + dreamt
+        for n in leased.settle(done["promoted"]):
+            learned_row[columns.index(n)] = k
+        if done["promoted"]:  # acknowledged: replayed by the next sleeps, with the dreams
+            replay += sessions + dreamt
+        else:
+            learned_row[k] = len(skills) + 1  # not learned (yet): no forgetting to count
         stack.release_store()
         stack = Stack(c)  # the promoted version, or the same one when the gate refused
         row = measure(stack)
         matrix.append(row)
-        if not done["promoted"]:
-            learned_row[k] = len(skills) + 1  # never learned: no forgetting to count
         # What the candidate itself cost the skills learned before (refused or not): the
         # forgetting its KL is to predict.
         b, a = done.get("skills_before") or {}, done.get("skills_after") or {}
@@ -167,6 +196,7 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
         sleeps.append(
             {
                 "skill": name,
+                "retried": retried,  # skills whose refused sleeps' sessions this one took again
                 "version": done["version"],
                 "promoted": done["promoted"],
                 "reason": done["reason"],
@@ -176,7 +206,8 @@ def run_arm(cfg: Config, prm: Scorer, arm: str, log: Callable[[str], None]) -> d
             }
         )
         log(
-            f"  [{arm}] sleep {k} ({name}): {'promoted' if done['promoted'] else 'refused'} "
+            f"  [{arm}] sleep {k} ({' + '.join([*retried, name])}): "
+            f"{'promoted' if done['promoted'] else 'refused'} "
             + "  ".join(f"{col} {v:.2f}" for col, v in zip(columns, row, strict=True))
             + f"  (candidate's forgetting {forgot if forgot is not None else float('nan'):+.3f}, "
             f"KL {done.get('kl_new_skill') or float('nan'):.4f})"

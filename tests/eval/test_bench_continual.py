@@ -11,7 +11,7 @@ from PIL import Image
 from cls_ray.cli import main
 from cls_ray.config import Config
 from cls_ray.consolidate.skills import SkillLedger
-from cls_ray.eval.bench_continual import arms_of, correlation, summarize
+from cls_ray.eval.bench_continual import Unacked, arms_of, correlation, summarize
 from cls_ray.eval.plots import plot_bench_continual
 from cls_ray.registry import ModelRegistry
 from tests.helpers import OPEN_GATE, TINY_OVERRIDES, set_args
@@ -134,3 +134,18 @@ def test_the_full_arm_trains_every_weight_under_zero3_at_a_tenth_of_the_rate():
     assert full["consolidate.weights"] == "full" and full["consolidate.zero_stage"] == 3
     assert full["consolidate.compose"] == "continue"
     assert full["consolidate.lr"] == pytest.approx(2e-4)
+
+
+def test_a_refused_sleeps_sessions_go_to_the_next_sleep_with_its_own():
+    """As the buffer does: a refused sleep acknowledges nothing, so the next sleep learns from
+    (and is measured on) both skills; a promoted one takes them all off the lease."""
+    leased = Unacked()
+    leased.add("partner", [{"id": "p1"}, {"id": "p2"}])
+    assert leased.settle(promoted=False) == []  # refused: still held
+    leased.add("twin", [{"id": "t1"}])
+    assert leased.skills == ["partner", "twin"]
+    assert [s["id"] for s in leased.sessions] == ["p1", "p2", "t1"]
+    assert leased.settle(promoted=True) == ["partner", "twin"]
+    assert leased.skills == [] and leased.sessions == []
+    leased.add("next", [{"id": "n1"}])
+    assert leased.settle(promoted=True) == ["next"]
