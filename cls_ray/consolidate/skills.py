@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cls_ray.storage import write_atomically
+from cls_ray.world.core import family_name
 
 BASE = "base"  # the skills the model was built on: the task's retention questions
 
@@ -133,6 +134,30 @@ def measuring_conditions(cfg, retention_questions: Sequence) -> str:
         "engine": [cfg.engine.kind, cfg.engine.dtype, cfg.engine.max_new_tokens],
     }
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def new_skills(version: str, task, new_qs: Sequence, learned: set[str]) -> list[Skill]:
+    """The skills a promoted sleep taught: the task's new groups among those it was measured on
+    that no earlier sleep learned, with their held-out questions (frozen from now on). One per
+    skill of the world's stream (`world.held_back_sequence`; a sleep that took a refused
+    sleep's sessions with its own teaches two, each barred on its own score, named
+    `<version>/<relation>`), else one named by the version."""
+    groups = sorted({q.group for q in new_qs} & set(task.new_groups) - learned)
+    world = getattr(task, "world", None)
+    stream = world.skill_families() if world and world.config.held_back_sequence else []
+    of = {family_name(f): rel for rel, fams in stream for f in fams}
+    parts: dict[str, list[str]] = {rel: [] for rel, _ in stream}  # in the stream's order
+    for g in groups:
+        parts.setdefault(of.get(g, ""), []).append(g)
+    parts = {label: gs for label, gs in parts.items() if gs}
+    return [
+        Skill(
+            version if len(parts) == 1 else f"{version}/{label or 'other'}",
+            tuple(gs),
+            tuple(q.question for q in new_qs if q.group in gs),
+        )
+        for label, gs in parts.items()
+    ]
 
 
 def skill_questions(skills: Sequence[Skill], index: Mapping[str, object]) -> dict[str, list]:

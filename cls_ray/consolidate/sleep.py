@@ -38,7 +38,13 @@ from cls_ray.consolidate.ppo import experience_rows, fresh_rollouts, train_ppo
 from cls_ray.consolidate.promotion import SleepServices, conclude, decide
 from cls_ray.consolidate.retention import RetentionSuite
 from cls_ray.consolidate.sft import sleep_steps, train_sft
-from cls_ray.consolidate.skills import Skill, SkillLedger, measuring_conditions, skill_questions
+from cls_ray.consolidate.skills import (
+    Skill,
+    SkillLedger,
+    measuring_conditions,
+    new_skills,
+    skill_questions,
+)
 from cls_ray.engine.factory import build_engine
 from cls_ray.engine.hf import HFEngine
 from cls_ray.model.lora import Start
@@ -197,16 +203,6 @@ def start_of(cfg, version) -> Start:
     return Start(version.kind, Path(local), version.name)
 
 
-def new_skill(version: str, task, new_qs: Sequence[QA], learned: set[str]) -> Skill | None:
-    """The skill a promoted sleep taught: the task's new groups among those it was measured on
-    that no earlier sleep learned, with their held-out questions (frozen from now on)."""
-    groups = sorted({q.group for q in new_qs} & set(task.new_groups) - learned)
-    if not groups:
-        return None
-    questions = tuple(q.question for q in new_qs if q.group in groups)
-    return Skill(version, tuple(groups), questions)
-
-
 def sleep_once(
     stack: Stack,
     batch: SleepBatch,
@@ -322,26 +318,25 @@ def sleep_once(
     }
     v = conclude(cfg, services, out, method, current.name, metrics, (ok, reason), promote)
     log(f"sleep: {v.name} {'passes' if ok else 'fails'} the retention gate: {reason}")
-    skill = None
+    skills: list[Skill] = []
     if ok and promote:
-        skill = new_skill(v.name, task, new_qs, ledger.learned_groups())
+        skills = new_skills(v.name, task, new_qs, ledger.learned_groups())
         scores = dict(after["skills"])
-        if skill is not None:
+        for skill in skills:
             n = {g: sum(q.group == g for q in new_qs) for g in skill.groups}
             right = sum(after["new_family_by_group"][g] * n[g] for g in skill.groups)
             scores[skill.name] = right / sum(n.values())  # its accuracy on its own questions
-        ledger.record(v.name, scores, [skill] if skill else [], conditions)
-        if skill is not None:
             log(
-                f"sleep: {v.name} learned {len(skill.groups)} new group(s); their "
+                f"sleep: {skill.name} learned {len(skill.groups)} new group(s); their "
                 f"{len(skill.questions)} held-out questions join what every later sleep measures"
             )
+        ledger.record(v.name, scores, skills, conditions)
     if ok and promote and not task.world:
         joined = suite.add(good, v.name)
         log(f"sleep: {joined} trusted steps of {v.name} join the frozen retention suite")
     return {
         **metrics,
-        "learned_skill": skill.name if skill else None,
+        "learned_skill": ", ".join(s.name for s in skills) or None,
         "version": v.name,
         "passes_gate": ok,
         "promoted": ok and promote,

@@ -12,9 +12,12 @@ from cls_ray.consolidate.skills import (
     SkillLedger,
     below_best,
     measuring_conditions,
+    new_skills,
     skill_questions,
 )
-from cls_ray.consolidate.sleep import new_skill
+from cls_ray.task import WorldTask
+from cls_ray.world import WorldConfig, build_world
+from cls_ray.world.core import family_name
 
 
 def test_the_ledger_keeps_skills_and_scores_across_reopening(tmp_path):
@@ -78,11 +81,29 @@ def test_a_promoted_sleep_learns_only_the_new_groups_it_was_measured_on(tiny_sta
     task = tiny_stack.task
     new = task.questions("eval", task.new_groups[:2], per_group=2)
     old = task.questions("eval", [g for g in task.groups("eval") if g not in task.new_groups][:1])
-    skill = new_skill("v3", task, new + old, learned=set())
+    (skill,) = new_skills("v3", task, new + old, learned=set())
     assert skill.name == "v3" and set(skill.groups) == set(task.new_groups[:2])
     assert set(skill.questions) == {q.question for q in new}
     # Groups an earlier sleep learned are not learned again.
-    assert new_skill("v4", task, new, learned=set(task.new_groups[:2])) is None
+    assert new_skills("v4", task, new, learned=set(task.new_groups[:2])) == []
+
+
+def test_a_sleep_that_learns_two_skills_of_the_stream_bars_each_on_its_own():
+    """A sleep that took a refused sleep's sessions with its own teaches two skills of the
+    stream: each is its own ledger skill, so losing one cannot hide behind the other's gain."""
+    world = build_world(WorldConfig(scale=0.05, held_back_sequence=["rival", "spouse", "twin"]))
+    task = WorldTask(world)
+    stream = dict(world.skill_families())
+    groups = [family_name(f) for f in stream["spouse"] + stream["twin"]]
+    qs = task.questions("eval", groups, per_group=2)
+    skills = new_skills("v4", task, qs, learned=set())
+    assert [s.name for s in skills] == ["v4/spouse", "v4/twin"]
+    for s, rel in zip(skills, ["spouse", "twin"], strict=True):
+        assert set(s.groups) == {family_name(f) for f in stream[rel]}
+        assert set(s.questions) == {q.question for q in qs if q.group in s.groups}
+    # One skill's sessions alone: named by the version, as on any task.
+    spouse = [q for q in qs if q.group in skills[0].groups]
+    assert [s.name for s in new_skills("v5", task, spouse, learned=set())] == ["v5"]
 
 
 def test_every_learned_skill_is_measured_next_to_retention(tiny_stack, tmp_path):
