@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from cls_ray.consolidate.skills import below_best
+from cls_ray.consolidate.skills import EPS, below_best
 from cls_ray.ports import Memory, Publisher, Registry
 from cls_ray.registry import ModelRegistry, ModelVersion, registry_for
 
@@ -36,9 +36,6 @@ RETENTION_MEASURES = ("retention", "retention_steps")
 def _measured(before: dict, key: str) -> bool:
     b = before.get(key)
     return b is not None and not math.isnan(b) and b > 0
-
-
-EPS = 1e-9  # scores are shares of questions: 0.89 - 0.87 is 0.020000000000000018
 
 
 def decide(

@@ -28,6 +28,9 @@ from cls_ray.storage import write_atomically
 from cls_ray.world.core import family_name
 
 BASE = "base"  # the skills the model was built on: the task's retention questions
+# Scores are shares of questions, and 0.89 - 0.87 is 0.020000000000000018: a drop of exactly
+# the tolerance is allowed when it exceeds it by no more than this.
+EPS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ def new_skills(version: str, task, new_qs: Sequence, learned: set[str]) -> list[
     sleep's sessions with its own teaches two, each barred on its own score, named
     `<version>/<relation>`), else one named by the version."""
     groups = sorted({q.group for q in new_qs} & set(task.new_groups) - learned)
-    world = getattr(task, "world", None)
+    world = task.world
     stream = world.skill_families() if world and world.config.held_back_sequence else []
     of = {family_name(f): rel for rel, fams in stream for f in fams}
     parts: dict[str, list[str]] = {rel: [] for rel, _ in stream}  # in the stream's order
@@ -175,7 +178,7 @@ def below_best(
         if skill not in best or score is None or math.isnan(score):
             continue
         top, version = best[skill]
-        if top - score - tolerance > 1e-9:  # exactly the tolerance is allowed (float noise)
+        if top - score - tolerance > EPS:  # exactly the tolerance is allowed
             what = "retention (the base skills)" if skill == BASE else f"the skill {skill} taught"
             return (
                 f"{what} fell to {score:.3f}, {top - score:.3f} below its best {top:.3f} "
