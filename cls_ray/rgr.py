@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -101,22 +101,26 @@ def run_rgr(
     temperature: float = 0.0,
     seed: int | None = None,
     grounded: bool = False,
-    prefixes: Sequence[Sequence[str]] | None = None,
+    prefixes: Sequence[Sequence[str | StepRecord]] | None = None,
     patterns: bool = False,
     max_tokens: int | None = None,
     min_steps: int | Sequence[int] = 0,
+    avoid: Sequence[Collection[str]] | None = None,
 ) -> list[Trajectory]:
     """Runs RGR (or a baseline) for all `questions` together; returns one trajectory each.
 
     `grounded` decodes each step inside `grounded_choices` (restate a context document or
     answer from the steps so far), the same for every mode. `prefixes[i]`, when given, are steps
-    question i starts from (a rollout from a partial trajectory); `max_steps` counts them.
+    question i starts from (a rollout from a partial trajectory; a `StepRecord` keeps what
+    its step retrieved and cited, a text keeps nothing); `max_steps` counts them.
     `patterns` (rgr mode, a retriever that is a `Memory`) looks up an episodic procedure per question
     once and, while the steps follow it, retrieves with its next step (`hint_query`).
     `max_tokens` bounds the tokens a trajectory generates: it stops after the step that reaches
     it (without an answer, unless that step gave one). `min_steps` (one for all, or one per
     question; grounded decoding only) is the fewest steps before an answer: below it the
-    grammar offers no answer.
+    grammar offers no answer. `avoid[i]` (grounded decoding only): steps the grammar does not
+    offer question i at its first step after the prefix, though their documents stay in the
+    context (the step a judge found wrong there, so the model takes its next choice).
     """
     if mode not in ("rgr", "single", "none"):
         raise ValueError(f"unknown mode {mode!r}; expected rgr, single or none")
@@ -125,6 +129,8 @@ def run_rgr(
         raise ValueError("min_steps: one number, or one per question")
     if any(floors) and not grounded:
         raise ValueError("min_steps needs grounded decoding (it withholds the answer choices)")
+    if avoid is not None and (len(avoid) != len(questions) or not grounded):
+        raise ValueError("avoid: one set of steps per question, under grounded decoding")
     if any(f >= max_steps for f in floors):
         raise ValueError(f"min_steps must stay below max_steps ({max_steps}): room to answer")
     if mode != "none" and retriever is None:
@@ -134,6 +140,7 @@ def run_rgr(
     context: list[list[RetrievedDoc]] = [[] for _ in questions]
     start = time.perf_counter()
     active = list(range(len(questions)))
+    first = [len(p) for p in prefixes] if prefixes is not None else [0] * len(questions)
     plans: list = [None] * len(questions)
     if patterns and mode == "rgr" and isinstance(retriever, Memory):
         plans = retriever.plans(list(questions))
@@ -141,9 +148,12 @@ def run_rgr(
         if len(prefixes) != len(questions):
             raise ValueError("prefixes: one list of steps per question")
         for tr, prefix in zip(trajs, prefixes, strict=True):
-            for text in prefix:
-                answer = parse_answer(text)
-                tr.steps.append(StepRecord(text, None, [], [], is_answer=answer is not None))
+            for step in prefix:
+                if not isinstance(step, StepRecord):
+                    answer = parse_answer(step)
+                    step = StepRecord(step, None, [], [], is_answer=answer is not None)
+                answer = parse_answer(step.text)
+                tr.steps.append(step)
                 if answer is not None:
                     tr.answer = answer
                     break
@@ -183,6 +193,7 @@ def run_rgr(
                     [d.text for d in context[i]],
                     trajs[i].step_texts,
                     answers=len(trajs[i].steps) >= floors[i],
+                    avoid=avoid[i] if avoid is not None and len(trajs[i].steps) == first[i] else (),
                 )
                 for i in active
             ]

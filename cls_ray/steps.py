@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -112,16 +112,19 @@ def grounded_choices(
     steps: Sequence[str],
     max_span: int = 4,
     answers: bool = True,
+    avoid: Collection[str] = (),
 ) -> list[str]:
     """The steps the grammar allows next: restate one sentence of a context document (a
     one-sentence document, as the world's facts, is restated whole), or answer with a span (up
     to `max_span` words) of what the steps so far established. `answers=False` leaves the
-    answers out (a step must come first), unless no document offers a sentence.
+    answers out (a step must come first), unless no document offers a sentence. `avoid`: steps
+    not offered, restatements or answers (a document restated there stays in the context, and
+    its other sentences are offered).
 
     Decoding inside this set removes garbled copies, the small model's commonest error; which
     document to follow, and when and what to answer, stay the model's decisions.
     """
-    out = list(dict.fromkeys(s for d in docs for s in sentences(d)))
+    out = [s for s in dict.fromkeys(s for d in docs for s in sentences(d)) if s not in avoid]
     if out and not answers:
         return out
     words = [w for s in (steps or [question]) for w in s.split()]
@@ -131,7 +134,7 @@ def grounded_choices(
         for i in range(len(words) - n + 1)
         if all(_WORDLIKE.search(w) for w in words[i : i + n])
     }
-    out += [answer_step(sp) for sp in sorted(spans)]
+    out += [a for a in (answer_step(sp) for sp in sorted(spans)) if a not in avoid]
     return out
 
 

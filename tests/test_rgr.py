@@ -125,3 +125,42 @@ def test_min_steps_withholds_the_answer_until_that_many_steps(tiny_stack, questi
         run_rgr(questions, tiny_stack.engine, tiny_stack.retriever, grounded=True, min_steps=5)
     with pytest.raises(ValueError, match="one per question"):
         run_rgr(questions, tiny_stack.engine, tiny_stack.retriever, grounded=True, min_steps=[1])
+
+
+def test_a_retry_keeps_its_prefix_and_takes_another_step_where_one_is_withheld(
+    tiny_stack, questions
+):
+    """A dream's retry (`consolidate.dream_backtrack`): the prefix's recorded steps stay as
+    they were (what they retrieved and cited), and at the first step after it the grammar does
+    not offer the withheld steps, though their documents stay in the context."""
+    from cls_ray.rgr import StepRecord
+
+    opts = {"top_k": 3, "max_steps": 5, "grounded": True}
+    run = run_rgr(questions, tiny_stack.engine, tiny_stack.retriever, **opts)
+    first = [tr.steps[0] for tr in run]
+    again = run_rgr(
+        questions,
+        tiny_stack.engine,
+        tiny_stack.retriever,
+        avoid=[{s.text} for s in first],
+        **opts,
+    )
+    for s, tr in zip(first, again, strict=True):
+        assert tr.steps[0].text != s.text
+        assert [d.id for d in tr.steps[0].retrieved] == [d.id for d in s.retrieved]
+    prefixed = run_rgr(
+        questions,
+        tiny_stack.engine,
+        tiny_stack.retriever,
+        prefixes=[[s] for s in first],
+        **opts,
+    )
+    reasoned = [i for i, s in enumerate(first) if not s.is_answer]
+    assert reasoned
+    for i in reasoned:
+        assert isinstance(first[i], StepRecord) and prefixed[i].steps[0] is first[i]
+        assert len(prefixed[i].steps) >= 2
+        cited = set(first[i].cited)
+        assert not (cited & {d.id for d in prefixed[i].steps[1].retrieved})
+    with pytest.raises(ValueError, match="avoid: one set of steps per question"):
+        run_rgr(questions, tiny_stack.engine, tiny_stack.retriever, avoid=[set()] * len(questions))

@@ -233,6 +233,13 @@ class ConsolidateConfig(TrainerConfig):
         description="With a reference check and grounded decoding: a question whose dream the "
         "reference refutes is asked once more with one step more before any answer.",
     )
+    dream_backtrack: int = Field(
+        3,
+        ge=0,
+        description="With a reference check and grounded decoding: a question whose dream the "
+        "reference refutes is asked again from before the first step the PRM scores below "
+        "min_step_score, that step withheld there; up to this many times (0: never).",
+    )
     dream_until: float | None = Field(
         None,
         ge=0,

@@ -9,7 +9,7 @@ families the model was built on) so that learning the new does not erase the old
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -139,6 +139,7 @@ def sessions_to_pairs(
     gold: dict[str, Sequence[str]] | None = None,
     replayed: Sequence[dict] = (),
     check: AnswerCheck = EXACT,
+    accept: Callable[[str, str | None], bool] | None = None,
 ) -> tuple[list[tuple[str, str]], dict, list]:
     """Supervised pairs from sessions: f(τ), a gate, replay mixed in. Returns the pairs, their
     counts and A_good.
@@ -148,7 +149,9 @@ def sessions_to_pairs(
     (question → answers),
     ignoring the steps (the ablation's baselines). `replayed` sessions (consumed by earlier
     sleeps, kept by the buffer) replay what those sleeps taught, ahead of what the model was
-    built on (`known`). Patterns type their entities where the task knows them (the world)."""
+    built on (`known`). Patterns type their entities where the task knows them (the world).
+    `accept(question, answer)` (gate "prm"): a session whose answer it refutes is left out
+    (the task's reference answer outranks the PRM)."""
     c = cfg.consolidate
     if gate_mode == "outcome":
         gold = gold or {}
@@ -157,6 +160,9 @@ def sessions_to_pairs(
             for s in sessions
             if s["question"] in gold and check(s.get("answer"), gold[s["question"]])
         ]
+    asked = len(sessions)
+    if gate_mode == "prm" and accept is not None:
+        sessions = [s for s in sessions if accept(s["question"], s.get("answer"))]
     floor = c.min_step_score if gate_mode == "prm" else 0.0
     type_of = task.world.entities.get if task.world is not None else None
     arts = [a for s in sessions for a in extract(s, doc_texts, type_of, min_step_score=floor)]
@@ -188,7 +194,8 @@ def sessions_to_pairs(
     pairs = mix(new, replay, c.replay_ratio, c.seed)
     stats = {
         "gate": gate_mode,
-        "sessions": len(sessions),
+        "sessions": asked,
+        "refuted_sessions": asked - len(sessions) if gate_mode == "prm" else 0,
         "artifacts": len(arts),
         "a_good": len(good),
         "new_pairs": len(new),

@@ -25,7 +25,7 @@ from cls_ray.consolidate.data import (
     sessions_to_pairs,
     subplan_pairs,
 )
-from cls_ray.consolidate.dream import dream_questions, dream_round, reference_check
+from cls_ray.consolidate.dream import Accept, dream_questions, dream_round, reference_check
 from cls_ray.consolidate.episodic import fold_patterns
 from cls_ray.consolidate.evaluate import (
     evaluate_version,
@@ -113,18 +113,18 @@ def train_with_dreams(
     start: Start,
     log: Log,
     a_good: int | None = None,
+    accept: Accept | None = None,
 ) -> tuple[dict, list[dict], list[dict]]:
     """The candidate of a sleep, written to `out`: trained on the sessions' pairs; then, for
     each of `consolidate.dream_rounds` (SFT, with a PRM), the last candidate asks again the
     sessions' questions no trusted trajectory has solved yet, and the next trains from `start`
     on the sessions and every dream so far, gated alike; dreams end when one adds nothing the
-    gate trusts. Returns the last training's metrics, one row per dream, and the dreams the
-    last candidate trained on that the gate can trust (what later sleeps replay to keep what
-    this one taught)."""
+    gate trusts (`accept`: the task's reference check). Returns the last training's metrics,
+    one row per dream, and the dreams the last candidate trained on that the gate can trust
+    (what later sleeps replay to keep what this one taught)."""
     cfg, c = stack.cfg, stack.cfg.consolidate
     rounds = c.dream_rounds if prm is not None and method == "sft" else 0
     until = c.min_r_tau if c.dream_until is None else c.dream_until
-    accept = reference_check(stack.task, batch.sessions) if rounds else None
     trusted = a_good
     last = out if not rounds else out.with_name(f"{out.name}.round0")
     train = train_candidate(cfg, method, batch, pairs, last, log, known, start)
@@ -133,7 +133,9 @@ def train_with_dreams(
     try:
         for r in range(1, rounds + 1):
             t0 = time.time()
-            questions = dream_questions([*batch.sessions, *dreamt], c.dream_questions, until)
+            questions = dream_questions(
+                [*batch.sessions, *dreamt], c.dream_questions, until, accept
+            )
             if not questions:
                 break  # every question has a trajectory the PRM trusts
             engine = build_engine(cfg, f"dream-{last.name}", last)
@@ -152,13 +154,14 @@ def train_with_dreams(
                 known,
                 replayed=batch.replayed,
                 check=stack.task.check,
+                accept=accept,
             )
             rows.append(
                 {
                     "round": r,
                     "questions": len(questions),
                     "solved": solved,
-                    **checked,  # refuted, further
+                    **checked,  # refuted, further, backtracked
                     "n": c.dream_n,
                     **data,
                     "trained": data["a_good"] != trusted,  # a candidate trained on this set
@@ -173,8 +176,9 @@ def train_with_dreams(
             log(
                 f"sleep: dream {r}: {len(questions)} unsolved questions x {c.dream_n} in "
                 f"{time.time() - t0:.0f} s, {solved} solved, {checked['refuted']} refuted by a reference "
-                f"answer ({checked['further']} put right one step further); with the sessions A_good "
-                f"{data['a_good']} -> {data['new_pairs']} pairs"
+                f"answer ({checked['further']} put right one step further, "
+                f"{checked['backtracked']} by a retry before the step the PRM doubted); "
+                f"with the sessions A_good {data['a_good']} -> {data['new_pairs']} pairs"
             )
             nxt = out.with_name(f"{out.name}.round{r}")
             del engine  # the dream's model, before the next one trains
@@ -228,9 +232,11 @@ def sleep_once(
             f"a sleep consolidates the current version ({current.name}), not {stack.model_version.name}"
         )
     known = KnownSkills(task, memory, cfg, stack.engine.format)
-    pairs, data, good = sessions_to_pairs(
-        batch.sessions, batch.doc_texts, cfg, task, known, replayed=batch.replayed, check=task.check
-    )
+    # A session whose answer the task's reference refutes teaches nothing, however the PRM
+    # scored it (its question stays open for the dreams).
+    accept = reference_check(task, batch.sessions)
+    refs = {"replayed": batch.replayed, "check": task.check, "accept": accept}
+    pairs, data, good = sessions_to_pairs(batch.sessions, batch.doc_texts, cfg, task, known, **refs)
     log(
         f"sleep: {data['sessions']} sessions -> {data['artifacts']} artifacts, A_good "
         f"{data['a_good']} -> {data['new_pairs']} pairs (+ replay: {data['pairs']})"
@@ -276,6 +282,7 @@ def sleep_once(
         start_of(cfg, current),
         log,
         a_good=data["a_good"],
+        accept=accept,
     )
     # The configured engine (HF, or vLLM on a GPU), under a name no other sleep used: vLLM
     # caches adapters and weights by name.

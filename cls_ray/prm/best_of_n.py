@@ -50,9 +50,10 @@ def rgr_best_of_n(
     if n < 1:
         raise ValueError("n must be at least 1")
     flat = [q for q in questions for _ in range(n)]
-    floors = rgr_options.get("min_steps")
-    if floors is not None and not isinstance(floors, int):  # one per question: per sample
-        rgr_options["min_steps"] = [f for f in floors for _ in range(n)]
+    for key in ("min_steps", "prefixes", "avoid"):  # one per question: one per sample
+        per = rgr_options.get(key)
+        if per is not None and not isinstance(per, int):
+            rgr_options[key] = [x for x in per for _ in range(n)]
     trajs = run_rgr(flat, engine, retriever, temperature=temperature, seed=seed, **rgr_options)
     scores = score_many(trajectory_items(trajs))
     taus = [aggregate_step_scores(s, aggregation) for s in scores]

@@ -22,6 +22,12 @@ def test_a_dream_asks_the_unsolved_questions_once_each_in_order():
     assert dream_questions([_s("q1", 0.7)], 10, solved_at=0.5) == []
 
 
+def test_a_trusted_session_the_reference_refutes_leaves_its_question_open():
+    sessions = [{**_s("q1", 0.9), "answer": "wrong"}, {**_s("q2", 0.9), "answer": "right"}]
+    assert dream_questions(sessions, 10, solved_at=0.5) == []
+    assert dream_questions(sessions, 10, 0.5, accept=lambda q, a: a == "right") == ["q1"]
+
+
 def _subplan(session_id, n):
     from cls_ray.consolidate.extract import Artifact
 
@@ -108,7 +114,9 @@ def test_a_refuted_dream_is_asked_again_one_step_further(monkeypatch):
 
     monkeypatch.setattr(dream, "best_of_n_sessions", fake_best_of_n)
     cfg = SimpleNamespace(
-        consolidate=SimpleNamespace(dream_n=4, dream_further=True),
+        consolidate=SimpleNamespace(
+            dream_n=4, dream_further=True, dream_backtrack=3, min_step_score=0.5
+        ),
         rgr=SimpleNamespace(max_steps=5),
         grounded=True,
     )
@@ -119,8 +127,89 @@ def test_a_refuted_dream_is_asked_again_one_step_further(monkeypatch):
     got, docs, counts = dream.dream_round(cfg, None, None, None, ["q1"], 0, accept)
     assert calls[1] == (["q2", "q3"], [3, 2])
     assert [s["question"] for s in got] == ["q1", "q2"] and docs == {"d1": "doc"}
-    assert counts == {"refuted": 3, "further": 1}
+    assert counts == {"refuted": 3, "further": 1, "backtracked": 0}  # no step scores: no retry
     cfg.consolidate.dream_further = False
     calls.clear()
     got, _, counts = dream.dream_round(cfg, None, None, None, ["q1"], 0, accept)
-    assert len(calls) == 1 and counts == {"refuted": 4, "further": 0}
+    assert len(calls) == 1 and counts == {"refuted": 4, "further": 0, "backtracked": 0}
+
+
+def _scored(q, steps, scores, answer):
+    rows = [
+        {"is_answer": False, "text": t, "query": f"{q} {t}", "retrieved": [{"id": t, "score": 1.0}]}
+        for t in steps
+    ]
+    rows.append({"is_answer": True, "text": f"the answer is {answer} .", "retrieved": []})
+    return {"question": q, "answer": answer, "steps": rows, "prm_step_scores": scores}
+
+
+def test_a_retry_starts_before_the_first_doubted_step_and_withholds_it():
+    """The retry of a refuted dream keeps the steps before the first one the PRM scores below
+    the floor (with what each retrieved) and withholds that one there; a retry that goes wrong
+    at the same step withholds both; one that goes wrong later starts again from there; none
+    where only the answer is doubted, or where a retry's own prefix is."""
+    from cls_ray.consolidate.dream import backtrack_point
+
+    docs = {"e1": "the employer of X is E .", "h1": "the hq of E is C ."}
+    d = _scored("q", ["e1", "h1", "h2"], [0.9, 0.1, 0.2, 0.1], "C")
+    r = backtrack_point(d, docs, 0.5)
+    assert r.question == "q" and r.avoid == {"h1"}
+    assert [s.text for s in r.prefix] == ["e1"] and r.prefix[0].query == "q e1"
+    assert [(x.id, x.text) for x in r.prefix[0].retrieved] == [("e1", docs["e1"])]
+    again = backtrack_point(_scored("q", ["e1", "h3"], [0.9, 0.0, 0.0], "D"), docs, 0.5, r)
+    assert again.avoid == {"h1", "h3"} and [s.text for s in again.prefix] == ["e1"]
+    later = backtrack_point(
+        _scored("q", ["e1", "p1", "x"], [0.9, 0.8, 0.1, 0.1], "D"), docs, 0.5, r
+    )
+    assert later.avoid == {"x"} and [s.text for s in later.prefix] == ["e1", "p1"]
+    assert backtrack_point(_scored("q", ["e2"], [0.2, 0.1], "D"), docs, 0.5, r) is None
+    assert backtrack_point(_scored("q", ["e1"], [0.9, 0.1], "D"), docs, 0.5) is None  # answer
+    assert backtrack_point(_scored("q", ["e1"], [0.9, 0.9], "D"), docs, 0.5) is None
+
+
+def test_a_refuted_dream_is_retried_until_it_checks_or_the_retries_run_out(monkeypatch):
+    """`consolidate.dream_backtrack` retries: each from the dream before, the step it went
+    wrong at withheld. q1 checks on the second retry; q2 never does and is retried three
+    times; with 0 retries neither is."""
+    from types import SimpleNamespace
+
+    import cls_ray.consolidate.dream as dream
+
+    calls = []
+
+    def fake_best_of_n(cfg, engine, retriever, prm, questions, n, seed, version, accept, **kw):
+        calls.append(kw.get("retry"))
+        if not kw:
+            return [_scored(q, ["e1", "h1"], [0.9, 0.1, 0.1], "C") for q in questions], {}
+        tries = len(calls) - 1
+        out = []
+        for r in kw["retry"]:
+            right = r.question == "q1" and tries == 2
+            out.append(
+                _scored(
+                    r.question, ["e1", f"h{tries + 1}"], [0.9, 0.1, 0.1], "right" if right else "C"
+                )
+            )
+        return out, {}
+
+    monkeypatch.setattr(dream, "best_of_n_sessions", fake_best_of_n)
+    cfg = SimpleNamespace(
+        consolidate=SimpleNamespace(
+            dream_n=4, dream_further=False, dream_backtrack=3, min_step_score=0.5
+        ),
+        rgr=SimpleNamespace(max_steps=5),
+        grounded=True,
+    )
+    got, _, counts = dream.dream_round(
+        cfg, None, None, None, ["q1", "q2"], 0, lambda q, a: a == "right"
+    )
+    assert [s["question"] for s in got] == ["q1"]
+    assert counts == {"refuted": 1, "further": 0, "backtracked": 1}
+    assert [[r.question for r in c] for c in calls[1:]] == [["q1", "q2"], ["q1", "q2"], ["q2"]]
+    assert calls[2][0].avoid == {"h1", "h2"} and calls[3][0].avoid == {"h1", "h2", "h3"}
+    cfg.consolidate.dream_backtrack = 0
+    calls.clear()
+    got, _, counts = dream.dream_round(
+        cfg, None, None, None, ["q1", "q2"], 0, lambda q, a: a == "right"
+    )
+    assert len(calls) == 1 and counts == {"refuted": 2, "further": 0, "backtracked": 0}

@@ -83,3 +83,43 @@ def test_a_sleep_replays_every_skill_it_has_sessions_of(tiny_stack):
     from_first = [p for p in pairs if any(q.text in p[0] for q in by_fam[first][:8])]
     assert from_second and from_first
     assert abs(len(from_second) - len(from_first)) <= 1  # an equal share each
+
+
+def test_a_session_the_reference_answer_refutes_is_not_trained_on(tiny_stack):
+    """Two curated sessions on train questions, both trusted (R(τ) 1.0): one ends in the
+    reference answer, the other names someone else. With the task's reference check, the sleep
+    leaves the second out of A_good and its pairs, and counts it; without, both are kept."""
+    from cls_ray.consolidate.data import KnownSkills, corrected_sessions, sessions_to_pairs
+    from cls_ray.consolidate.dream import reference_check
+
+    world, cfg = tiny_stack.world, tiny_stack.cfg
+    right, wrong = [q for q in world.questions("train", world.held_back_families) if q.hops == 1][
+        :2
+    ]
+    other = next(
+        e
+        for e, t in world.entities.items()
+        if t == world.entities[wrong.answer] and e != wrong.answer
+    )
+    lie = [*wrong.gold_steps[:-1], f"the answer is {other} ."]
+    raw = [
+        {
+            "id": tag,
+            "question": q.text,
+            "steps": [],
+            "answer": None,
+            "model_version": "base",
+            "feedback": [{"corrected_steps": steps, "rating": 1, "role": "curator"}],
+        }
+        for tag, q, steps in (("right", right, right.gold_steps), ("wrong", wrong, lie))
+    ]
+    sessions, docs = corrected_sessions(raw, tiny_stack.retriever, cfg.rgr.top_k)
+    known = KnownSkills(tiny_stack.task, tiny_stack.retriever, cfg, tiny_stack.engine.format)
+    accept = reference_check(tiny_stack.task, sessions)
+    assert accept is not None
+    _, stats, good = sessions_to_pairs(sessions, docs, cfg, tiny_stack.task, known, accept=accept)
+    assert stats["sessions"] == 2 and stats["refuted_sessions"] == 1
+    assert {a.session_id for a in good} == {"right-corrected"}
+    _, stats, good = sessions_to_pairs(sessions, docs, cfg, tiny_stack.task, known)
+    assert stats["refuted_sessions"] == 0
+    assert {a.session_id for a in good} == {"right-corrected", "wrong-corrected"}
