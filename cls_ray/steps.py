@@ -118,13 +118,19 @@ def grounded_choices(
     one-sentence document, as the world's facts, is restated whole), or answer with a span (up
     to `max_span` words) of what the steps so far established. `answers=False` leaves the
     answers out (a step must come first), unless no document offers a sentence. `avoid`: steps
-    not offered, restatements or answers (a document restated there stays in the context, and
-    its other sentences are offered).
+    not offered, restatements or answers, compared with whitespace folded (a document restated
+    there stays in the context, and its other sentences are offered; where every sentence is
+    avoided, answers are offered even with `answers=False`).
 
     Decoding inside this set removes garbled copies, the small model's commonest error; which
     document to follow, and when and what to answer, stay the model's decisions.
     """
-    out = [s for s in dict.fromkeys(s for d in docs for s in sentences(d)) if s not in avoid]
+    avoid = {clean_step(a) for a in avoid}
+    out = [
+        s
+        for s in dict.fromkeys(s for d in docs for s in sentences(d))
+        if clean_step(s) not in avoid
+    ]
     if out and not answers:
         return out
     words = [w for s in (steps or [question]) for w in s.split()]
@@ -134,7 +140,7 @@ def grounded_choices(
         for i in range(len(words) - n + 1)
         if all(_WORDLIKE.search(w) for w in words[i : i + n])
     }
-    out += [a for a in (answer_step(sp) for sp in sorted(spans)) if a not in avoid]
+    out += [a for a in (answer_step(sp) for sp in sorted(spans)) if clean_step(a) not in avoid]
     return out
 
 

@@ -42,6 +42,8 @@ def best_of_n_sessions(
     if min_steps is not None:
         options["min_steps"] = list(min_steps)
     if retry is not None:
+        if [r.question for r in retry] != list(questions):
+            raise ValueError("retry: one per question, in the questions' order")
         options["prefixes"] = [r.prefix for r in retry]
         options["avoid"] = [r.avoid for r in retry]
     best = rgr_best_of_n(
@@ -187,6 +189,8 @@ def backtrack_point(refuted: dict, docs: dict[str, str], floor: float, after: Re
             st.get("query"),
             [RetrievedDoc(r["id"], r["score"], docs.get(r["id"], "")) for r in st["retrieved"]],
             list(st.get("cited") or []),
+            list(st.get("token_ids") or []),
+            list(st.get("logprobs") or []),
         )
         for st in steps[:i]
     ]

@@ -81,13 +81,14 @@ def train_candidate(
     log: Log,
     known: KnownSkills,
     start: Start | None = None,
+    accept: Accept | None = None,
 ):
     """The slow path: an adapter trained on the gated pairs (SFT) or on the scored sessions'
-    step rewards with replay (PPO-ptx)."""
+    step rewards with replay (PPO-ptx; not the sessions whose answer `accept` refutes)."""
     if method == "ppo":
         c = cfg.consolidate
         rows = experience_rows(
-            batch.sessions,
+            [s for s in batch.sessions if accept is None or accept(s["question"], s.get("answer"))],
             batch.doc_texts,
             known.format,
             c.ppo.reward_offset,
@@ -127,7 +128,7 @@ def train_with_dreams(
     until = c.min_r_tau if c.dream_until is None else c.dream_until
     trusted = a_good
     last = out if not rounds else out.with_name(f"{out.name}.round0")
-    train = train_candidate(cfg, method, batch, pairs, last, log, known, start)
+    train = train_candidate(cfg, method, batch, pairs, last, log, known, start, accept)
     log(f"sleep: trained {last.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
     docs, dreamt, rows, learned = dict(batch.doc_texts), [], [], []
     try:
@@ -234,11 +235,12 @@ def sleep_once(
     known = KnownSkills(task, memory, cfg, stack.engine.format)
     # A session whose answer the task's reference refutes teaches nothing, however the PRM
     # scored it (its question stays open for the dreams).
-    accept = reference_check(task, batch.sessions)
+    accept = reference_check(task, [*batch.sessions, *batch.replayed])
     refs = {"replayed": batch.replayed, "check": task.check, "accept": accept}
     pairs, data, good = sessions_to_pairs(batch.sessions, batch.doc_texts, cfg, task, known, **refs)
     log(
-        f"sleep: {data['sessions']} sessions -> {data['artifacts']} artifacts, A_good "
+        f"sleep: {data['sessions']} sessions ({data['refuted_sessions']} refuted by a reference "
+        f"answer) -> {data['artifacts']} artifacts, A_good "
         f"{data['a_good']} -> {data['new_pairs']} pairs (+ replay: {data['pairs']})"
     )
     # Step-level retention: the world's episodes, else the frozen suite earlier sleeps taught.

@@ -93,9 +93,10 @@ def test_a_refuted_dream_is_asked_again_one_step_further(monkeypatch):
     import cls_ray.consolidate.dream as dream
 
     def session(q, steps, answer):
-        rows = [{"is_answer": False, "text": t} for t in steps]
+        rows = [{"is_answer": False, "text": t, "retrieved": []} for t in steps]
         rows += [{"is_answer": True, "text": f"the answer is {answer} ."}] if answer else []
-        return {"question": q, "answer": answer, "steps": rows}
+        scores = [0.9] + [0.1] * (len(rows) - 1)  # the PRM doubts the second step on
+        return {"question": q, "answer": answer, "steps": rows, "prm_step_scores": scores}
 
     first = [
         session("q1", ["a", "b"], "right"),  # checks
@@ -110,6 +111,8 @@ def test_a_refuted_dream_is_asked_again_one_step_further(monkeypatch):
         calls.append((list(questions), kw.get("min_steps")))
         if not kw:
             return first, {"d1": "doc"}
+        if "retry" in kw:  # retried: still wrong
+            return [session(q, ["a", "x"], "no") for q in questions], {}
         return [session("q2", ["a", "b", "c"], "right"), session("q3", ["a", "b"], "no")], {}
 
     monkeypatch.setattr(dream, "best_of_n_sessions", fake_best_of_n)
@@ -126,9 +129,13 @@ def test_a_refuted_dream_is_asked_again_one_step_further(monkeypatch):
 
     got, docs, counts = dream.dream_round(cfg, None, None, None, ["q1"], 0, accept)
     assert calls[1] == (["q2", "q3"], [3, 2])
+    # retried from before their doubted step: not q2 (right one step further), nor q3 (the
+    # PRM doubts only its answer)
+    assert calls[2][0] == ["q4", "q5"]
     assert [s["question"] for s in got] == ["q1", "q2"] and docs == {"d1": "doc"}
-    assert counts == {"refuted": 3, "further": 1, "backtracked": 0}  # no step scores: no retry
+    assert counts == {"refuted": 3, "further": 1, "backtracked": 0}
     cfg.consolidate.dream_further = False
+    cfg.consolidate.dream_backtrack = 0
     calls.clear()
     got, _, counts = dream.dream_round(cfg, None, None, None, ["q1"], 0, accept)
     assert len(calls) == 1 and counts == {"refuted": 4, "further": 0, "backtracked": 0}
@@ -213,3 +220,68 @@ def test_a_refuted_dream_is_retried_until_it_checks_or_the_retries_run_out(monke
         cfg, None, None, None, ["q1", "q2"], 0, lambda q, a: a == "right"
     )
     assert len(calls) == 1 and counts == {"refuted": 2, "further": 0, "backtracked": 0}
+
+
+def test_a_retry_reaches_decoding_with_its_prefix_and_what_it_withholds():
+    """Through best of N and RGR (a model that takes the first step offered): every sample of
+    a retry starts from its recorded prefix (what it retrieved stays, what it cited is not
+    retrieved again), the withheld step is not offered at the first step after it though its
+    document is in the context, and it is offered again at the step after that."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from cls_ray.consolidate.dream import Retry, best_of_n_sessions
+    from cls_ray.memory.documents import RetrievedDoc
+    from cls_ray.rgr import StepRecord
+
+    texts = {
+        "e": "the employer of X is E .",
+        "h": "the hq of E is C .",
+        "p": "the partner of E is P .",
+    }
+
+    class Retriever:
+        def retrieve(self, queries, k, exclude=None):
+            return [
+                [
+                    RetrievedDoc(i, 1.0, t)
+                    for i, t in texts.items()
+                    if i not in (exclude or [()])[j]
+                ][:k]
+                for j in range(len(queries))
+            ]
+
+    contexts, offered = {}, []  # each sample's documents by steps so far; choices per decode
+
+    class Engine:
+        version = "v"
+
+        def render(self, question, docs, steps):
+            contexts.setdefault(len(steps), []).append(list(docs))
+            return question
+
+        def generate(self, prompts, temperature=0.0, seed=None, choices=None):
+            offered.append(choices)
+            return [SimpleNamespace(text=c[0], token_ids=[1], logprobs=[0.0]) for c in choices]
+
+    cfg = SimpleNamespace(
+        rgr_options=lambda: {"top_k": 3, "max_steps": 4, "grounded": True},
+        prm=SimpleNamespace(sample_temperature=1.0, aggregation="min"),
+    )
+    prm = SimpleNamespace(score_many=lambda items: [[0.9] * len(s) for _, s, _ in items])
+    first = StepRecord(texts["e"], "q", [RetrievedDoc("e", 0.5, texts["e"])], ["e"], [7], [-0.1])
+    retry = Retry("q", [first], frozenset({texts["h"]}))
+    got, docs = best_of_n_sessions(cfg, Engine(), Retriever(), prm, ["q"], 2, retry=[retry])
+    steps = got[0]["steps"]
+    assert steps[0]["text"] == texts["e"] and steps[0]["token_ids"] == [7]
+    assert [r["id"] for r in steps[0]["retrieved"]] == ["e"]
+    assert [s["text"] for s in steps[1:3]] == [texts["p"], texts["h"]]
+    assert min(contexts) == 1 and len(contexts[1]) == 2  # both samples start after the prefix
+    assert all(texts["h"] in c for c in contexts[1])  # both samples see the withheld document
+    assert all(texts["h"] not in o and texts["p"] in o for o in offered[0])
+    assert all(texts["h"] in o for o in offered[1])  # offered again one step later
+    assert all(texts["e"] not in c for c in contexts[1])  # cited in the prefix: not again
+    assert docs == texts  # the texts of what every step retrieved, the prefix's too
+    with pytest.raises(ValueError, match="retry: one per question"):
+        best_of_n_sessions(cfg, Engine(), Retriever(), prm, ["other"], 2, retry=[retry])
