@@ -83,12 +83,18 @@ def test_a_dream_is_checked_against_train_answers_only(tmp_path):
     assert reference_check(task, [_s("Why?", 0.1)]) is None
 
 
+def _dream_cfg(further: bool):
+    from types import SimpleNamespace
+
+    c = SimpleNamespace(dream_n=4, dream_further=further, dream_backtrack=3, min_step_score=0.5)
+    return SimpleNamespace(consolidate=c, rgr=SimpleNamespace(max_steps=5), grounded=True)
+
+
 def test_a_refuted_dream_is_asked_again_one_step_further(monkeypatch):
     """Where the reference refutes a question's best dream, the question is sampled again with
     no answer before one step more than that dream took; what then checks joins, the rest
     stays refuted. A dream that never answered, or left no room for another step, is not
     asked again."""
-    from types import SimpleNamespace
 
     import cls_ray.consolidate.dream as dream
 
@@ -116,13 +122,7 @@ def test_a_refuted_dream_is_asked_again_one_step_further(monkeypatch):
         return [session("q2", ["a", "b", "c"], "right"), session("q3", ["a", "b"], "no")], {}
 
     monkeypatch.setattr(dream, "best_of_n_sessions", fake_best_of_n)
-    cfg = SimpleNamespace(
-        consolidate=SimpleNamespace(
-            dream_n=4, dream_further=True, dream_backtrack=3, min_step_score=0.5
-        ),
-        rgr=SimpleNamespace(max_steps=5),
-        grounded=True,
-    )
+    cfg = _dream_cfg(further=True)
 
     def accept(q, a):
         return a == "right"
@@ -178,7 +178,6 @@ def test_a_refuted_dream_is_retried_until_it_checks_or_the_retries_run_out(monke
     """`consolidate.dream_backtrack` retries: each from the dream before, the step it went
     wrong at withheld. q1 checks on the second retry; q2 never does and is retried three
     times; with 0 retries neither is."""
-    from types import SimpleNamespace
 
     import cls_ray.consolidate.dream as dream
 
@@ -200,13 +199,7 @@ def test_a_refuted_dream_is_retried_until_it_checks_or_the_retries_run_out(monke
         return out, {}
 
     monkeypatch.setattr(dream, "best_of_n_sessions", fake_best_of_n)
-    cfg = SimpleNamespace(
-        consolidate=SimpleNamespace(
-            dream_n=4, dream_further=False, dream_backtrack=3, min_step_score=0.5
-        ),
-        rgr=SimpleNamespace(max_steps=5),
-        grounded=True,
-    )
+    cfg = _dream_cfg(further=False)
     got, _, counts = dream.dream_round(
         cfg, None, None, None, ["q1", "q2"], 0, lambda q, a: a == "right"
     )
