@@ -14,7 +14,7 @@ stored-session tokens by the truncated importance ratio to the behaviour policy.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ray.train
@@ -70,17 +70,24 @@ def experience_rows(
     fmt: StepFormat,
     reward_offset: float = 0.5,
     grounded: bool = True,
+    accept: Callable[[str, str | None], bool] | None = None,
 ) -> list[dict]:
     """One row per scored session: (prompt, step) pairs, the step rewards (PRM score minus
     `reward_offset`, so a step the PRM doubts is penalised), the behaviour log-probs of each
     step where the session kept them, and, for `grounded` decoding, the steps the grammar
-    allowed at each point (the policy being trained is the constrained one)."""
+    allowed at each point (the policy being trained is the constrained one). Where `accept`
+    (the task's reference check) refutes a session's answer, its answer step is rewarded as
+    a step the PRM scores 0: the reference outranks the PRM, and the session stays a
+    negative example."""
     rows = []
     for s in sessions:
-        scores = s.get("prm_step_scores") or []
+        scores = list(s.get("prm_step_scores") or [])
         steps = [st["text"] for st in s["steps"]]
         if not steps or len(scores) != len(steps):
             continue
+        if accept is not None and s["steps"][-1]["is_answer"]:
+            if not accept(s["question"], s.get("answer")):
+                scores[-1] = 0.0
         pairs, choices = [], []
         for i, st in enumerate(s["steps"]):
             docs = [doc_texts.get(r["id"], "") for r in st.get("retrieved") or []]

@@ -84,15 +84,11 @@ def train_candidate(
     accept: Accept | None = None,
 ):
     """The slow path: an adapter trained on the gated pairs (SFT) or on the scored sessions'
-    step rewards with replay (PPO-ptx; not the sessions whose answer `accept` refutes)."""
+    step rewards with replay (PPO-ptx; a wrong answer by the reference `accept` rewarded as 0)."""
     if method == "ppo":
         c = cfg.consolidate
         rows = experience_rows(
-            [s for s in batch.sessions if accept is None or accept(s["question"], s.get("answer"))],
-            batch.doc_texts,
-            known.format,
-            c.ppo.reward_offset,
-            cfg.grounded,
+            batch.sessions, batch.doc_texts, known.format, c.ppo.reward_offset, cfg.grounded, accept
         )
         replay = known.take(4 * len(rows))
         log(f"ppo: {len(rows)} scored trajectories, {len(replay)} replayed pairs for ptx")

@@ -110,3 +110,23 @@ def test_a_ppo_run_lowers_the_loss_changes_the_adapter_and_favours_rewarded_step
     good_gain = sum(gain[: len(good)]) / len(good)
     bad_gain = sum(gain[len(good) :]) / len(bad)
     assert good_gain > bad_gain  # rewarded steps became likelier than penalised ones
+
+
+def test_a_wrong_answer_by_the_reference_is_rewarded_as_the_prm_scoring_it_zero():
+    """A session the PRM trusted whose answer the task's reference refutes stays a PPO row (a
+    negative example): its answer step's reward is the PRM's 0 less the offset; its reasoning
+    steps keep theirs, and a session the reference accepts is unchanged."""
+    from cls_ray.steps import StepFormat
+
+    def session(q, answer):
+        steps = [
+            {"text": "the employer of X is E .", "retrieved": [], "is_answer": False},
+            {"text": f"the answer is {answer} .", "retrieved": [], "is_answer": True},
+        ]
+        return {"question": q, "answer": answer, "steps": steps, "prm_step_scores": [0.9, 0.8]}
+
+    sessions = [session("q1", "E"), session("q2", "F")]
+    rows = experience_rows(sessions, {}, StepFormat(), 0.5, False, lambda q, a: a == "E")
+    assert [r["rewards"] for r in rows] == [pytest.approx([0.4, 0.3]), pytest.approx([0.4, -0.5])]
+    plain = experience_rows(sessions, {}, StepFormat(), 0.5, False)
+    assert [r["rewards"] for r in plain] == [pytest.approx([0.4, 0.3])] * 2
