@@ -233,6 +233,13 @@ class ConsolidateConfig(TrainerConfig):
         description="With a reference check and grounded decoding: a question whose dream the "
         "reference refutes is asked once more with one step more before any answer.",
     )
+    reference_gate: bool = Field(
+        True,
+        description="Where the task's train split answers a session's question, a session whose "
+        "answer that reference refutes is not trained on or replayed (PPO rewards its answer as "
+        "wrong), however the PRM scored it. Off where the references are incomplete (right "
+        "answers the check cannot match): the PRM alone judges sessions; dreams still check.",
+    )
     dream_backtrack: int = Field(
         3,
         ge=0,

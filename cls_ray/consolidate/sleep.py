@@ -87,6 +87,7 @@ def train_candidate(
     step rewards with replay (PPO-ptx; a wrong answer by the reference `accept` rewarded as 0)."""
     if method == "ppo":
         c = cfg.consolidate
+        accept = accept if c.reference_gate else None
         rows = experience_rows(
             batch.sessions, batch.doc_texts, known.format, c.ppo.reward_offset, cfg.grounded, accept
         )
@@ -113,7 +114,8 @@ def train_with_dreams(
     accept: Accept | None = None,
 ) -> tuple[dict, list[dict], list[dict]]:
     """The candidate of a sleep, written to `out`: trained on the sessions' pairs; then, for
-    each of `consolidate.dream_rounds` (SFT, with a PRM), the last candidate asks again the
+    each of `consolidate.dream_rounds` (SFT, with a PRM), the last candidate (the current
+    version, where the gate trusts no session and nothing was trained) asks again the
     sessions' questions no trusted trajectory has solved yet, and the next trains from `start`
     on the sessions and every dream so far, gated alike; dreams end when one adds nothing the
     gate trusts (`accept`: the task's reference check). Returns the last training's metrics,
@@ -123,9 +125,13 @@ def train_with_dreams(
     rounds = c.dream_rounds if prm is not None and method == "sft" else 0
     until = c.min_r_tau if c.dream_until is None else c.dream_until
     trusted = a_good
-    last = out if not rounds else out.with_name(f"{out.name}.round0")
-    train = train_candidate(cfg, method, batch, pairs, last, log, known, start, accept)
-    log(f"sleep: trained {last.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
+    last: Path | None = out if not rounds else out.with_name(f"{out.name}.round0")
+    if pairs or not rounds:
+        train = train_candidate(cfg, method, batch, pairs, last, log, known, start, accept)
+        log(f"sleep: trained {last.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
+    else:  # nothing the gate trusts yet (every session refuted): the current version dreams
+        last = None
+        log("sleep: no session the gate trusts; the current version dreams first")
     docs, dreamt, rows, learned = dict(batch.doc_texts), [], [], []
     try:
         for r in range(1, rounds + 1):
@@ -135,7 +141,7 @@ def train_with_dreams(
             )
             if not questions:
                 break  # every question has a trajectory the PRM trusts
-            engine = build_engine(cfg, f"dream-{last.name}", last)
+            engine = build_engine(cfg, f"dream-{last.name}", last) if last else stack.engine
             # a dream the reference answer refutes teaches nothing (it is dropped)
             got, more, checked = dream_round(
                 cfg, engine, services.memory, prm, questions, c.seed + r, accept
@@ -143,15 +149,9 @@ def train_with_dreams(
             solved = sum((s.get("r_tau") or 0.0) >= until for s in got)
             docs.update(more)
             dreamt += got
+            refs = {"replayed": batch.replayed, "check": stack.task.check, "accept": accept}
             new_pairs, data, _ = sessions_to_pairs(
-                [*batch.sessions, *dreamt],
-                docs,
-                cfg,
-                stack.task,
-                known,
-                replayed=batch.replayed,
-                check=stack.task.check,
-                accept=accept,
+                [*batch.sessions, *dreamt], docs, cfg, stack.task, known, **refs
             )
             rows.append(
                 {
@@ -181,7 +181,8 @@ def train_with_dreams(
             del engine  # the dream's model, before the next one trains
             train = train_candidate(cfg, method, batch, new_pairs, nxt, log, known, start)
             log(f"sleep: trained {nxt.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
-            shutil.rmtree(last, ignore_errors=True)
+            if last is not None:
+                shutil.rmtree(last, ignore_errors=True)
             # kept for later replay: the dreams the gate can trust (R(τ) at its bar)
             learned = [d for d in dreamt if (d.get("r_tau") or 0.0) >= c.min_r_tau]
             last = nxt
@@ -189,6 +190,8 @@ def train_with_dreams(
         for r in range(rounds + 1):
             shutil.rmtree(out.with_name(f"{out.name}.round{r}"), ignore_errors=True)
         raise
+    if last is None:
+        raise ValueError("no supervised pairs: nothing passed the PRM gate, nor did any dream")
     if last != out:
         last.rename(out)
         train = {**train, "path": str(out)}

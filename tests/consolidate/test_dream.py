@@ -278,3 +278,53 @@ def test_a_retry_reaches_decoding_with_its_prefix_and_what_it_withholds():
     assert docs == texts  # the texts of what every step retrieved, the prefix's too
     with pytest.raises(ValueError, match="retry: one per question"):
         best_of_n_sessions(cfg, Engine(), Retriever(), prm, ["other"], 2, retry=[retry])
+
+
+def test_where_the_gate_trusts_no_session_the_current_version_dreams_first(monkeypatch, tmp_path):
+    """Every session refuted (nothing to train a first candidate on): the current version
+    dreams, the candidate trains on what its dream found; and where no dream is found either,
+    the sleep says nothing passed."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    import cls_ray.consolidate.sleep as sleep
+
+    trained, engines = [], []
+
+    def fake_train(cfg, method, batch, pairs, out, log, known, start, accept=None):
+        trained.append(list(pairs))
+        out.mkdir(parents=True)
+        return {"first_loss": 1.0, "loss": 0.5}
+
+    def fake_pairs(sessions, docs, cfg, task, known, **kw):
+        good = [s for s in sessions if s.get("r_tau")]
+        return [("p", s["question"]) for s in good], {"a_good": len(good), "new_pairs": 1}, good
+
+    found = [{"question": "q1", "r_tau": 0.9, "answer": "right"}]
+
+    def fake_dream(cfg, engine, memory, prm, questions, seed, accept):
+        engines.append(engine)
+        return list(found), {}, {"refuted": 0, "further": 0, "backtracked": 0}
+
+    monkeypatch.setattr(sleep, "train_candidate", fake_train)
+    monkeypatch.setattr(sleep, "sessions_to_pairs", fake_pairs)
+    monkeypatch.setattr(sleep, "dream_round", fake_dream)
+    monkeypatch.setattr(sleep, "build_engine", lambda cfg, name, path: f"engine of {path.name}")
+    c = SimpleNamespace(
+        dream_rounds=1, min_r_tau=0.5, dream_until=None, dream_questions=8, seed=0, dream_n=2
+    )
+    stack = SimpleNamespace(
+        cfg=SimpleNamespace(consolidate=c), task=SimpleNamespace(check=None), engine="current"
+    )
+    batch = SimpleNamespace(sessions=[{"question": "q1", "r_tau": None}], doc_texts={}, replayed=[])
+    services = SimpleNamespace(memory=None)
+    args = (stack, batch, services, object(), "sft", [], tmp_path / "cand", None, None, print)
+    train, rows, learned = sleep.train_with_dreams(*args, a_good=0)
+    assert engines == ["current"] and trained == [[("p", "q1")]]
+    assert (tmp_path / "cand").is_dir() and rows[0]["trained"] and learned == found
+    found.clear()
+    engines.clear()
+    with pytest.raises(ValueError, match="nothing passed the PRM gate, nor did any dream"):
+        sleep.train_with_dreams(*args[:6], tmp_path / "none", *args[7:], a_good=0)
+    assert engines == ["current"] and not (tmp_path / "none").exists()
