@@ -129,7 +129,7 @@ def train_with_dreams(
     if pairs or not rounds:
         train = train_candidate(cfg, method, batch, pairs, last, log, known, start, accept)
         log(f"sleep: trained {last.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
-    else:  # nothing the gate trusts yet (every session refuted): the current version dreams
+    else:  # the gate trusts no session (refuted, or doubted by the PRM): the current version dreams
         last = None
         log("sleep: no session the gate trusts; the current version dreams first")
     docs, dreamt, rows, learned = dict(batch.doc_texts), [], [], []
@@ -291,7 +291,7 @@ def sleep_once(
     after = evaluate_version(cfg, cand, memory, new_qs, retention_qs, **measure)
     # Teacher-forced logits need the model in this process (HF); vLLM keeps it in its workers.
     both_local = isinstance(stack.engine, HFEngine) and isinstance(cand, HFEngine)
-    kl = kl_base_candidate(stack.engine, cand, pairs[:256]) if both_local else None
+    kl = kl_base_candidate(stack.engine, cand, pairs[:256]) if both_local and pairs else None
     # How far the candidate moved from the current version on the new skill's own prompts: an
     # early warning of forgetting (RL's Razor), recorded with every sleep.
     fresh = subplan_pairs(good, known.format)[:256]
