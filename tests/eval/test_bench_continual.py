@@ -99,8 +99,6 @@ def test_two_sleeps_over_a_skill_stream_on_a_copy_of_the_state(
         "consolidate.new_per_family=2",
         "consolidate.eval_per_family=2",
         "consolidate.sample_n=2",
-        # the tiny model answers no spouse question right: the PRM alone judges the sessions
-        "consolidate.reference_gate=false",
         *OPEN_GATE,
     ]
     args = ["-q", *set_args(overrides)]
