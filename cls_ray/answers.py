@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,3 +68,6 @@ class AnswerCheck:
 
 
 EXACT = AnswerCheck("em")
+
+# (question, answer) -> does a reference answer of the task accept it
+Accept = Callable[[str, str | None], bool]

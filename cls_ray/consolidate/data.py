@@ -9,11 +9,11 @@ families the model was built on) so that learning the new does not erase the old
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from cls_ray.answers import EXACT, AnswerCheck
+from cls_ray.answers import EXACT, Accept, AnswerCheck
 from cls_ray.consolidate.evaluate import question_index
 from cls_ray.consolidate.extract import Artifact, extract, gate
 from cls_ray.model.examples import episode_pair
@@ -139,7 +139,7 @@ def sessions_to_pairs(
     gold: dict[str, Sequence[str]] | None = None,
     replayed: Sequence[dict] = (),
     check: AnswerCheck = EXACT,
-    accept: Callable[[str, str | None], bool] | None = None,
+    accept: Accept | None = None,
 ) -> tuple[list[tuple[str, str]], dict, list]:
     """Supervised pairs from sessions: f(τ), a gate, replay mixed in. Returns the pairs, their
     counts and A_good.
@@ -196,7 +196,7 @@ def sessions_to_pairs(
     stats = {
         "gate": gate_mode,
         "sessions": asked,
-        "refuted_sessions": asked - len(sessions) if gate_mode == "prm" else 0,
+        "refuted_sessions": asked - len(sessions),
         "artifacts": len(arts),
         "a_good": len(good),
         "new_pairs": len(new),

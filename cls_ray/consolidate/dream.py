@@ -10,15 +10,14 @@ answer for the question in its `train` split (`reference_check`), one whose answ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cls_ray.answers import Accept
 from cls_ray.ports import RetrievedDoc, Retriever, Scorer
 from cls_ray.prm.best_of_n import rgr_best_of_n
 from cls_ray.rgr import StepRecord
 from cls_ray.session import Session
-
-Accept = Callable[[str, str | None], bool]  # (question, answer) -> does a reference accept it
 
 
 def best_of_n_sessions(
@@ -87,9 +86,9 @@ def dream_round(
     grammar that withholds the answer for one more step lets it take the hop it skipped.
     Then (`consolidate.dream_backtrack`, grounded) a refuted dream the further step did not put
     right is asked again from before the first step the PRM found wrong, that step withheld
-    there, up to `consolidate.dream_backtrack` times (`backtrack_point`). Returns the kept sessions, the documents they retrieved, and
-    `{"refuted", "further", "backtracked"}`: how many stayed refuted, how many the further step
-    and how many the retry put right."""
+    there, up to `consolidate.dream_backtrack` times (`backtrack_point`). Returns the kept
+    sessions, the documents they retrieved, and `{"refuted", "further", "backtracked"}`: how
+    many stayed refuted, how many the further step and how many the retry put right."""
     c = cfg.consolidate
     got, docs = best_of_n_sessions(
         cfg, engine, retriever, prm, questions, c.dream_n, seed, "dream", accept

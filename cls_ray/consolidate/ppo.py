@@ -14,12 +14,13 @@ stored-session tokens by the truncated importance ratio to the behaviour policy.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import ray.train
 import torch
 
+from cls_ray.answers import Accept
 from cls_ray.consolidate.ppo_core import (
     gae,
     masked_mean,
@@ -70,7 +71,7 @@ def experience_rows(
     fmt: StepFormat,
     reward_offset: float = 0.5,
     grounded: bool = True,
-    accept: Callable[[str, str | None], bool] | None = None,
+    accept: Accept | None = None,
 ) -> list[dict]:
     """One row per scored session: (prompt, step) pairs, the step rewards (PRM score minus
     `reward_offset`, so a step the PRM doubts is penalised), the behaviour log-probs of each

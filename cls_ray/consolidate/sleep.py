@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from cls_ray.answers import Accept
 from cls_ray.consolidate.data import (
     KnownSkills,
     corrected_sessions,
@@ -25,7 +26,7 @@ from cls_ray.consolidate.data import (
     sessions_to_pairs,
     subplan_pairs,
 )
-from cls_ray.consolidate.dream import Accept, dream_questions, dream_round, reference_check
+from cls_ray.consolidate.dream import dream_questions, dream_round, reference_check
 from cls_ray.consolidate.episodic import fold_patterns
 from cls_ray.consolidate.evaluate import (
     evaluate_version,

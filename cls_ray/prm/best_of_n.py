@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from cls_ray.answers import Accept
 from cls_ray.prm.aggregate import Aggregation, aggregate_step_scores
 from cls_ray.prm.labels import step_evidence
 from cls_ray.rgr import run_rgr
@@ -41,7 +42,7 @@ def rgr_best_of_n(
     temperature: float = 1.0,
     seed: int | None = None,
     aggregation: Aggregation = "min",
-    accept: Callable[[str, str | None], bool] | None = None,
+    accept: Accept | None = None,
     **rgr_options,
 ) -> list[tuple[object, list[float], float]]:
     """For each question: (best trajectory, its step scores, its R(τ)) among `n` samples. With
