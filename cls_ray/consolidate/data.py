@@ -150,8 +150,9 @@ def sessions_to_pairs(
     ignoring the steps (the ablation's baselines). `replayed` sessions (consumed by earlier
     sleeps, kept by the buffer) replay what those sleeps taught, ahead of what the model was
     built on (`known`). Patterns type their entities where the task knows them (the world).
-    `accept(question, answer)` (gate "prm", `consolidate.reference_gate`): a session or
-    replayed session whose answer it refutes is left out (the reference outranks the PRM)."""
+    `accept(question, answer)` (gate "prm"; the sleep passes it where
+    `consolidate.reference_gate` is on): a session or replayed session whose answer it refutes
+    is left out (the reference outranks the PRM)."""
     c = cfg.consolidate
     if gate_mode == "outcome":
         gold = gold or {}
@@ -161,7 +162,7 @@ def sessions_to_pairs(
             if s["question"] in gold and check(s.get("answer"), gold[s["question"]])
         ]
     asked = len(sessions)
-    if gate_mode == "prm" and accept is not None and c.reference_gate:
+    if gate_mode == "prm" and accept is not None:
         sessions = [s for s in sessions if accept(s["question"], s.get("answer"))]
         replayed = [s for s in replayed if accept(s["question"], s.get("answer"))]
     floor = c.min_step_score if gate_mode == "prm" else 0.0

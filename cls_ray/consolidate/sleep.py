@@ -1,6 +1,6 @@
 """One sleep, top to bottom: sessions → (scored, corrected) → f(τ) → PRM gate → pairs with replay
 (`data`) → procedures into episodic memory at once (the fast path) → a candidate trained on Ray
-Train (SFT, or PPO with step rewards) → measured against the version before it (`evaluate`) →
+Train (SFT, or PPO with step rewards; `candidate`) → measured against the version before it (`evaluate`) →
 registered, and promoted only if it does not forget (`promotion`).
 
 The services it needs (memory, registry, publisher, buffer) are passed in: the plain ones of
@@ -10,14 +10,10 @@ this process, or the Ray-backed ones of a running application (`actors.consolida
 from __future__ import annotations
 
 import logging
-import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from cls_ray.answers import Accept
+from cls_ray.consolidate.candidate import Log, Method, SleepBatch, train_with_dreams
 from cls_ray.consolidate.data import (
     KnownSkills,
     corrected_sessions,
@@ -26,7 +22,7 @@ from cls_ray.consolidate.data import (
     sessions_to_pairs,
     subplan_pairs,
 )
-from cls_ray.consolidate.dream import dream_questions, dream_round, reference_check
+from cls_ray.consolidate.dream import reference_check
 from cls_ray.consolidate.episodic import fold_patterns
 from cls_ray.consolidate.evaluate import (
     evaluate_version,
@@ -35,10 +31,9 @@ from cls_ray.consolidate.evaluate import (
     question_index,
     retention_episodes,
 )
-from cls_ray.consolidate.ppo import experience_rows, fresh_rollouts, train_ppo
+from cls_ray.consolidate.ppo import fresh_rollouts
 from cls_ray.consolidate.promotion import SleepServices, conclude, decide
 from cls_ray.consolidate.retention import RetentionSuite
-from cls_ray.consolidate.sft import sleep_steps, train_sft
 from cls_ray.consolidate.skills import (
     Skill,
     SkillLedger,
@@ -54,149 +49,8 @@ from cls_ray.replay.data import read_leased
 from cls_ray.replay.lease import kept
 from cls_ray.stack import Stack
 from cls_ray.storage import materialize
-from cls_ray.task import QA
 
 logger = logging.getLogger(__name__)
-
-Method = Literal["sft", "ppo"]
-Log = Callable[[str], None]
-
-
-@dataclass
-class SleepBatch:
-    """What one sleep learns from and is measured on."""
-
-    sessions: Sequence[dict]
-    doc_texts: dict[str, str]
-    new_questions: list[QA]
-    retention_questions: list[QA]
-    replayed: Sequence[dict] = field(default_factory=list)
-
-
-def train_candidate(
-    cfg,
-    method: Method,
-    batch: SleepBatch,
-    pairs,
-    out: Path,
-    log: Log,
-    known: KnownSkills,
-    start: Start | None = None,
-    accept: Accept | None = None,
-):
-    """The slow path: an adapter trained on the gated pairs (SFT) or on the scored sessions'
-    step rewards with replay (PPO-ptx; a wrong answer by the reference `accept` rewarded as 0)."""
-    if method == "ppo":
-        c = cfg.consolidate
-        accept = accept if c.reference_gate else None
-        rows = experience_rows(
-            batch.sessions, batch.doc_texts, known.format, c.ppo.reward_offset, cfg.grounded, accept
-        )
-        replay = known.take(4 * len(rows))
-        log(f"ppo: {len(rows)} scored trajectories, {len(replay)} replayed pairs for ptx")
-        return train_ppo(cfg, rows, out, replay=replay, start=start)
-    steps = sleep_steps(cfg.consolidate, len(pairs))
-    log(f"sleep: SFT on {len(pairs)} pairs, {steps} steps")
-    return train_sft(cfg, pairs, out, steps=steps, start=start)
-
-
-def train_with_dreams(
-    stack: Stack,
-    batch: SleepBatch,
-    services: SleepServices,
-    prm: Scorer | None,
-    method: Method,
-    pairs,
-    out: Path,
-    known: KnownSkills,
-    start: Start,
-    log: Log,
-    a_good: int | None = None,
-    accept: Accept | None = None,
-) -> tuple[dict, list[dict], list[dict]]:
-    """The candidate of a sleep, written to `out`: trained on the sessions' pairs; then, for
-    each of `consolidate.dream_rounds` (SFT, with a PRM), the last candidate (the current
-    version, where the gate trusts no session and nothing was trained) asks again the
-    sessions' questions no trusted trajectory has solved yet, and the next trains from `start`
-    on the sessions and every dream so far, gated alike; dreams end when one adds nothing the
-    gate trusts (`accept`: the task's reference check). Returns the last training's metrics,
-    one row per dream, and the dreams the last candidate trained on that the gate can trust
-    (what later sleeps replay to keep what this one taught)."""
-    cfg, c = stack.cfg, stack.cfg.consolidate
-    rounds = c.dream_rounds if prm is not None and method == "sft" else 0
-    until = c.min_r_tau if c.dream_until is None else c.dream_until
-    trusted = a_good
-    last: Path | None = out if not rounds else out.with_name(f"{out.name}.round0")
-    if pairs or not rounds:
-        train = train_candidate(cfg, method, batch, pairs, last, log, known, start, accept)
-        log(f"sleep: trained {last.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
-    else:  # the gate trusts no session (refuted, or doubted by the PRM): the current version dreams
-        last = None
-        log("sleep: no session the gate trusts; the current version dreams first")
-    docs, dreamt, rows, learned = dict(batch.doc_texts), [], [], []
-    try:
-        for r in range(1, rounds + 1):
-            t0 = time.time()
-            questions = dream_questions(
-                [*batch.sessions, *dreamt], c.dream_questions, until, accept
-            )
-            if not questions:
-                break  # every question has a trajectory the PRM trusts
-            engine = build_engine(cfg, f"dream-{last.name}", last) if last else stack.engine
-            # a dream the reference answer refutes teaches nothing (it is dropped)
-            got, more, checked = dream_round(
-                cfg, engine, services.memory, prm, questions, c.seed + r, accept
-            )
-            solved = sum((s.get("r_tau") or 0.0) >= until for s in got)
-            docs.update(more)
-            dreamt += got
-            refs = {"replayed": batch.replayed, "check": stack.task.check, "accept": accept}
-            new_pairs, data, _ = sessions_to_pairs(
-                [*batch.sessions, *dreamt], docs, cfg, stack.task, known, **refs
-            )
-            rows.append(
-                {
-                    "round": r,
-                    "questions": len(questions),
-                    "solved": solved,
-                    **checked,  # refuted, further, backtracked
-                    "n": c.dream_n,
-                    **data,
-                    "trained": data["a_good"] != trusted,  # a candidate trained on this set
-                }
-            )
-            if data["a_good"] == trusted:  # nothing new the gate trusts: the last candidate stands
-                log(
-                    f"sleep: dream {r}: {len(questions)} questions, nothing new trusted; dreams end"
-                )
-                break
-            trusted = data["a_good"]
-            log(
-                f"sleep: dream {r}: {len(questions)} unsolved questions x {c.dream_n} in "
-                f"{time.time() - t0:.0f} s, {solved} solved, {checked['refuted']} refuted by a reference "
-                f"answer ({checked['further']} put right one step further, "
-                f"{checked['backtracked']} by a retry before the step the PRM doubted); "
-                f"with the sessions A_good {data['a_good']} -> {data['new_pairs']} pairs"
-            )
-            nxt = out.with_name(f"{out.name}.round{r}")
-            del engine  # the dream's model, before the next one trains
-            train = train_candidate(cfg, method, batch, new_pairs, nxt, log, known, start)
-            log(f"sleep: trained {nxt.name}: loss {train['first_loss']:.3f} -> {train['loss']:.3f}")
-            if last is not None:
-                shutil.rmtree(last, ignore_errors=True)
-            # kept for later replay: the dreams the gate can trust (R(τ) at its bar)
-            learned = [d for d in dreamt if (d.get("r_tau") or 0.0) >= c.min_r_tau]
-            last = nxt
-    except BaseException:  # a failed or cancelled sleep leaves no round behind
-        for r in range(rounds + 1):
-            shutil.rmtree(out.with_name(f"{out.name}.round{r}"), ignore_errors=True)
-        raise
-    if last is None:
-        raise ValueError("no supervised pairs: nothing passed the PRM gate, nor did any dream")
-    if last != out:
-        last.rename(out)
-        train = {**train, "path": str(out)}
-    return train, rows, learned
 
 
 def start_of(cfg, version) -> Start:
@@ -235,8 +89,11 @@ def sleep_once(
     known = KnownSkills(task, memory, cfg, stack.engine.format)
     # A session whose answer the task's reference refutes teaches nothing, however the PRM
     # scored it (its question stays open for the dreams).
+    # `consolidate.reference_gate` off (an incomplete reference): the PRM alone judges them, and
+    # the dreams still check their answers.
     accept = reference_check(task, [*batch.sessions, *batch.replayed])
-    refs = {"replayed": batch.replayed, "check": task.check, "accept": accept}
+    trust = accept if cfg.consolidate.reference_gate else None
+    refs = {"replayed": batch.replayed, "check": task.check, "accept": trust}
     pairs, data, good = sessions_to_pairs(batch.sessions, batch.doc_texts, cfg, task, known, **refs)
     log(
         f"sleep: {data['sessions']} sessions ({data['refuted_sessions']} refuted by a reference "
@@ -285,6 +142,7 @@ def sleep_once(
         log,
         a_good=data["a_good"],
         accept=accept,
+        trust=trust,
     )
     # The configured engine (HF, or vLLM on a GPU), under a name no other sleep used: vLLM
     # caches adapters and weights by name.

@@ -10,11 +10,12 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
+from cls_ray.consolidate.candidate import SleepBatch, train_candidate
 from cls_ray.consolidate.data import KnownSkills, score_sessions, sessions_to_pairs
 from cls_ray.consolidate.episodic import fold_patterns
 from cls_ray.consolidate.evaluate import evaluate_version, question_index, retention_episodes
 from cls_ray.consolidate.promotion import version_kind
-from cls_ray.consolidate.sleep import SleepBatch, start_of, train_candidate
+from cls_ray.consolidate.sleep import start_of
 from cls_ray.engine.hf import HFEngine
 from cls_ray.eval.scratch import scratch_procedures
 from cls_ray.ports import Scorer

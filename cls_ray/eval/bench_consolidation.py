@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from cls_ray.consolidate.candidate import SleepBatch
 from cls_ray.consolidate.dream import best_of_n_sessions
 from cls_ray.consolidate.promotion import SleepServices
-from cls_ray.consolidate.sleep import SleepBatch, sleep_once
+from cls_ray.consolidate.sleep import sleep_once
 from cls_ray.eval.ablation import ablation
 from cls_ray.eval.scratch import scratch_procedures
 from cls_ray.ports import Scorer

@@ -28,10 +28,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cls_ray.config import Config
+from cls_ray.consolidate.candidate import SleepBatch
 from cls_ray.consolidate.data import group_of
 from cls_ray.consolidate.evaluate import greedy_accuracy
 from cls_ray.consolidate.promotion import SleepServices
-from cls_ray.consolidate.sleep import SleepBatch, sleep_once
+from cls_ray.consolidate.sleep import sleep_once
 from cls_ray.eval.bench_consolidation import sessions_by_best_of_n
 from cls_ray.eval.sandbox import sandbox_config
 from cls_ray.eval.scratch import scratch_procedures

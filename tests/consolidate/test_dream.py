@@ -288,11 +288,11 @@ def test_where_the_gate_trusts_no_session_the_current_version_dreams_first(monke
 
     import pytest
 
-    import cls_ray.consolidate.sleep as sleep
+    import cls_ray.consolidate.candidate as candidate
 
     trained, engines = [], []
 
-    def fake_train(cfg, method, batch, pairs, out, log, known, start, accept=None):
+    def fake_train(cfg, method, batch, pairs, out, log, known, start, trust=None):
         trained.append(list(pairs))
         out.mkdir(parents=True)
         return {"first_loss": 1.0, "loss": 0.5}
@@ -307,10 +307,10 @@ def test_where_the_gate_trusts_no_session_the_current_version_dreams_first(monke
         engines.append(engine)
         return list(found), {}, {"refuted": 0, "further": 0, "backtracked": 0}
 
-    monkeypatch.setattr(sleep, "train_candidate", fake_train)
-    monkeypatch.setattr(sleep, "sessions_to_pairs", fake_pairs)
-    monkeypatch.setattr(sleep, "dream_round", fake_dream)
-    monkeypatch.setattr(sleep, "build_engine", lambda cfg, name, path: f"engine of {path.name}")
+    monkeypatch.setattr(candidate, "train_candidate", fake_train)
+    monkeypatch.setattr(candidate, "sessions_to_pairs", fake_pairs)
+    monkeypatch.setattr(candidate, "dream_round", fake_dream)
+    monkeypatch.setattr(candidate, "build_engine", lambda cfg, name, path: f"engine of {path.name}")
     c = SimpleNamespace(
         dream_rounds=1, min_r_tau=0.5, dream_until=None, dream_questions=8, seed=0, dream_n=2
     )
@@ -320,11 +320,11 @@ def test_where_the_gate_trusts_no_session_the_current_version_dreams_first(monke
     batch = SimpleNamespace(sessions=[{"question": "q1", "r_tau": None}], doc_texts={}, replayed=[])
     services = SimpleNamespace(memory=None)
     args = (stack, batch, services, object(), "sft", [], tmp_path / "cand", None, None, print)
-    train, rows, learned = sleep.train_with_dreams(*args, a_good=0)
+    train, rows, learned = candidate.train_with_dreams(*args, a_good=0)
     assert engines == ["current"] and trained == [[("p", "q1")]]
     assert (tmp_path / "cand").is_dir() and rows[0]["trained"] and learned == found
     found.clear()
     engines.clear()
     with pytest.raises(ValueError, match="nothing passed the PRM gate, nor did any dream"):
-        sleep.train_with_dreams(*args[:6], tmp_path / "none", *args[7:], a_good=0)
+        candidate.train_with_dreams(*args[:6], tmp_path / "none", *args[7:], a_good=0)
     assert engines == ["current"] and not (tmp_path / "none").exists()
