@@ -1,7 +1,7 @@
 """One sleep, top to bottom: sessions → (scored, corrected) → f(τ) → PRM gate → pairs with replay
 (`data`) → procedures into episodic memory at once (the fast path) → a candidate trained on Ray
-Train (SFT, or PPO with step rewards; `candidate`) → measured against the version before it (`evaluate`) →
-registered, and promoted only if it does not forget (`promotion`).
+Train (SFT, or PPO with step rewards; `candidate`) → measured against the version before it
+(`evaluate`) → registered, and promoted only if it does not forget (`promotion`).
 
 The services it needs (memory, registry, publisher, buffer) are passed in: the plain ones of
 this process, or the Ray-backed ones of a running application (`actors.consolidation`).
