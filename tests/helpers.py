@@ -45,6 +45,7 @@ TINY_OVERRIDES = [
     "bench.per_family=2",
     "store.collection_prefix=tiny",
     "consolidate.dream_rounds=0",  # dreams are tested on their own (test_sleep)
+    "consolidate.retention_episodes=256",  # the path, not the precision of a real gate
 ]
 
 TINY_PRM_OVERRIDES = [

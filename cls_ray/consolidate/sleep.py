@@ -101,7 +101,8 @@ def sleep_once(
         f"{data['a_good']} -> {data['new_pairs']} pairs (+ replay: {data['pairs']})"
     )
     # Step-level retention: the world's episodes, else the frozen suite earlier sleeps taught.
-    episodes = retention_episodes(task.world, k_docs=cfg.rgr.top_k) if task.world else None
+    n_steps = cfg.consolidate.retention_episodes
+    episodes = retention_episodes(task.world, n_steps, cfg.rgr.top_k) if task.world else None
     suite = RetentionSuite.of(cfg)
     trusted = [] if task.world else suite.steps()
     new_qs, retention_qs = batch.new_questions, batch.retention_questions

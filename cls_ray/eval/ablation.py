@@ -106,7 +106,7 @@ def ablation(
     score_sessions(prm, mixed, docs)
     gold = {q.question: q.answers for q in question_index(task).values()}
     log(f"ablation: {n_bad} of {len(mixed)} sessions corrupted and scored by the PRM")
-    episodes = retention_episodes(world, k_docs=cfg.rgr.top_k)
+    episodes = retention_episodes(world, cfg.consolidate.retention_episodes, cfg.rgr.top_k)
     ev = {"episodes": episodes, "check": check}
     known = KnownSkills(task, None, cfg, stack.engine.format)  # the world's bootstrap episodes
     reg = registry_for(cfg)
