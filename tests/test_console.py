@@ -21,6 +21,10 @@ def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
+# A bootstrap of a few steps: these tests read the console, not the model.
+SHORT = [*TINY_OVERRIDES, "model.bootstrap.steps=12", "model.bootstrap.warmup=2"]
+
+
 def log_named_in(stderr: str):
     first = stderr.splitlines()[0]
     assert first.startswith("log: "), first
@@ -30,7 +34,7 @@ def log_named_in(stderr: str):
 
 
 def test_a_command_prints_its_own_lines_and_the_log_holds_the_rest(tmp_path):
-    r = cli("bootstrap", *set_args([*TINY_OVERRIDES, f"state_dir={tmp_path}"]))
+    r = cli("bootstrap", *set_args([*SHORT, f"state_dir={tmp_path}"]))
     assert r.returncode == 0, r.stderr
     log = log_named_in(r.stderr)
     assert log.parent == tmp_path / "logs" and log.name.startswith("bootstrap-")
@@ -45,7 +49,7 @@ def test_a_command_prints_its_own_lines_and_the_log_holds_the_rest(tmp_path):
 
 
 def test_verbose_puts_everything_on_the_console(tmp_path):
-    r = cli("bootstrap", "--verbose", *set_args([*TINY_OVERRIDES, f"state_dir={tmp_path}"]))
+    r = cli("bootstrap", "--verbose", *set_args([*SHORT, f"state_dir={tmp_path}"]))
     assert r.returncode == 0, r.stderr
     assert "bootstrap done" in r.stdout + r.stderr and not (tmp_path / "logs").exists()
 
