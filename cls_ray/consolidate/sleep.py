@@ -172,6 +172,7 @@ def sleep_once(
         "retention_steps_before": before.get("retention_steps"),
         "retention_steps_after": after.get("retention_steps"),
         "retention_questions": len(retention_qs),
+        "retention_episodes": len(episodes or ()),
         "retention_suite_steps": len(trusted),
         "skills_before": before["skills"],
         "skills_after": after["skills"],

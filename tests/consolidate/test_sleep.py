@@ -46,6 +46,8 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
     v = reg.get(out["version"])
     assert reg.current().name == v.name and v.kind == "lora" and v.parent == "base"
     assert "new_family_after" in v.metrics and "retention_after" in v.metrics
+    # step retention measured on the frozen episodes the config asks for (TINY_OVERRIDES: 256)
+    assert v.metrics["retention_episodes"] == 256 and 0 <= v.metrics["retention_steps_after"] <= 1
     # One dream: the first candidate asked again the questions none of whose sessions reached
     # R(τ) 1.0 (all of them here), the PRM scored its best of 2 and the gate took them with the
     # sessions; only the last candidate is kept.
