@@ -91,6 +91,8 @@ def test_two_sleeps_over_a_skill_stream_on_a_copy_of_the_state(
         *TINY_OVERRIDES,
         f"state_dir={tmp_path}",
         "world.held_back_sequence=[rival,spouse]",
+        "model.bootstrap.steps=40",  # the path through two sleeps, not what the model learns
+        "model.bootstrap.warmup=5",
         "store.collection_prefix=stream",
         f"prm.path={tiny_prm}",
         "consolidate.steps=10",
