@@ -82,7 +82,7 @@ def question_index(task: Task) -> dict[str, QA]:
     return {q.question: q for split in SPLITS for q in task.questions(split)}
 
 
-def retention_episodes(world: World, n: int = 2048, k_docs: int = 5, seed: int = 12345):
+def retention_episodes(world: World, n: int, k_docs: int = 5, seed: int = 12345):
     """The frozen step-level retention suite: `n` next-step episodes of the families the model
     was built on (`consolidate.retention_episodes`), always the same for a world and `n`."""
     sampler = EpisodeSampler(world, world.trained_families, k_docs)
