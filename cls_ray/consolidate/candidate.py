@@ -80,9 +80,10 @@ def train_with_dreams(
     known: KnownSkills,
     start: Start,
     log: Log,
+    *,
+    accept: Accept | None,
+    trust: Accept | None,
     a_good: int | None = None,
-    accept: Accept | None = None,
-    trust: Accept | None = None,
 ) -> tuple[dict, list[dict], list[dict]]:
     """The candidate of a sleep, written to `out`: trained on the sessions' pairs; then, for
     each of `consolidate.dream_rounds` (SFT, with a PRM), the last candidate (the current

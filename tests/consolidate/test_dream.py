@@ -320,11 +320,13 @@ def test_where_the_gate_trusts_no_session_the_current_version_dreams_first(monke
     batch = SimpleNamespace(sessions=[{"question": "q1", "r_tau": None}], doc_texts={}, replayed=[])
     services = SimpleNamespace(memory=None)
     args = (stack, batch, services, object(), "sft", [], tmp_path / "cand", None, None, print)
-    train, rows, learned = candidate.train_with_dreams(*args, a_good=0)
+    train, rows, learned = candidate.train_with_dreams(*args, accept=None, trust=None, a_good=0)
     assert engines == ["current"] and trained == [[("p", "q1")]]
     assert (tmp_path / "cand").is_dir() and rows[0]["trained"] and learned == found
     found.clear()
     engines.clear()
     with pytest.raises(ValueError, match="nothing passed the PRM gate, nor did any dream"):
-        candidate.train_with_dreams(*args[:6], tmp_path / "none", *args[7:], a_good=0)
+        candidate.train_with_dreams(
+            *args[:6], tmp_path / "none", *args[7:], accept=None, trust=None, a_good=0
+        )
     assert engines == ["current"] and not (tmp_path / "none").exists()
