@@ -13,6 +13,7 @@ from actors.runtime import up
 from cls_ray.cli.bench_service import bench_autoscale_cmd, bench_chaos_cmd, bench_fuzz_cmd
 from cls_ray.cli.http import stack_up
 from cls_ray.config import Config
+from cls_ray.eval.ablation import ABLATION_ARMS
 from cls_ray.eval.bench_consolidation import bench_consolidation
 from cls_ray.eval.bench_continual import bench_continual, check_stream, format_continual
 from cls_ray.eval.bench_retrieval import bench_retrieval, format_retrieval_table
@@ -145,12 +146,30 @@ def bench_serve_cmd(args, cfg: Config) -> dict:
     return result
 
 
+def _ablation_arms(args) -> tuple[str, ...]:
+    """The ablation arms `bench consolidation` trains: `--arms`, else all; none with
+    `--no-ablation`."""
+    if args.no_ablation:
+        return ()
+    if args.arms is None:
+        return ABLATION_ARMS
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    unknown = [a for a in arms if a not in ABLATION_ARMS]
+    if unknown:
+        raise SystemExit(
+            f"cls-ray bench consolidation: --arms: unknown ablation arm(s) {', '.join(unknown)} "
+            f"(known: {', '.join(ABLATION_ARMS)})"
+        )
+    return arms
+
+
 def bench_consolidation_cmd(args, cfg: Config) -> dict:
+    arms = _ablation_arms(args)
     stack = _stack_with_documents(args, cfg)
     prm = load_prm(cfg)
     init_ray(cfg, log_to_driver=not args.quiet)
     version = _say_version(stack)
-    result = bench_consolidation(stack, prm, print, arms=not args.no_ablation)
+    result = bench_consolidation(stack, prm, print, arms=arms)
     result["model_version"] = version
     report = write_report(cfg, "bench_consolidation", result)
     print(
@@ -170,7 +189,7 @@ def bench_consolidation_cmd(args, cfg: Config) -> dict:
 def bench_continual_cmd(args, cfg: Config) -> dict:
     """Sleep after sleep over the world's skill stream, per composition arm (a copy of the
     state directory each); the accuracy matrix, forgetting, and a heat-map per arm."""
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    arms = [a.strip() for a in (args.arms or "continue,base").split(",") if a.strip()]
     try:
         check_stream(cfg, arms)
     except ValueError as e:

@@ -121,8 +121,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--arms",
-        default="continue,base",
-        help="continual: the composition arms, comma-separated (continue, base, full)",
+        default=None,
+        help="continual: the composition arms, comma-separated (continue, base, full; default "
+        "continue,base); consolidation: the ablation arms (sft_prm_gated, sft_ungated, "
+        "sft_outcome_only, ppo_step_rewards, episodic_only; default all)",
     )
     bench.add_argument(
         "--replicas",

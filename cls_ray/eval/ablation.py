@@ -85,6 +85,16 @@ def corrupt_sessions(
     return out, docs, n
 
 
+# The trained arms: (name, method, which sessions the gate keeps); `episodic_only` trains nothing.
+TRAINED_ARMS = (
+    ("sft_prm_gated", "sft", "prm"),
+    ("sft_ungated", "sft", "none"),
+    ("sft_outcome_only", "sft", "outcome"),
+    ("ppo_step_rewards", "ppo", "prm"),
+)
+ABLATION_ARMS = (*(a for a, _, _ in TRAINED_ARMS), "episodic_only")
+
+
 def ablation(
     stack: Stack,
     prm: Scorer,
@@ -93,8 +103,9 @@ def ablation(
     new_qs: list[QA],
     retention_qs: list[QA],
     log: Callable[[str], None],
+    arms: Sequence[str] = ABLATION_ARMS,
 ) -> list[dict]:
-    """The five arms on the same sessions, `consolidate.corrupted_share` of them corrupted:
+    """The five arms (or those of `arms`) on the same sessions, `consolidate.corrupted_share` of them corrupted:
     SFT gated by the PRM, SFT on everything, SFT on the sessions whose answer was right, PPO
     with the PRM's step rewards, and the episodic path alone (procedures in Milvus, no weight
     change). Every candidate is registered with its metrics, none promoted."""
@@ -112,12 +123,7 @@ def ablation(
     reg = registry_for(cfg)
     rows = []
     stamp = int(time.time())
-    for arm, method, gate_mode in (
-        ("sft_prm_gated", "sft", "prm"),
-        ("sft_ungated", "sft", "none"),
-        ("sft_outcome_only", "sft", "outcome"),
-        ("ppo_step_rewards", "ppo", "prm"),
-    ):
+    for arm, method, gate_mode in (a for a in TRAINED_ARMS if a[0] in arms):
         pairs, data, _ = sessions_to_pairs(
             mixed, docs, cfg, task, known, gate_mode, gold, check=check
         )
@@ -146,6 +152,8 @@ def ablation(
             f"ablation {arm}: new family {row['new_family_after']:.3f}, retention "
             f"{row['retention_after']:.3f}"
         )
+    if "episodic_only" not in arms:
+        return rows
     _, data, good = sessions_to_pairs(mixed, docs, cfg, task, known, "prm")
     with scratch_procedures(stack) as memory:
         pats = fold_patterns(good)

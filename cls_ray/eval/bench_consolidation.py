@@ -12,7 +12,7 @@ from cls_ray.consolidate.candidate import SleepBatch
 from cls_ray.consolidate.dream import best_of_n_sessions
 from cls_ray.consolidate.promotion import SleepServices
 from cls_ray.consolidate.sleep import sleep_once
-from cls_ray.eval.ablation import ablation
+from cls_ray.eval.ablation import ABLATION_ARMS, ablation
 from cls_ray.eval.scratch import scratch_procedures
 from cls_ray.ports import Scorer
 from cls_ray.stack import Stack
@@ -32,10 +32,13 @@ def sessions_by_best_of_n(
 
 
 def bench_consolidation(
-    stack: Stack, prm: Scorer, log: Callable[[str], None] = logger.info, arms: bool = True
+    stack: Stack,
+    prm: Scorer,
+    log: Callable[[str], None] = logger.info,
+    arms: Sequence[str] = ABLATION_ARMS,
 ) -> dict:
     """One sleep on sessions of the held-back family, measured (not promoted), then the
-    ablation arms on the same sessions with some corrupted. The episodic collection is left as
+    ablation `arms` on the same sessions with some corrupted. The episodic collection is left as
     it was."""
     cfg, task = stack.cfg, stack.task
     c = cfg.consolidate
@@ -60,5 +63,5 @@ def bench_consolidation(
             "bench consolidation: the ablation arms corrupt sessions with the world's facts: skipped"
         )
     elif arms:
-        result["ablation"] = ablation(stack, prm, sessions, docs, new_qs, retention_qs, log)
+        result["ablation"] = ablation(stack, prm, sessions, docs, new_qs, retention_qs, log, arms)
     return result

@@ -176,10 +176,9 @@ def test_the_scheduler_starts_a_sleep_when_enough_sessions_wait(served):
     assert started["started"], started
     assert "threshold" in started["reason"]
     assert sched.tick() == {"started": False, "reason": "a consolidation is running"}
-    status = sched.wait(900)
-    assert status["running"] is None
-    done = status["history"][-1]
-    assert "error" not in done, done
-    assert done["version"].startswith("v")
-    if done["promoted"]:  # what the sleep consumed is no longer pending
-        assert ray.get(buffer.stats.remote())["pending"] < pending + 3
+    # The job it started is the one an admin request starts (run to its end above): stopped
+    # here, it ends in the history and consumed nothing.
+    assert sched.cancel()["cancelled"]
+    status = sched.status()
+    assert status["running"] is None and "threshold" in status["history"][-1]["reason"]
+    assert ray.get(buffer.stats.remote())["pending"] >= pending + 3

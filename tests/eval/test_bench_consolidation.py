@@ -1,5 +1,5 @@
-"""`cls-ray bench consolidation`: one measured sleep, then every ablation arm; episodic memory
-is left as it was."""
+"""`cls-ray bench consolidation`: one measured sleep, then the ablation arms asked for; episodic
+memory is left as it was."""
 
 import json
 
@@ -11,7 +11,7 @@ from tests.helpers import TINY_OVERRIDES, set_args
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
-def test_bench_consolidation_prints_the_figures_and_every_ablation_arm(
+def test_bench_consolidation_prints_the_figures_and_the_ablation_arms_asked_for(
     tiny_state, tiny_stack, tiny_prm, ray_local, tmp_path, capsys
 ):
     before = set(tiny_stack.store.ids("episodic"))
@@ -33,7 +33,10 @@ def test_bench_consolidation_prints_the_figures_and_every_ablation_arm(
         "consolidate.min_step_score=0.0",
     ]
     args = set_args(overrides)
-    assert main(["bench", "consolidation", "--json", "-q", *args]) == 0
+    # Three of the five arms: one of each kind (SFT on a baseline's sessions, PPO, episodic);
+    # which sessions each baseline keeps is tested on its own (test_replay_per_skill).
+    arms = "sft_outcome_only,ppo_step_rewards,episodic_only"
+    assert main(["bench", "consolidation", "--json", "-q", "--arms", arms, *args]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in (
         "new_family_before",
@@ -43,15 +46,13 @@ def test_bench_consolidation_prints_the_figures_and_every_ablation_arm(
         "kl_base_candidate",
     ):
         assert 0 <= out[key] <= (1 if key != "kl_base_candidate" else 100)
-    arms = [r["arm"] for r in out["ablation"]]
-    assert arms == [
-        "sft_prm_gated",
-        "sft_ungated",
-        "sft_outcome_only",
-        "ppo_step_rewards",
-        "episodic_only",
-    ]
+    assert [r["arm"] for r in out["ablation"]] == arms.split(",")
     assert all(0 <= r["new_family_after"] <= 1 for r in out["ablation"])
     assert out["ablation"][-1]["procedures"] >= 1
     assert not out["promoted"]
     assert set(tiny_stack.store.ids("episodic")) == before  # episodic memory left as it was
+
+
+def test_an_unknown_ablation_arm_is_named_before_anything_runs(tmp_path):
+    with pytest.raises(SystemExit, match="unknown ablation arm.*sft_gated.*known: sft_prm_gated"):
+        main(["bench", "consolidation", "--arms", "sft_gated", "--set", f"state_dir={tmp_path}"])

@@ -85,12 +85,10 @@ def test_a_sleep_replays_every_skill_it_has_sessions_of(tiny_stack):
     assert abs(len(from_second) - len(from_first)) <= 1  # an equal share each
 
 
-def test_a_session_the_reference_answer_refutes_is_not_trained_on(tiny_stack):
-    """Two curated sessions on train questions, both trusted (R(τ) 1.0): one ends in the
-    reference answer, the other names someone else. With the task's reference check, the sleep
-    leaves the second out of A_good and its pairs, and counts it; without, both are kept."""
-    from cls_ray.consolidate.data import KnownSkills, corrected_sessions, sessions_to_pairs
-    from cls_ray.consolidate.dream import reference_check
+def _right_and_wrong(tiny_stack):
+    """Two curated sessions on one-hop train questions of the held-back families, both
+    trusted (R(τ) 1.0): "right" ends in the reference answer, "wrong" names someone else."""
+    from cls_ray.consolidate.data import corrected_sessions
 
     world, cfg = tiny_stack.world, tiny_stack.cfg
     right, wrong = [q for q in world.questions("train", world.held_back_families) if q.hops == 1][
@@ -113,7 +111,17 @@ def test_a_session_the_reference_answer_refutes_is_not_trained_on(tiny_stack):
         }
         for tag, q, steps in (("right", right, right.gold_steps), ("wrong", wrong, lie))
     ]
-    sessions, docs = corrected_sessions(raw, tiny_stack.retriever, cfg.rgr.top_k)
+    return corrected_sessions(raw, tiny_stack.retriever, cfg.rgr.top_k)
+
+
+def test_a_session_the_reference_answer_refutes_is_not_trained_on(tiny_stack):
+    """With the task's reference check, the sleep leaves the session whose answer the reference
+    refutes out of A_good and its pairs, and counts it; without, both are kept."""
+    from cls_ray.consolidate.data import KnownSkills, sessions_to_pairs
+    from cls_ray.consolidate.dream import reference_check
+
+    cfg = tiny_stack.cfg
+    sessions, docs = _right_and_wrong(tiny_stack)
     known = KnownSkills(tiny_stack.task, tiny_stack.retriever, cfg, tiny_stack.engine.format)
     accept = reference_check(tiny_stack.task, sessions)
     assert accept is not None
@@ -123,3 +131,29 @@ def test_a_session_the_reference_answer_refutes_is_not_trained_on(tiny_stack):
     _, stats, good = sessions_to_pairs(sessions, docs, cfg, tiny_stack.task, known)
     assert stats["refuted_sessions"] == 0
     assert {a.session_id for a in good} == {"right-corrected", "wrong-corrected"}
+
+
+def test_the_ablation_baselines_keep_what_their_gate_names(tiny_stack):
+    """The two sessions, now doubted by the PRM (every step 0.1): the system's gate ("prm")
+    keeps neither, the ungated baseline ("none") both, the outcome baseline ("outcome") the one
+    whose answer the reference accepts, whatever the PRM said (the ablation's arms)."""
+    from cls_ray.consolidate.data import KnownSkills, sessions_to_pairs
+    from cls_ray.consolidate.evaluate import question_index
+
+    cfg, task = tiny_stack.cfg, tiny_stack.task
+    sessions, docs = _right_and_wrong(tiny_stack)
+    for s in sessions:
+        s["prm_step_scores"], s["r_tau"] = [0.1] * len(s["steps"]), 0.1
+    known = KnownSkills(task, tiny_stack.retriever, cfg, tiny_stack.engine.format)
+    gold = {q.question: q.answers for q in question_index(task).values()}
+    kept = {}
+    for mode in ("prm", "none", "outcome"):
+        _, _, good = sessions_to_pairs(
+            sessions, docs, cfg, task, known, mode, gold, check=task.check
+        )
+        kept[mode] = {a.session_id for a in good}
+    assert kept == {
+        "prm": set(),
+        "none": {"right-corrected", "wrong-corrected"},
+        "outcome": {"right-corrected"},
+    }
