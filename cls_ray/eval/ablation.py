@@ -105,10 +105,11 @@ def ablation(
     log: Callable[[str], None],
     arms: Sequence[str] = ABLATION_ARMS,
 ) -> list[dict]:
-    """The five arms (or those of `arms`) on the same sessions, `consolidate.corrupted_share` of them corrupted:
-    SFT gated by the PRM, SFT on everything, SFT on the sessions whose answer was right, PPO
-    with the PRM's step rewards, and the episodic path alone (procedures in Milvus, no weight
-    change). Every candidate is registered with its metrics, none promoted."""
+    """The five arms (or those `arms` names) on the same sessions,
+    `consolidate.corrupted_share` of them corrupted: SFT gated by the PRM, SFT on everything,
+    SFT on the sessions whose answer was right, PPO with the PRM's step rewards, and the
+    episodic path alone (procedures in Milvus, no weight change). Every candidate is registered
+    with its metrics, none promoted."""
     cfg, task = stack.cfg, stack.task
     world, check = stack.world, task.check  # corruptions need the world (its verifier's facts)
     c = cfg.consolidate
