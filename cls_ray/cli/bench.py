@@ -4,6 +4,7 @@ its figures, writes a JSON report (and a plot where one helps) under `state_dir/
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 from ray import serve
 
@@ -13,7 +14,7 @@ from actors.runtime import up
 from cls_ray.cli.bench_service import bench_autoscale_cmd, bench_chaos_cmd, bench_fuzz_cmd
 from cls_ray.cli.http import stack_up
 from cls_ray.config import Config
-from cls_ray.eval.ablation import ABLATION_ARMS
+from cls_ray.eval.ablation import ABLATION_ARMS, check_arms
 from cls_ray.eval.bench_consolidation import bench_consolidation
 from cls_ray.eval.bench_continual import bench_continual, check_stream, format_continual
 from cls_ray.eval.bench_retrieval import bench_retrieval, format_retrieval_table
@@ -146,25 +147,19 @@ def bench_serve_cmd(args, cfg: Config) -> dict:
     return result
 
 
-def _ablation_arms(args) -> tuple[str, ...]:
-    """The ablation arms `bench consolidation` trains: `--arms`, else all; none with
-    `--no-ablation`."""
-    if args.no_ablation:
-        return ()
+def _arm_names(args, default: Sequence[str]) -> list[str]:
+    """`--arms` (comma-separated), else `default`."""
     if args.arms is None:
-        return ABLATION_ARMS
-    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
-    unknown = [a for a in arms if a not in ABLATION_ARMS]
-    if unknown:
-        raise SystemExit(
-            f"cls-ray bench consolidation: --arms: unknown ablation arm(s) {', '.join(unknown)} "
-            f"(known: {', '.join(ABLATION_ARMS)})"
-        )
-    return arms
+        return list(default)
+    return [a.strip() for a in args.arms.split(",") if a.strip()]
 
 
 def bench_consolidation_cmd(args, cfg: Config) -> dict:
-    arms = _ablation_arms(args)
+    arms = [] if args.no_ablation else _arm_names(args, ABLATION_ARMS)
+    try:
+        check_arms(arms)
+    except ValueError as e:
+        raise SystemExit(f"cls-ray bench consolidation: --arms: {e}") from e
     stack = _stack_with_documents(args, cfg)
     prm = load_prm(cfg)
     init_ray(cfg, log_to_driver=not args.quiet)
@@ -189,7 +184,7 @@ def bench_consolidation_cmd(args, cfg: Config) -> dict:
 def bench_continual_cmd(args, cfg: Config) -> dict:
     """Sleep after sleep over the world's skill stream, per composition arm (a copy of the
     state directory each); the accuracy matrix, forgetting, and a heat-map per arm."""
-    arms = [a.strip() for a in (args.arms or "continue,base").split(",") if a.strip()]
+    arms = _arm_names(args, ("continue", "base"))
     try:
         check_stream(cfg, arms)
     except ValueError as e:

@@ -95,6 +95,15 @@ TRAINED_ARMS = (
 ABLATION_ARMS = (*(a for a, _, _ in TRAINED_ARMS), "episodic_only")
 
 
+def check_arms(arms: Sequence[str]) -> None:
+    """A ValueError naming the arms that are not ablation arms (before anything runs)."""
+    unknown = [a for a in arms if a not in ABLATION_ARMS]
+    if unknown:
+        raise ValueError(
+            f"unknown ablation arm(s) {', '.join(unknown)} (known: {', '.join(ABLATION_ARMS)})"
+        )
+
+
 def ablation(
     stack: Stack,
     prm: Scorer,

@@ -12,7 +12,7 @@ from cls_ray.consolidate.candidate import SleepBatch
 from cls_ray.consolidate.dream import best_of_n_sessions
 from cls_ray.consolidate.promotion import SleepServices
 from cls_ray.consolidate.sleep import sleep_once
-from cls_ray.eval.ablation import ABLATION_ARMS, ablation
+from cls_ray.eval.ablation import ABLATION_ARMS, ablation, check_arms
 from cls_ray.eval.scratch import scratch_procedures
 from cls_ray.ports import Scorer
 from cls_ray.stack import Stack
@@ -40,6 +40,7 @@ def bench_consolidation(
     """One sleep on sessions of the held-back family, measured (not promoted), then the
     ablation `arms` on the same sessions with some corrupted. The episodic collection is left as
     it was."""
+    check_arms(arms)
     cfg, task = stack.cfg, stack.task
     c = cfg.consolidate
     if not task.new_groups:
