@@ -1,6 +1,7 @@
 """The promotion decision and what follows it: a candidate is promoted only if no retention
-measure drops by more than the tolerance; its artifact is published (to object storage when
-configured) before it is registered, so a registered version is always loadable."""
+measure or learned skill drops by more than the tolerance, and none falls further below its
+best; its artifact is published (to object storage when configured) before it is registered,
+so a registered version is always loadable."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from cls_ray.consolidate.skills import EPS, below_best
+from cls_ray.consolidate.skills import BASE, EPS, below_best
 from cls_ray.ports import Memory, Publisher, Registry
 from cls_ray.registry import ModelRegistry, ModelVersion, registry_for
 
@@ -39,14 +40,19 @@ def _measured(before: dict, key: str) -> bool:
 
 
 def decide(
-    before: dict, after: dict, tolerance: float, best: dict | None = None
+    before: dict,
+    after: dict,
+    tolerance: float,
+    best: dict | None = None,
+    best_tolerance: float | None = None,
 ) -> tuple[bool, str]:
-    """Promote only with evidence, and only if no retention measure drops by more than
-    `tolerance`. A measure is evidence when the current version scores above 0 on it: an empty
-    retention set (NaN) or one the current version answers none of cannot show forgetting, and
-    a gate with nothing to measure refuses. With `best` (skill → (best promoted score, its
-    version), `skills.SkillLedger.best`), every learned skill in `after["skills"]` must also
-    stay within `tolerance` of its best: small drops cannot add up over sleeps."""
+    """Promote only with evidence, and only if no retention measure, and no learned skill in
+    `after["skills"]`, drops by more than `tolerance` against the current version (`before`).
+    A measure is evidence when the current version scores above 0 on it: an empty retention
+    set (NaN) or one the current version answers none of cannot show forgetting, and a gate
+    with nothing to measure refuses. With `best` (skill → (best promoted score, its version),
+    `skills.SkillLedger.best`), every learned skill must also stay within `best_tolerance`
+    (default `tolerance`) of its best: small drops cannot add up over sleeps."""
     measured = [k for k in RETENTION_MEASURES if _measured(before, k) and k in after]
     if not measured:
         return False, (
@@ -58,7 +64,19 @@ def decide(
         drop = before[key] - (a if a is not None and not math.isnan(a) else 0.0)
         if drop - tolerance > EPS:  # a drop of exactly the tolerance is allowed
             return False, f"{key} fell {drop:.3f} (> {tolerance:.3f} allowed)"
-    if best and (why := below_best(after.get("skills") or {}, best, tolerance)):
+    was = before.get("skills") or {}
+    for skill, score in (after.get("skills") or {}).items():
+        b = was.get(skill)
+        if b is None or score is None or math.isnan(b) or math.isnan(score):
+            continue
+        if b - score - tolerance > EPS:
+            what = "retention (the base skills)" if skill == BASE else f"the skill {skill} taught"
+            return False, (
+                f"{what} fell {b - score:.3f} in this sleep, to {score:.3f} "
+                f"(> {tolerance:.3f} allowed)"
+            )
+    bar = tolerance if best_tolerance is None else best_tolerance
+    if best and (why := below_best(after.get("skills") or {}, best, bar)):
         return False, why
     parts = [f"{k} change {after[k] - before[k]:+.3f}" for k in measured]
     new = after.get("new_family")

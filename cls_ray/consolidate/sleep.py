@@ -158,7 +158,8 @@ def sleep_once(
     kl_new = kl_base_candidate(stack.engine, cand, fresh) if both_local and fresh else None
     rolled_back = {v["name"] for v in services.registry.list() if v["status"] == "rolled_back"}
     best = ledger.best(lambda version: version not in rolled_back, conditions)
-    ok, reason = decide(before, after, cfg.consolidate.retention_tolerance, best)
+    c = cfg.consolidate
+    ok, reason = decide(before, after, c.retention_tolerance, best, c.forgetting_tolerance)
     metrics = {
         "method": method,
         "new_family_before": before["new_family"],

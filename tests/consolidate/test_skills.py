@@ -4,6 +4,7 @@ holds each skill to its best promoted score, not only to the parent's."""
 import json
 from types import SimpleNamespace
 
+from cls_ray.config.training import ConsolidateConfig
 from cls_ray.consolidate.evaluate import evaluate_version, question_index
 from cls_ray.consolidate.promotion import decide
 from cls_ray.consolidate.skills import (
@@ -73,8 +74,32 @@ def test_small_losses_cannot_add_up_over_sleeps():
     assert "retention (the base skills)" in below_best({BASE: 0.92}, best, tol)
     # A drop of exactly the tolerance is allowed, though 0.89 - 0.87 > 0.02 in floating point.
     assert decide(parent, fine, tol, {"v1": (0.89, "v1")})[0] is True
-    assert decide(parent, {**fine, "skills": {"v1": 0.87}}, tol, {"v1": (0.89, "v1")})[0]
+    at = {**parent, "skills": {"v1": 0.89}}
+    assert decide(at, {**fine, "skills": {"v1": 0.87}}, tol, {"v1": (0.89, "v1")})[0]
     assert decide({"retention": 0.89}, {"retention": 0.87}, tol)[0]
+
+
+def test_one_sleep_and_all_sleeps_have_their_own_bounds():
+    """`retention_tolerance` bounds what one sleep costs any skill; `forgetting_tolerance` how
+    far a skill may fall below its best over all sleeps (defaults 0.02 and 0.03)."""
+    c = ConsolidateConfig()
+    tol, bar = c.retention_tolerance, c.forgetting_tolerance
+    assert (tol, bar) == (0.02, 0.03)
+    best = {BASE: (0.97, "base"), "v1": (0.868, "v1")}
+    parent = {"retention": 0.97, "skills": {BASE: 0.97, "v1": 0.855}}
+    # 0.010 in this sleep, 0.023 below the best over three: within both bounds.
+    slid = {"retention": 0.97, "skills": {BASE: 0.97, "v1": 0.845}}
+    assert decide(parent, slid, tol, best, bar)[0]
+    assert not decide(parent, slid, tol, best, tol)[0]  # one tolerance for both: refused
+    # 0.032 below the best: refused, though this sleep cost only 0.019.
+    far = {"retention": 0.97, "skills": {BASE: 0.97, "v1": 0.836}}
+    ok, reason = decide(parent, far, tol, best, bar)
+    assert not ok and "below its best 0.868" in reason and "0.030 allowed" in reason, reason
+    # 0.025 in one sleep: refused, though still within 0.03 of the best.
+    high = {"retention": 0.97, "skills": {BASE: 0.97, "v1": 0.868}}
+    dropped = {"retention": 0.97, "skills": {BASE: 0.97, "v1": 0.843}}
+    ok, reason = decide(high, dropped, tol, best, bar)
+    assert not ok and "the skill v1 taught fell 0.025 in this sleep" in reason, reason
 
 
 def test_a_promoted_sleep_learns_only_the_new_groups_it_was_measured_on(tiny_stack):
