@@ -85,6 +85,23 @@ def step_metrics(
     }
 
 
+def by_source(examples: Sequence[StepExample], scores: Sequence[Sequence[float]]) -> dict:
+    """Step accuracy and first-error accuracy per kind of trajectory (gold, sampled, each
+    corruption), held-back groups apart: where a PRM errs."""
+    parts: dict[str, tuple[list, list]] = {}
+    for ex, sc in zip(examples, scores, strict=True):
+        key = ex.source + ("/held_back" if ex.meta.get("held_back") else "")
+        parts.setdefault(key, ([], []))[0].append(ex)
+        parts[key][1].append(sc)
+    out = {}
+    for key in sorted(parts):
+        m = step_metrics(*parts[key])
+        out[key] = {
+            k: m[k] for k in ("trajectories", "steps", "step_accuracy", "first_error_accuracy")
+        }
+    return out
+
+
 def best_of_n(
     prm,
     questions: Sequence[QA],

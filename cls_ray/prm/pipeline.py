@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cls_ray.prm.evaluate import best_of_n, step_metrics
+from cls_ray.prm.evaluate import best_of_n, by_source, step_metrics
 from cls_ray.prm.judge import judge_client, judge_labels
 from cls_ray.prm.labels import (
     StepExample,
@@ -25,6 +25,7 @@ from cls_ray.prm.train import train_prm
 from cls_ray.prm.trajectories import gold_and_corrupted as task_gold_and_corrupted
 from cls_ray.prm.trajectories import sampled
 from cls_ray.stack import Stack
+from cls_ray.steps import overlap_f1, sentences
 from cls_ray.task import QA
 from cls_ray.task.world_task import world_qa
 
@@ -47,13 +48,52 @@ def _support_texts(stack: Stack, questions: Sequence[QA]) -> dict[str, str]:
     return stack.retriever.get_documents(ids) if ids else {}
 
 
+def _new_words(text: str, earlier: Sequence[str]) -> str:
+    """The words of `text` that none of `earlier` has: what a step brought to the reasoning."""
+    seen = {w.lower() for e in earlier for w in e.split()}
+    return " ".join(w for w in text.split() if w.lower() not in seen) or text
+
+
+def off_chain(stack: Stack, questions: Sequence[QA], k: int = 5) -> dict[str, list[str]]:
+    """For each gold step: what the retriever brings for what the step before it brought (other
+    statements about the thing the step is about; the question for the first) and for the
+    question with the step (look-alikes), that supports none of its question's hops, each as
+    the sentence nearest the step: true statements off the chain."""
+    pairs = [(q, i) for q in questions for i in range(len(q.steps))]
+    if not pairs:
+        return {}
+    before = [
+        _new_words(q.steps[i - 1], [q.question, *q.steps[: i - 1]]) if i else q.question
+        for q, i in pairs
+    ]
+    at = [f"{q.question} {q.steps[i]}" for q, i in pairs]
+    hits = stack.retriever.retrieve(before + at, k)
+    near: dict[str, list[str]] = {}
+    for n, (q, i) in enumerate(pairs):
+        step, support = q.steps[i], set(q.support_ids)
+        found = near.setdefault(step, [])
+        for d in hits[n] + hits[len(pairs) + n]:
+            if d.id in support:
+                continue
+            best = max(sentences(d.text) or [d.text], key=lambda x: overlap_f1(step, x))
+            if best not in q.steps and best not in found:
+                found.append(best)
+    return near
+
+
 def task_trajectories(
     stack: Stack, questions: Sequence[QA], per_question: int, samples: int, seed: int
 ) -> list[StepExample]:
     """Unlabelled trajectories on any task: gold chains and their wrong versions (where the
     questions have gold steps) and the model's own samples."""
     cfg = stack.cfg
-    pool = task_gold_and_corrupted(questions, _support_texts(stack, questions), per_question, seed)
+    pool = task_gold_and_corrupted(
+        questions,
+        _support_texts(stack, questions),
+        per_question,
+        seed,
+        near=off_chain(stack, questions),
+    )
     if samples:
         pool += sampled(
             questions,
@@ -270,6 +310,7 @@ def evaluate_prm(stack: Stack, prm: ProcessRewardModel, log: Callable[[str], Non
     scores = prm.score_many([(e.prompt, e.completions, e.evidence) for e in examples])
     result = {"prm": str(prm.path), "aggregation": cfg.prm.aggregation, "labels": how}
     result.update(step_metrics(examples, scores, cfg.prm.aggregation))
+    result["by_source"] = by_source(examples, scores)
     log(
         f"step_f1 {result['step_f1']:.3f} (correct {result['step_f1_correct']:.3f}, wrong "
         f"{result['step_f1_wrong']:.3f}); first_error_accuracy "

@@ -5,20 +5,26 @@ verifier label them afterwards.
 
 The wrong versions need no knowledge of the domain: a hop replaced by the same hop of another
 question of the group (the chain then follows that question: a plausible step about the wrong
-thing), a skipped hop, an answer given early, and a wrong final answer (another question's).
+thing), a hop whose last differing words are that other hop's (a false statement about the right
+thing, which the document it restates contradicts; the chain then follows the other question), a
+true statement off the chain (a document retrieved for the reasoning before the hop or for
+the hop itself that supports none of the question's hops: another statement about the same
+thing, or a look-alike's), a skipped hop, an
+answer given early, and a wrong final answer (another question's).
 """
 
 from __future__ import annotations
 
+import difflib
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from cls_ray.prm.labels import StepExample, evidence_for
 from cls_ray.rgr import run_rgr
 from cls_ray.steps import answer_step
 from cls_ray.task import QA
 
-KINDS = ("foreign_hop", "skipped_hop", "early_answer", "wrong_answer")
+KINDS = ("foreign_hop", "swapped_span", "off_chain", "skipped_hop", "early_answer", "wrong_answer")
 
 
 def unlabelled(qa: QA, steps: Sequence[str], docs: Sequence[Sequence[str]], source: str):
@@ -43,21 +49,52 @@ def _wrong_answer(qa: QA, others: Sequence[QA], rng: random.Random) -> str | Non
     return rng.choice(pool) if pool else None
 
 
+def swap_last_span(step: str, other: str) -> str | None:
+    """`step` with its last run of words that differ from `other` replaced by `other`'s
+    (\"the rival of A is B\" and \"the rival of C is D\" make \"the rival of A is D\"), or None
+    when the two do not differ."""
+    a, b = step.split(), other.split()
+    ops = [op for op in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()]
+    diff = [op for op in ops if op[0] != "equal"]
+    if not diff:
+        return None
+    _, i1, i2, j1, j2 = diff[-1]
+    out = " ".join(a[:i1] + b[j1:j2] + a[i2:])
+    return out if out != step else None
+
+
 def corrupt(
-    qa: QA, kind: str, others: Sequence[QA], rng: random.Random
+    qa: QA,
+    kind: str,
+    others: Sequence[QA],
+    rng: random.Random,
+    near: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[list[str], QA | None] | None:
     """A wrong trajectory for `qa` built from `others` (questions of its group) and the other
-    question whose steps it borrowed, or None when `kind` does not apply."""
+    question whose steps it borrowed, or None when `kind` does not apply. `near[step]` holds
+    documents retrieved for a gold step that support none of `qa`'s hops (for `off_chain`)."""
     gold, hops = list(qa.steps), len(qa.steps)
     if not hops:
         return None
-    if kind == "foreign_hop":
+    if kind in ("foreign_hop", "swapped_span"):
         i = rng.randrange(hops)
         pool = [o for o in others if len(o.steps) > i and o.steps[i] != gold[i]]
         if not pool:
             return None
         o = rng.choice(pool)
-        return gold[:i] + list(o.steps[i:]) + [answer_step(o.answer)], o
+        if kind == "foreign_hop":
+            return gold[:i] + list(o.steps[i:]) + [answer_step(o.answer)], o
+        swapped = swap_last_span(gold[i], o.steps[i])
+        if swapped is None:
+            return None
+        return gold[:i] + [swapped, *o.steps[i + 1 :], answer_step(o.answer)], o
+    if kind == "off_chain":
+        i = rng.randrange(hops)
+        pool = [d for d in (near or {}).get(gold[i], ()) if d not in gold]
+        wrong = _wrong_answer(qa, others, rng)
+        if not pool or wrong is None:
+            return None
+        return gold[:i] + [rng.choice(pool), answer_step(wrong)], None
     if kind == "skipped_hop":
         if hops < 2:
             return None
@@ -76,10 +113,15 @@ def corrupt(
 
 
 def gold_and_corrupted(
-    questions: Sequence[QA], doc_text: dict[str, str], per_question: int = 2, seed: int = 0
+    questions: Sequence[QA],
+    doc_text: dict[str, str],
+    per_question: int = 2,
+    seed: int = 0,
+    near: Mapping[str, Sequence[str]] | None = None,
 ) -> list[StepExample]:
     """For each question with gold steps: its gold chain and `per_question` wrong versions,
-    unlabelled. A step's evidence is the supporting document of its hop (`doc_text`)."""
+    unlabelled. A step's evidence is the supporting document of its hop (`doc_text`), or the
+    off-chain document it restates. `near` (see `corrupt`) enables `off_chain`."""
     rng = random.Random(seed)
     by_group: dict[str, list[QA]] = {}
     for q in questions:
@@ -102,11 +144,14 @@ def gold_and_corrupted(
         for kind in kinds:
             if made == per_question:
                 break
-            made_ = corrupt(q, kind, others, rng)
+            made_ = corrupt(q, kind, others, rng, near)
             if made_ is None or made_[0] == gold:
                 continue
             steps, borrowed = made_  # a borrowed hop restates the other question's document
             docs = docs_for(steps, q, *([borrowed] if borrowed else []))
+            if kind == "off_chain":  # the off-chain step restates its own document
+                off = [s for s in steps[:-1] if s not in gold]
+                docs = [d + off for d in docs]
             out.append(unlabelled(q, steps, docs, f"corrupt:{kind}"))
             made += 1
     return out
