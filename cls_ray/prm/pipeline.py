@@ -54,11 +54,13 @@ def _new_words(text: str, earlier: Sequence[str]) -> str:
     return " ".join(w for w in text.split() if w.lower() not in seen) or text
 
 
-def off_chain(stack: Stack, questions: Sequence[QA], k: int = 5) -> dict[str, list[str]]:
-    """For each gold step: what the retriever brings for what the step before it brought (other
-    statements about the thing the step is about; the question for the first) and for the
-    question with the step (look-alikes), that supports none of its question's hops, each as
-    the sentence nearest the step: true statements off the chain."""
+def off_chain(
+    stack: Stack, questions: Sequence[QA], k: int = 5
+) -> dict[tuple[str, int], list[str]]:
+    """For each gold step (question id, hop): what the retriever brings for what the step
+    before it brought (other statements about the thing the step is about; the question for
+    the first) and for the question with the step (look-alikes), that supports none of the
+    question's hops, each as the sentence nearest the step: true statements off the chain."""
     pairs = [(q, i) for q in questions for i in range(len(q.steps))]
     if not pairs:
         return {}
@@ -68,10 +70,10 @@ def off_chain(stack: Stack, questions: Sequence[QA], k: int = 5) -> dict[str, li
     ]
     at = [f"{q.question} {q.steps[i]}" for q, i in pairs]
     hits = stack.retriever.retrieve(before + at, k)
-    near: dict[str, list[str]] = {}
+    near: dict[tuple[str, int], list[str]] = {}
     for n, (q, i) in enumerate(pairs):
         step, support = q.steps[i], set(q.support_ids)
-        found = near.setdefault(step, [])
+        found = near.setdefault((q.id, i), [])
         for d in hits[n] + hits[len(pairs) + n]:
             if d.id in support:
                 continue

@@ -68,11 +68,12 @@ def corrupt(
     kind: str,
     others: Sequence[QA],
     rng: random.Random,
-    near: Mapping[str, Sequence[str]] | None = None,
+    near: Mapping[tuple[str, int], Sequence[str]] | None = None,
 ) -> tuple[list[str], QA | None] | None:
     """A wrong trajectory for `qa` built from `others` (questions of its group) and the other
-    question whose steps it borrowed, or None when `kind` does not apply. `near[step]` holds
-    documents retrieved for a gold step that support none of `qa`'s hops (for `off_chain`)."""
+    question whose steps it borrowed, or None when `kind` does not apply. `near[(qa.id, hop)]`
+    holds statements retrieved near a gold step that support none of `qa`'s hops (for
+    `off_chain`)."""
     gold, hops = list(qa.steps), len(qa.steps)
     if not hops:
         return None
@@ -90,7 +91,7 @@ def corrupt(
         return gold[:i] + [swapped, *o.steps[i + 1 :], answer_step(o.answer)], o
     if kind == "off_chain":
         i = rng.randrange(hops)
-        pool = [d for d in (near or {}).get(gold[i], ()) if d not in gold]
+        pool = [d for d in (near or {}).get((qa.id, i), ()) if d not in gold]
         wrong = _wrong_answer(qa, others, rng)
         if not pool or wrong is None:
             return None
@@ -117,7 +118,7 @@ def gold_and_corrupted(
     doc_text: dict[str, str],
     per_question: int = 2,
     seed: int = 0,
-    near: Mapping[str, Sequence[str]] | None = None,
+    near: Mapping[tuple[str, int], Sequence[str]] | None = None,
 ) -> list[StepExample]:
     """For each question with gold steps: its gold chain and `per_question` wrong versions,
     unlabelled. A step's evidence is the supporting document of its hop (`doc_text`), or the

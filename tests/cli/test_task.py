@@ -12,6 +12,7 @@ from cls_ray.cli.parser import make_parser, resolve_config
 from cls_ray.config import load_config
 from cls_ray.consolidate.retention import RetentionSuite
 from cls_ray.model.integrity import record_files_checksum
+from cls_ray.prm.pipeline import off_chain
 from cls_ray.registry import registry_for
 from cls_ray.stack import Stack
 from tests.cli.test_main import _last_json
@@ -59,6 +60,20 @@ def test_a_files_task_runs_without_the_world(files_args, capsys):
 
     assert main(["ask", "--local", "--json", *files_args]) == 0
     assert _last_json(capsys.readouterr().out)["steps"]
+
+    # The PRM's off-chain wrong steps: statements of the corpus the retriever brings near a
+    # gold step that support none of its question's hops.
+    stack = Stack(resolve_config(make_parser().parse_args(["prm", "train", *files_args])))
+    qs = [q for q in stack.task.questions("train", per_group=2) if q.hops > 1]
+    near = off_chain(stack, qs)
+    corpus = set(stack.retriever.get_documents(sorted(stack.store.ids())).values())
+    stack.release_store()
+    assert set(near) == {(q.id, i) for q in qs for i in range(q.hops)}
+    assert sum(map(len, near.values())) >= len(near)
+    for q in qs:
+        for i in range(q.hops):
+            assert not set(near[(q.id, i)]) & set(q.steps)
+            assert all(any(n in doc for doc in corpus) for n in near[(q.id, i)])
 
 
 def test_a_command_that_needs_the_world_says_so_on_a_files_task(files_args, capsys):

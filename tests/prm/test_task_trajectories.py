@@ -39,7 +39,7 @@ def test_swap_last_span_makes_a_false_statement_about_the_right_thing():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_leaves_the_gold_chain_and_ends_in_an_answer(kind):
-    near = {DOCS["a1"]: [DOCS["n1"]], DOCS["a2"]: [DOCS["n1"]]}
+    near = {("q1", 0): [DOCS["n1"]], ("q1", 1): [DOCS["n1"]]}
     made = None
     for seed in range(20):  # kinds that pick a hop at random apply to some hops only
         made = corrupt(ADA, kind, [CY], random.Random(seed), near) or made
@@ -58,7 +58,7 @@ def test_every_kind_leaves_the_gold_chain_and_ends_in_an_answer(kind):
 
 def test_off_chain_needs_retrieved_neighbours_and_its_step_has_its_own_evidence():
     assert corrupt(ADA, "off_chain", [CY], random.Random(0), None) is None
-    near = {s: [DOCS["n1"]] for s in ADA.steps}
+    near = {("q1", i): [DOCS["n1"]] for i in range(len(ADA.steps))}
     out = gold_and_corrupted([ADA, CY], DOCS, per_question=len(KINDS), seed=0, near=near)
     off = [e for e in out if e.source == "corrupt:off_chain"]
     assert off, "off_chain applies when the retriever found a neighbour"
