@@ -295,7 +295,11 @@ def run_loop(cfg, task: Task, url: str, buffer: Buffer, scheduler: Scheduler, lo
         "before": before,
         "after": after,
         "sleep": sleep,
-        "gate": {"min_r_tau": c.min_r_tau, "tolerance": c.retention_tolerance},
+        "gate": {
+            "min_r_tau": c.min_r_tau,
+            "tolerance": c.retention_tolerance,
+            "forgetting_tolerance": c.forgetting_tolerance,
+        },
         "new_family_questions": len(new_qs),
         "old_family_questions": len(old_qs),
     }

@@ -92,7 +92,8 @@ class PRMConfig(TrainerConfig):
         False,
         description="mc_relative: count progress in steps too: a step after which the "
         "successful rollouts need no fewer steps (half a step less at least) is a detour, "
-        "one after which they need more than 1.5 fewer skipped a hop; both are wrong, and "
+        "one after which they need more than 1.5 fewer (mc.LEAP) skipped a hop; both are "
+        "wrong, and "
         "every step after a wrong one is wrong (first-error labels); not with "
         "mc_agree, which would unlabel the detours.",
     )

@@ -64,17 +64,11 @@ def decide(
         drop = before[key] - (a if a is not None and not math.isnan(a) else 0.0)
         if drop - tolerance > EPS:  # a drop of exactly the tolerance is allowed
             return False, f"{key} fell {drop:.3f} (> {tolerance:.3f} allowed)"
-    was = before.get("skills") or {}
-    for skill, score in (after.get("skills") or {}).items():
-        b = was.get(skill)
-        if b is None or score is None or math.isnan(b) or math.isnan(score):
-            continue
-        if b - score - tolerance > EPS:
-            what = "retention (the base skills)" if skill == BASE else f"the skill {skill} taught"
-            return False, (
-                f"{what} fell {b - score:.3f} in this sleep, to {score:.3f} "
-                f"(> {tolerance:.3f} allowed)"
-            )
+    # One sleep's cost to each learned skill (retention, the base skill, is measured above).
+    now = {k: (v, "the current version") for k, v in (before.get("skills") or {}).items()}
+    now.pop(BASE, None)
+    if why := below_best(after.get("skills") or {}, now, tolerance, bar="its score"):
+        return False, why
     bar = tolerance if best_tolerance is None else best_tolerance
     if best and (why := below_best(after.get("skills") or {}, best, bar)):
         return False, why

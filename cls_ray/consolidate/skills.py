@@ -5,7 +5,9 @@ held-back families), with their held-out questions frozen at that moment. `base`
 model was built on (the task's retention questions). Every later sleep measures the current
 version and its candidate on every learned skill, so the retention evidence grows with each
 promoted skill; and the gate compares a candidate with each skill's best promoted score, not
-only with its parent's, so losses that each stay within the tolerance cannot add up over sleeps.
+only with its parent's, so losses that each stay within one sleep's bound
+(`consolidate.retention_tolerance`) cannot add up over sleeps past
+`consolidate.forgetting_tolerance`.
 
 The file (`state_dir/skills.json`) holds the skills and the scores of every promoted version on
 them, with a fingerprint of how they were measured (a score bars only candidates measured the
@@ -170,18 +172,24 @@ def skill_questions(skills: Sequence[Skill], index: Mapping[str, object]) -> dic
 
 
 def below_best(
-    after: Mapping[str, float], best: Mapping[str, tuple[float, str]], tolerance: float
+    after: Mapping[str, float],
+    best: Mapping[str, tuple[float, str]],
+    tolerance: float,
+    bar: str = "its best",
 ) -> str | None:
     """Why a candidate is refused: the first skill it scores more than `tolerance` below that
-    skill's best promoted score; None when every skill is within it."""
+    skill's bar (`best`: skill → (score, the version that scored it); by default each skill's
+    best promoted score); None when every skill is within it."""
     for skill, score in after.items():
         if skill not in best or score is None or math.isnan(score):
             continue
         top, version = best[skill]
+        if top is None or math.isnan(top):
+            continue
         if top - score - tolerance > EPS:  # exactly the tolerance is allowed
             what = "retention (the base skills)" if skill == BASE else f"the skill {skill} taught"
             return (
-                f"{what} fell to {score:.3f}, {top - score:.3f} below its best {top:.3f} "
+                f"{what} fell to {score:.3f}, {top - score:.3f} below {bar} {top:.3f} "
                 f"(under {version}; > {tolerance:.3f} allowed)"
             )
     return None

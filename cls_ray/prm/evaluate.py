@@ -85,12 +85,19 @@ def step_metrics(
     }
 
 
-def by_source(examples: Sequence[StepExample], scores: Sequence[Sequence[float]]) -> dict:
+def by_source(
+    examples: Sequence[StepExample],
+    scores: Sequence[Sequence[float]],
+    new_groups: Sequence[str] = (),
+) -> dict:
     """Step accuracy and first-error accuracy per kind of trajectory (gold, sampled, each
-    corruption), held-back groups apart: where a PRM errs."""
+    corruption; Monte Carlo labels keep the kind in `meta`), the held-back (new) groups apart:
+    where a PRM errs."""
     parts: dict[str, tuple[list, list]] = {}
+    new = set(new_groups)
     for ex, sc in zip(examples, scores, strict=True):
-        key = ex.source + ("/held_back" if ex.meta.get("held_back") else "")
+        held = ex.meta.get("held_back") or ex.meta.get("group") in new
+        key = ex.meta.get("kind", ex.source) + ("/held_back" if held else "")
         parts.setdefault(key, ([], []))[0].append(ex)
         parts[key][1].append(sc)
     out = {}

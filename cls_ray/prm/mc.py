@@ -111,12 +111,22 @@ def mc_labels(
                 labels.append(0.0 if 0.0 in labels else None)
             else:
                 label = float(share >= before - tolerance)
+                # `left` and `now` are means over the successful rollouts (4 by default):
+                # one detour among them can make a right step look like a leap (measured: no
+                # right step of the held-out trajectories was lost to it).
                 if steps and label and before > 0 and share > 0:
                     label = float(left - LEAP <= now <= left - 0.5)
                 labels.append(None if agree and label != float(share > 0) else label)
             before, left = share, now
         out.append(
-            StepExample(ex.prompt, list(ex.completions), labels, list(ex.evidence), "mc", ex.meta)
+            StepExample(
+                ex.prompt,
+                list(ex.completions),
+                labels,
+                list(ex.evidence),
+                "mc",
+                {**ex.meta, "kind": ex.source},  # gold, sampled, corrupt:<kind>
+            )
         )
     return out
 

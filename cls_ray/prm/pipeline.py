@@ -312,7 +312,7 @@ def evaluate_prm(stack: Stack, prm: ProcessRewardModel, log: Callable[[str], Non
     scores = prm.score_many([(e.prompt, e.completions, e.evidence) for e in examples])
     result = {"prm": str(prm.path), "aggregation": cfg.prm.aggregation, "labels": how}
     result.update(step_metrics(examples, scores, cfg.prm.aggregation))
-    result["by_source"] = by_source(examples, scores)
+    result["by_source"] = by_source(examples, scores, task.new_groups)
     log(
         f"step_f1 {result['step_f1']:.3f} (correct {result['step_f1_correct']:.3f}, wrong "
         f"{result['step_f1_wrong']:.3f}); first_error_accuracy "

@@ -51,8 +51,8 @@ def _wrong_answer(qa: QA, others: Sequence[QA], rng: random.Random) -> str | Non
 
 def swap_last_span(step: str, other: str) -> str | None:
     """`step` with its last run of words that differ from `other` replaced by `other`'s
-    (\"the rival of A is B\" and \"the rival of C is D\" make \"the rival of A is D\"), or None
-    when the two do not differ."""
+    ("the rival of A is B" and "the rival of C is D" make "the rival of A is D"), or None
+    when that is one of the two (they differ nowhere, or only in their last run)."""
     a, b = step.split(), other.split()
     ops = [op for op in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()]
     diff = [op for op in ops if op[0] != "equal"]
@@ -60,7 +60,7 @@ def swap_last_span(step: str, other: str) -> str | None:
         return None
     _, i1, i2, j1, j2 = diff[-1]
     out = " ".join(a[:i1] + b[j1:j2] + a[i2:])
-    return out if out != step else None
+    return out if out not in (step, other) else None  # the other's statement is a foreign hop
 
 
 def corrupt(
@@ -121,8 +121,9 @@ def gold_and_corrupted(
     near: Mapping[tuple[str, int], Sequence[str]] | None = None,
 ) -> list[StepExample]:
     """For each question with gold steps: its gold chain and `per_question` wrong versions,
-    unlabelled. A step's evidence is the supporting document of its hop (`doc_text`), or the
-    off-chain document it restates. `near` (see `corrupt`) enables `off_chain`."""
+    unlabelled. A step's evidence is the best of its question's supporting documents
+    (`doc_text`); a hop borrowed from another question's chain gets that question's, and an
+    off-chain step the sentence it restates. `near` (see `corrupt`) enables `off_chain`."""
     rng = random.Random(seed)
     by_group: dict[str, list[QA]] = {}
     for q in questions:
@@ -148,11 +149,18 @@ def gold_and_corrupted(
             made_ = corrupt(q, kind, others, rng, near)
             if made_ is None or made_[0] == gold:
                 continue
-            steps, borrowed = made_  # a borrowed hop restates the other question's document
-            docs = docs_for(steps, q, *([borrowed] if borrowed else []))
-            if kind == "off_chain":  # the off-chain step restates its own document
-                off = [s for s in steps[:-1] if s not in gold]
-                docs = [d + off for d in docs]
+            steps, borrowed = made_
+            docs = docs_for(steps, q)
+            wrong = next(
+                (k for k, s in enumerate(steps) if k >= len(gold) or s != gold[k]), len(steps) - 1
+            )
+            if kind == "off_chain":  # the off-chain step restates the sentence it was
+                docs[wrong] = [*docs[wrong], steps[wrong]]
+            if borrowed is not None:  # the other question's hops restate its documents; a
+                # swapped step is read next to its own question's, which it contradicts
+                theirs = docs_for(steps, borrowed)
+                first = wrong + 1 if kind == "swapped_span" else wrong
+                docs = docs[:first] + theirs[first:]
             out.append(unlabelled(q, steps, docs, f"corrupt:{kind}"))
             made += 1
     return out

@@ -66,14 +66,16 @@ def test_a_files_task_runs_without_the_world(files_args, capsys):
     stack = Stack(resolve_config(make_parser().parse_args(["prm", "train", *files_args])))
     qs = [q for q in stack.task.questions("train", per_group=2) if q.hops > 1]
     near = off_chain(stack, qs)
-    corpus = set(stack.retriever.get_documents(sorted(stack.store.ids())).values())
+    docs = stack.retriever.get_documents(sorted(stack.store.ids()))
     stack.release_store()
-    assert set(near) == {(q.id, i) for q in qs for i in range(q.hops)}
+    assert set(near) == {(q.id, i) for q in qs for i in range(len(q.steps))}
     assert sum(map(len, near.values())) >= len(near)
     for q in qs:
-        for i in range(q.hops):
-            assert not set(near[(q.id, i)]) & set(q.steps)
-            assert all(any(n in doc for doc in corpus) for n in near[(q.id, i)])
+        support = [docs[d] for d in q.support_ids]
+        for i in range(len(q.steps)):
+            for n in near[(q.id, i)]:
+                assert any(n in doc for doc in docs.values())  # a sentence of the corpus
+                assert not any(n in doc for doc in support)  # that supports no hop
 
 
 def test_a_command_that_needs_the_world_says_so_on_a_files_task(files_args, capsys):

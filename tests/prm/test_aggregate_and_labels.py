@@ -6,6 +6,7 @@ import random
 import pytest
 
 from cls_ray.prm import aggregate_step_scores
+from cls_ray.prm.evaluate import by_source
 from cls_ray.prm.labels import (
     Corruptor,
     StepExample,
@@ -194,3 +195,20 @@ def test_relative_monte_carlo_labels_judge_the_progress_a_step_makes(tiny_stack)
     gold_first = [lab for e in firsts[:n] for lab in e.labels[:-1] if lab is not None]
     # the gold chain brings the answer nearer a step at a time: most of its steps stay right
     assert gold_first and sum(x == 1.0 for x in gold_first) >= 0.6 * len(gold_first)
+
+
+def test_prm_eval_splits_its_errors_by_kind_of_trajectory():
+    """`by_source`: accuracy per kind (kept through Monte Carlo labelling in `meta`), the new
+    groups apart, so a report says which wrong chains a PRM misses."""
+    gold = StepExample("q1", ["a", "b"], [1.0, 1.0], ["", ""], "mc", {"kind": "gold", "group": "x"})
+    skip = StepExample(
+        "q1", ["b", "c"], [0.0, 0.0], ["", ""], "mc", {"kind": "corrupt:skipped_hop", "group": "x"}
+    )
+    new = StepExample("q2", ["d"], [1.0], [""], "verifier", {"held_back": True})
+    rows = by_source([gold, skip, new], [[0.9, 0.8], [0.9, 0.2], [0.4]], new_groups=())
+    assert set(rows) == {"gold", "corrupt:skipped_hop", "verifier/held_back"}
+    assert rows["gold"]["step_accuracy"] == 1.0
+    assert rows["corrupt:skipped_hop"]["step_accuracy"] == 0.5
+    assert rows["corrupt:skipped_hop"]["first_error_accuracy"] == 0.0  # flagged one step late
+    assert rows["verifier/held_back"]["step_accuracy"] == 0.0
+    assert set(by_source([gold], [[0.9, 0.8]], new_groups=["x"])) == {"gold/held_back"}

@@ -12,8 +12,8 @@ from cls_ray.task import QA
 DOCS = {
     "a1": "the rival of Ada Park is Bo Lind .",
     "a2": "the employer of Bo Lind is Crane Works .",
-    "b1": "the rival of Cy Moss is Di Vale .",
-    "b2": "the employer of Di Vale is Elm Labs .",
+    "b1": "the rival of Cy Moss is Di Van Vale .",
+    "b2": "the employer of Di Van Vale is Elm Labs .",
     "n1": "the mentor of Ada Park is Fay Oak .",
 }
 
@@ -33,8 +33,11 @@ ADA, CY = _qa("q1", "Ada Park", "a1", "a2"), _qa("q2", "Cy Moss", "b1", "b2")
 
 
 def test_swap_last_span_makes_a_false_statement_about_the_right_thing():
-    assert swap_last_span(DOCS["a1"], DOCS["b1"]) == "the rival of Ada Park is Di Vale ."
+    assert swap_last_span(DOCS["a1"], DOCS["b1"]) == "the rival of Ada Park is Di Van Vale ."
     assert swap_last_span(DOCS["a1"], DOCS["a1"]) is None
+    # hops that differ only in their subject: the swap would be the other's true statement
+    other = "the employer of Cy Moss is Crane Works ."
+    assert swap_last_span(DOCS["a2"], other) is None
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -49,7 +52,7 @@ def test_every_kind_leaves_the_gold_chain_and_ends_in_an_answer(kind):
     assert steps != gold
     assert steps[-1].startswith(answer_step("").split()[0])
     if kind == "swapped_span":
-        assert "the rival of Ada Park is Di Vale ." in steps or (
+        assert "the rival of Ada Park is Di Van Vale ." in steps or (
             "the employer of Bo Lind is Elm Labs ." in steps
         )
     if kind == "off_chain":
@@ -67,7 +70,11 @@ def test_off_chain_needs_retrieved_neighbours_and_its_step_has_its_own_evidence(
         assert e.evidence[i] == DOCS["n1"]
     swapped = [e for e in out if e.source == "corrupt:swapped_span"]
     assert swapped
-    for e in swapped:  # the false statement is read next to the document it contradicts
-        own = ADA if e.prompt == ADA.question else CY
+    for e in swapped:  # the false statement is read next to the document it contradicts,
+        # though the other question's document shares more of its words (Di Van Vale)
+        own, theirs = (ADA, CY) if e.prompt == ADA.question else (CY, ADA)
         bad = next(s for s in e.completions if s not in DOCS.values())
-        assert e.evidence[e.completions.index(bad)] in own.steps
+        i = e.completions.index(bad)
+        assert e.evidence[i] in own.steps
+        for step, ev in zip(e.completions[i + 1 : -1], e.evidence[i + 1 : -1], strict=True):
+            assert step in theirs.steps and ev == step  # the rest restates the other's
