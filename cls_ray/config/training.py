@@ -213,7 +213,8 @@ class ConsolidateConfig(TrainerConfig):
         le=1,
         description="Largest fall, over all sleeps, of any learned skill (retention as the base "
         "skill) below its best score under a promoted version: small drops cannot add up past "
-        "it. Each sleep's own drop is bounded by retention_tolerance.",
+        "it (never less than retention_tolerance). Each sleep's own drop is bounded by "
+        "retention_tolerance.",
     )
     # 2048: on 256 episodes (before) a twin candidate of the skill stream lost 0.023 and was
     # refused; on 2048 other episodes it had lost 0.0004. Two versions disagree on a few percent

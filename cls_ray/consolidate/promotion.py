@@ -52,7 +52,8 @@ def decide(
     set (NaN) or one the current version answers none of cannot show forgetting, and a gate
     with nothing to measure refuses. With `best` (skill → (best promoted score, its version),
     `skills.SkillLedger.best`), every learned skill must also stay within `best_tolerance`
-    (default `tolerance`) of its best: small drops cannot add up over sleeps."""
+    of its best (never less than `tolerance`: what all sleeps may cost a skill is at least
+    what one may): small drops cannot add up over sleeps."""
     measured = [k for k in RETENTION_MEASURES if _measured(before, k) and k in after]
     if not measured:
         return False, (
@@ -69,7 +70,7 @@ def decide(
     now.pop(BASE, None)
     if why := below_best(after.get("skills") or {}, now, tolerance, bar="its score"):
         return False, why
-    bar = tolerance if best_tolerance is None else best_tolerance
+    bar = tolerance if best_tolerance is None else max(tolerance, best_tolerance)
     if best and (why := below_best(after.get("skills") or {}, best, bar)):
         return False, why
     parts = [f"{k} change {after[k] - before[k]:+.3f}" for k in measured]
