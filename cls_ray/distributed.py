@@ -31,10 +31,12 @@ from cls_ray.console import progress_text, quiet_worker
 logger = logging.getLogger(__name__)
 
 
-def deepspeed_config(batch_size: int, lr: float, zero_stage: int, bf16: bool) -> dict:
+def deepspeed_config(
+    batch_size: int, lr: float, zero_stage: int, bf16: bool, micro_batches: int = 1
+) -> dict:
     return {
-        "train_micro_batch_size_per_gpu": batch_size,
-        "gradient_accumulation_steps": 1,
+        "train_micro_batch_size_per_gpu": math.ceil(batch_size / micro_batches),
+        "gradient_accumulation_steps": micro_batches,
         "gradient_clipping": 1.0,
         "optimizer": {
             "type": "AdamW",
@@ -69,10 +71,16 @@ def deepspeed_steps(
     loss_fn: Callable[[object, dict], object],
     config: dict,
     name: str,
+    length: Callable[[object], int] | None = None,
+    weight: Callable[[dict], float] | None = None,
 ):
     """Trains `model` for `config["steps"]` steps inside a Ray Train worker, on random batches
     of its rank's share of `rows`. Returns the DeepSpeed engine and the final metrics (which
-    the caller reports, after saving)."""
+    the caller reports, after saving).
+
+    With `config["micro_batches"]` > 1 and `length` (a row's length), each batch is sorted by
+    length and cut into that many micro-batches (`accumulate`, with `weight`): the same step
+    with less padding."""
     # DeepSpeed picks its accelerator when it is imported: here, in the worker, after
     # `launch` set DS_ACCELERATOR (a driver never needs it, and its import takes seconds).
     import deepspeed
@@ -83,8 +91,9 @@ def deepspeed_steps(
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config["seed"])
     torch.set_num_threads(max(1, config.get("threads_per_worker", 1)))
+    micro = min(max(1, int(config.get("micro_batches", 1))), config["batch_size"]) if length else 1
     ds = deepspeed_config(
-        config["batch_size"], config["lr"], config["zero_stage"], config.get("bf16", False)
+        config["batch_size"], config["lr"], config["zero_stage"], config.get("bf16", False), micro
     )
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds
@@ -114,14 +123,10 @@ def deepspeed_steps(
             rng.shuffle(fresh)
             order += fresh
         idx, order = order[: config["batch_size"]], order[config["batch_size"] :]
-        batch = to_device(collate([mine[i] for i in idx]), engine.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn(engine, batch)
-        engine.backward(loss)
-        engine.step()
-        losses.append(loss.item())
+        runs = length_parts([mine[i] for i in idx], micro, length)
+        losses.append(accumulate(engine, runs, collate, loss_fn, weight, bf16))
         last = step == steps - 1
         if (step + 1) % log_every == 0 or last:
             window = losses[-log_every:]
@@ -141,6 +146,36 @@ def deepspeed_steps(
     metrics["samples"] = steps * config["batch_size"] * world
     metrics["peak_rss_mb"] = _peak_rss_mb()
     return engine, metrics
+
+
+def accumulate(engine, runs: list[list], collate, loss_fn, weight=None, bf16=False) -> float:
+    """One optimizer step over the micro-batches `runs`: each one's mean loss counts by its
+    `weight` (what the mean is over: labelled positions, say; default its rows), so the
+    gradients add up to the whole batch's; DeepSpeed steps the optimizer after the last one
+    (its accumulation steps are len(runs)). Returns the batch's loss."""
+    parts = [collate(r) for r in runs]
+    weights = [
+        float(weight(p)) if weight else float(len(r)) for p, r in zip(parts, runs, strict=True)
+    ]
+    total, batch_loss = sum(weights) or 1.0, 0.0
+    for part, w in zip(parts, weights, strict=True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(engine, to_device(part, engine.device))
+        engine.backward(loss * (w / total), scale_wrt_gas=False)
+        engine.step()
+        batch_loss += loss.item() * w / total
+    return batch_loss
+
+
+def length_parts(rows: list, parts: int, length: Callable[[object], int] | None) -> list[list]:
+    """`rows` sorted by `length` and cut into `parts` runs of near-equal size (none empty);
+    one part, unsorted, without `length`."""
+    if parts <= 1 or length is None or len(rows) <= 1:
+        return [rows]
+    rows = sorted(rows, key=length)
+    n = min(parts, len(rows))
+    bounds = [round(i * len(rows) / n) for i in range(n + 1)]
+    return [rows[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def _peak_rss_mb() -> float:

@@ -47,7 +47,9 @@ def train_loop_per_worker(config: dict) -> None:
         lambda eng, b: step_loss(eng(b["input_ids"], b["attention_mask"]).float(), b["labels"]),
         config,
         "prm train",
-    )  # random batches: batches of like lengths (as the bootstrap uses) made a tiny PRM learn worse
+        length=lambda row: len(row["input_ids"]),
+        weight=lambda batch: int((batch["labels"] >= 0).sum()),  # step_loss: a mean over these
+    )  # random batches (like lengths made a tiny PRM learn worse); micro-batches within one
     state = full_state_dict(engine, config["zero_stage"])
     if ray.train.get_context().get_world_rank() == 0:
         final = StepPRM.from_encoder(config["encoder"], config.get("num_layers"))
@@ -91,6 +93,7 @@ def train_prm(
         "num_layers": p.num_layers,
         "freeze_embeddings": p.freeze_embeddings,
         "pad_id": tok.pad_token_id or 0,
+        "micro_batches": p.micro_batches,
         "steps": n_steps,
         "out": str(out),
         "meta": meta,
