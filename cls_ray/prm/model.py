@@ -93,9 +93,14 @@ def collate(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def labelled(labels: torch.Tensor) -> torch.Tensor:
+    """The positions `collate` gave a label (the rest are -1)."""
+    return labels >= 0
+
+
 def step_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy on labelled positions (labels ≥ 0; soft labels allowed)."""
-    keep = labels >= 0
+    """Binary cross-entropy on labelled positions (soft labels allowed): their mean."""
+    keep = labelled(labels)
     if not keep.any():
         return logits.sum() * 0.0
     return nn.functional.binary_cross_entropy_with_logits(logits[keep], labels[keep])

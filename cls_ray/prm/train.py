@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 from cls_ray.distributed import deepspeed_steps, full_state_dict, launch, trainer_options
 from cls_ray.memory.embedder import default_encoder_path
 from cls_ray.prm.labels import StepExample
-from cls_ray.prm.model import StepPRM, collate, encode, save_prm, step_loss
+from cls_ray.prm.model import StepPRM, collate, encode, labelled, save_prm, step_loss
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def train_loop_per_worker(config: dict) -> None:
         config,
         "prm train",
         length=lambda row: len(row["input_ids"]),
-        weight=lambda batch: int((batch["labels"] >= 0).sum()),  # step_loss: a mean over these
+        weight=lambda batch: int(labelled(batch["labels"]).sum()),  # step_loss's mean is over these
     )  # random batches (like lengths made a tiny PRM learn worse); micro-batches within one
     state = full_state_dict(engine, config["zero_stage"])
     if ray.train.get_context().get_world_rank() == 0:

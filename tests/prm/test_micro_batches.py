@@ -7,7 +7,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 from cls_ray.distributed import accumulate, length_parts
 from cls_ray.memory.embedder import default_encoder_path
 from cls_ray.prm.labels import StepExample
-from cls_ray.prm.model import StepPRM, collate, step_loss
+from cls_ray.prm.model import StepPRM, collate, labelled, step_loss
 from cls_ray.prm.train import encode_examples
 
 
@@ -52,7 +52,7 @@ def gradients(model, runs, pad):
         runs,
         lambda r: collate(r, pad),
         lambda eng, b: step_loss(eng(b["input_ids"], b["attention_mask"]), b["labels"]),
-        weight=lambda b: int((b["labels"] >= 0).sum()),
+        weight=lambda b: int(labelled(b["labels"]).sum()),
     )
     return loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
