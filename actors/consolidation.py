@@ -12,10 +12,12 @@ replica. Otherwise it opens the state directly. Either way the sleep itself is
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
 import ray
+import torch
 from ray import serve
 
 from actors.deploy import ServingPublisher
@@ -57,11 +59,21 @@ def fit_workers(cfg: Config) -> Config:
     return cfg.model_copy(update={"consolidate": c.model_copy(update={"cpus_per_worker": per})})
 
 
+def use_threads(threads: int | None) -> None:
+    """Sets this process's torch threads (`consolidate.threads`): Ray starts a task with one
+    (OMP_NUM_THREADS=1), which leaves a core idle through a sleep's measurements and dreams,
+    when its Train workers are not training."""
+    if threads is None:
+        return
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+
+
 def run_consolidation(
     cfg: Config, method: str = "sft", limit: int = 1000, log: Callable[[str], None] = logger.info
 ) -> dict:
     """Consumes buffered sessions into a candidate; promotes and broadcasts it if it passes the
     retention gate. Needs Ray initialised (it trains on Ray Train)."""
+    use_threads(cfg.consolidate.threads)
     prm = load_prm(cfg)
     if serving_is_up(cfg):
         cfg = fit_workers(cfg)

@@ -64,6 +64,14 @@ def trainer_options(t) -> dict:
     }
 
 
+def without_shm_op(deepspeed) -> None:
+    """Keeps DeepSpeed from building its shared-memory all-reduce op when its communication
+    backend starts (on CPU: a C++ compile of about 25 s on 2 cores, the first time in every
+    fresh environment). Only inference all-reduce uses that op; training's collectives go
+    through torch.distributed (gloo), so an op marked incompatible is simply not built."""
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def deepspeed_steps(
     model,
     rows: list,
@@ -85,6 +93,7 @@ def deepspeed_steps(
     # `launch` set DS_ACCELERATOR (a driver never needs it, and its import takes seconds).
     import deepspeed
 
+    without_shm_op(deepspeed)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_worker()  # again: Ray Train configures its workers' logging after the setup hook
     ctx = ray.train.get_context()

@@ -184,6 +184,13 @@ class ConsolidateConfig(TrainerConfig):
     min_steps: int = Field(20, ge=1, description="With `epochs`: the fewest steps a sleep takes.")
     lr: float = Field(2e-3, gt=0)
     warmup: int = Field(20, ge=0)
+    threads: int | None = Field(
+        None,
+        ge=0,
+        description="torch threads of the consolidation job's own process (scoring, measuring, "
+        "dreaming; its Train workers keep threads_per_worker); null: as the process starts "
+        "(one inside a Ray task, every core by hand); 0: every core of its node.",
+    )
     weights: Literal["lora", "full"] = Field(
         "lora",
         description="lora: an adapter (served next to the base); full: every weight trains and "

@@ -53,6 +53,19 @@ from cls_ray.storage import materialize
 logger = logging.getLogger(__name__)
 
 
+class Laps:
+    """Seconds per phase: each call closes the phase that ran since the one before."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.at = time.time()
+
+    def __call__(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name] = round(now - self.at, 1)
+        self.at = now
+
+
 def start_of(cfg, version) -> Start:
     """Where a consolidation of `version` (the current one) starts: its files, fetched to this
     node, when `consolidate.compose` continues from it."""
@@ -81,6 +94,7 @@ def sleep_once(
     `index`); the candidate is then measured on what its weights alone do. With `prm` and
     `consolidate.dream_rounds`, an SFT candidate dreams (`train_with_dreams`)."""
     cfg, memory, task = stack.cfg, services.memory, stack.task
+    laps = Laps()
     current = services.registry.current()
     if stack.model_version.name != current.name:
         raise ValueError(
@@ -100,6 +114,7 @@ def sleep_once(
         f"answer) -> {data['artifacts']} artifacts, A_good "
         f"{data['a_good']} -> {data['new_pairs']} pairs (+ replay: {data['pairs']})"
     )
+    laps("data")
     # Step-level retention: the world's episodes, else the frozen suite earlier sleeps taught.
     n_steps = cfg.consolidate.retention_episodes
     episodes = retention_episodes(task.world, n_steps, cfg.rgr.top_k) if task.world else None
@@ -112,6 +127,7 @@ def sleep_once(
     skill_qs = skill_questions(learned, question_index(task))
     measure = {"episodes": episodes, "check": task.check, "trusted": trusted, "skills": skill_qs}
     before = evaluate_version(cfg, stack.engine, memory, new_qs, retention_qs, **measure)
+    laps("measure_before")
     # Scores are bars only among measurements taken alike (same retention questions, RGR
     # options and engine): when those change, the current version sets the bar again.
     conditions = measuring_conditions(cfg, retention_qs)
@@ -129,6 +145,7 @@ def sleep_once(
             **{**cfg.rgr_options(), "patterns": True},
         )
         log(f"sleep: {len(pats)} procedures indexed; new family with them {fast:.3f}")
+        laps("fast_path")
     out = out or cfg.state_path / "adapters" / f"{method}-{int(time.time())}"
     train, dreams, dreamt = train_with_dreams(
         stack,
@@ -145,10 +162,12 @@ def sleep_once(
         accept=accept,
         trust=trust,
     )
+    laps("train_and_dream")
     # The configured engine (HF, or vLLM on a GPU), under a name no other sleep used: vLLM
     # caches adapters and weights by name.
     cand = build_engine(cfg, f"candidate-{out.name}", out)
     after = evaluate_version(cfg, cand, memory, new_qs, retention_qs, **measure)
+    laps("measure_after")
     # Teacher-forced logits need the model in this process (HF); vLLM keeps it in its workers.
     both_local = isinstance(stack.engine, HFEngine) and isinstance(cand, HFEngine)
     kl = kl_base_candidate(stack.engine, cand, pairs[:256]) if both_local and pairs else None
@@ -156,6 +175,7 @@ def sleep_once(
     # early warning of forgetting (RL's Razor), recorded with every sleep.
     fresh = subplan_pairs(good, known.format)[:256]
     kl_new = kl_base_candidate(stack.engine, cand, fresh) if both_local and fresh else None
+    laps("kl")
     rolled_back = {v["name"] for v in services.registry.list() if v["status"] == "rolled_back"}
     best = ledger.best(lambda version: version not in rolled_back, conditions)
     c = cfg.consolidate
@@ -185,6 +205,7 @@ def sleep_once(
         # what the candidate trained on: the sessions' data, or with the last trusted dream's
         "trained": next((d for d in reversed(dreams) if d["trained"]), data),
         "dreams": dreams,
+        "seconds": laps.seconds,  # where the sleep's time went, phase by phase
     }
     v = conclude(cfg, services, out, method, current.name, metrics, (ok, reason), promote)
     log(f"sleep: {v.name} {'passes' if ok else 'fails'} the retention gate: {reason}")

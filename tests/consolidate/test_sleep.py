@@ -41,6 +41,16 @@ def test_sleep_consumes_buffered_sessions_into_a_gated_version(
     assert main(["sleep", "--json", "-q", *args]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["data"]["sessions"] == len(qs) and out["promoted"]
+    # where the sleep's time went, phase by phase, in the order they ran
+    assert list(out["seconds"]) == [
+        "data",
+        "measure_before",
+        "fast_path",
+        "train_and_dream",
+        "measure_after",
+        "kl",
+    ]
+    assert all(s >= 0 for s in out["seconds"].values()) and out["seconds"]["train_and_dream"] > 0
     assert out["families"] and all("rival" in f for f in out["families"])
     reg = ModelRegistry(cfg.state_path / "registry.json")
     v = reg.get(out["version"])
