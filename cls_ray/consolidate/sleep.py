@@ -58,10 +58,10 @@ class Laps:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self.at = time.time()
+        self.at = time.monotonic()
 
     def __call__(self, name: str) -> None:
-        now = time.time()
+        now = time.monotonic()
         self.seconds[name] = round(now - self.at, 1)
         self.at = now
 
