@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+from tests.helpers import free_port
+
 SCRIPT = r"""
 import json, os, sys
 import torch
@@ -52,7 +54,7 @@ def test_deepspeed_builds_no_op_and_micro_batches_step_as_the_whole_batch(tmp_pa
         "DS_ACCELERATOR": "cpu",
         "TORCH_EXTENSIONS_DIR": str(ext),
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(29400 + os.getpid() % 500),
+        "MASTER_PORT": str(free_port()),
         "RANK": "0",
         "LOCAL_RANK": "0",
         "WORLD_SIZE": "1",
