@@ -338,15 +338,18 @@ def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = T
     else:  # only the small default model is built here, from the world
         log(describe(ensure_model(cfg, stack.world, progress=progress)))
     stages.start("ingest", f"the corpus of task {task.name} into Milvus")
+    # Ray starts before this process opens Milvus: Ray forks its raylet from here, and a fork
+    # while Milvus Lite's gRPC threads run can leave the raylet hung before it starts (a start
+    # that failed after 30 s, then a retry, in one of the fresh-clone demos).
+    # Serving replicas idle while the sleep trains: logical CPUs beyond the cores let both fit.
+    runtime.start(num_cpus=max(4, cfg.ray.num_cpus or 0))
     ingest = ingest_paths([stack.task_corpus()], cfg, stack.store, progress, use_ray=False)
     for e in ingest.errors:
         log(f"error: {e}")
     log(ingest.describe(stack.store.count(), stack.store.name()))
-    # Milvus Lite's in-process server keeps indexing after an ingest; stop it while Ray starts
-    # (the store reopens on first use).
+    # Milvus Lite's in-process server keeps indexing after an ingest; stop it while the PRM's
+    # data is built and its workers start (the store reopens on first use).
     stack.release_store()
-    # Serving replicas idle while the sleep trains: logical CPUs beyond the cores let both fit.
-    runtime.start(num_cpus=max(4, cfg.ray.num_cpus or 0))
     if latest_prm(cfg) is None:
         stages.start("prm", "the process reward model (Ray Train + DeepSpeed)")
         examples, data = prepare_training(stack, feedback_in_files(cfg), log)

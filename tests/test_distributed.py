@@ -1,5 +1,7 @@
 """The DeepSpeed side of `cls_ray.distributed`, in a real engine (one process over gloo): no
-compiled op is built, and micro-batches make the optimizer step of the whole batch."""
+compiled op is built, and micro-batches make the optimizer step of the whole batch, at ZeRO-0
+(what a single worker runs: configs/local.yaml's PRM) as at ZeRO-2, with the learning rate set
+each step as `deepspeed_steps` sets it."""
 
 from __future__ import annotations
 
@@ -28,14 +30,18 @@ for stage in (0, 2):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     ds = deepspeed_config(6, 0.1, stage, False, micro_batches=2)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=ds)
-    for x, y in data:  # two micro-batches of unequal size: weights 4 and 2
+    engine, optimizer, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=ds)
+    for i, (x, y) in enumerate(data):  # two micro-batches of unequal size: weights 4 and 2
+        for group in optimizer.param_groups:  # the schedule, set as deepspeed_steps sets it
+            group["lr"] = 0.1 / (i + 1)
         accumulate(engine, [[0, 1, 2, 3], [4, 5]], lambda r: {"x": x[r], "y": y[r]}, loss_fn)
     out[stage] = engine.module.weight.detach().flatten().tolist()
 torch.manual_seed(0)
 model = torch.nn.Linear(4, 1)
 opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.01)
-for x, y in data:  # the whole batch at once, as the micro-batches should add up to
+for i, (x, y) in enumerate(data):  # the whole batch at once, as the micro-batches add up to
+    for group in opt.param_groups:
+        group["lr"] = 0.1 / (i + 1)
     opt.zero_grad()
     ((model(x) - y) ** 2).mean().backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
