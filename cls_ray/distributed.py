@@ -32,8 +32,16 @@ logger = logging.getLogger(__name__)
 
 
 def deepspeed_config(
-    batch_size: int, lr: float, zero_stage: int, bf16: bool, micro_batches: int = 1
+    batch_size: int,
+    lr: float,
+    zero_stage: int,
+    bf16: bool,
+    micro_batches: int = 1,
+    fused_adam: bool = False,
 ) -> dict:
+    adam = {"lr": lr, "weight_decay": 0.01, "torch_adam": True}
+    if fused_adam:
+        adam["fused"] = True  # passed on to torch.optim.AdamW
     return {
         "train_micro_batch_size_per_gpu": math.ceil(batch_size / micro_batches),
         "gradient_accumulation_steps": micro_batches,
@@ -41,7 +49,7 @@ def deepspeed_config(
         "optimizer": {
             "type": "AdamW",
             # torch's AdamW: DeepSpeed's fused CPU Adam would need a compiled op.
-            "params": {"lr": lr, "weight_decay": 0.01, "torch_adam": True},
+            "params": adam,
         },
         "zero_optimization": {"stage": zero_stage},
         "bf16": {"enabled": bf16},
@@ -61,6 +69,7 @@ def trainer_options(t) -> dict:
         "seed": t.seed,
         "log_every": t.log_every,
         "threads_per_worker": t.threads_per_worker,
+        "fused_adam": t.fused_adam,
     }
 
 
@@ -102,7 +111,12 @@ def deepspeed_steps(
     torch.set_num_threads(max(1, config.get("threads_per_worker", 1)))
     micro = min(max(1, int(config.get("micro_batches", 1))), config["batch_size"]) if length else 1
     ds = deepspeed_config(
-        config["batch_size"], config["lr"], config["zero_stage"], config.get("bf16", False), micro
+        config["batch_size"],
+        config["lr"],
+        config["zero_stage"],
+        config.get("bf16", False),
+        micro,
+        config.get("fused_adam", False),
     )
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds

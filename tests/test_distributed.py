@@ -1,7 +1,7 @@
 """The DeepSpeed side of `cls_ray.distributed`, in a real engine (one process over gloo): no
 compiled op is built, and micro-batches make the optimizer step of the whole batch, at ZeRO-0
 (what a single worker runs: configs/local.yaml's PRM) as at ZeRO-2, with the learning rate set
-each step as `deepspeed_steps` sets it."""
+each step as `deepspeed_steps` sets it, and with torch's fused AdamW (`fused_adam`) as without."""
 
 from __future__ import annotations
 
@@ -26,16 +26,17 @@ data = [(torch.randn(6, 4, generator=g), 10 * (i + 1) * torch.randn(6, 1, genera
         for i in range(5)]
 loss_fn = lambda engine, b: ((engine(b["x"]) - b["y"]) ** 2).mean()
 out = {}
-for stage in (0, 2):
+for stage, fused in ((0, False), (2, False), (0, True), (2, True)):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
-    ds = deepspeed_config(6, 0.1, stage, False, micro_batches=2)
+    ds = deepspeed_config(6, 0.1, stage, False, micro_batches=2, fused_adam=fused)
     engine, optimizer, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=ds)
     for i, (x, y) in enumerate(data):  # two micro-batches of unequal size: weights 4 and 2
         for group in optimizer.param_groups:  # the schedule, set as deepspeed_steps sets it
             group["lr"] = 0.1 / (i + 1)
         accumulate(engine, [[0, 1, 2, 3], [4, 5]], lambda r: {"x": x[r], "y": y[r]}, loss_fn)
-    out[stage] = engine.module.weight.detach().flatten().tolist()
+    out[f"{stage}{'-fused' if fused else ''}"] = engine.module.weight.detach().flatten().tolist()
+    out[f"{stage}{'-fused' if fused else ''}-optimizer"] = repr(engine.basic_optimizer.defaults.get("fused"))
 torch.manual_seed(0)
 model = torch.nn.Linear(4, 1)
 opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.01)
@@ -72,5 +73,7 @@ def test_deepspeed_builds_no_op_and_micro_batches_step_as_the_whole_batch(tmp_pa
     out = json.loads(done.stdout.strip().splitlines()[-1])
     # Nothing compiled: the shared-memory op (25 s on 2 cores) is not built, the step runs.
     assert out["built"] == []
-    for stage in ("0", "2"):
+    # `fused_adam` (the PRM's): torch's fused AdamW, the same update.
+    assert out["0-fused-optimizer"] == out["2-fused-optimizer"] == "True"
+    for stage in ("0", "2", "0-fused", "2-fused"):
         assert all(abs(a - b) < 1e-5 for a, b in zip(out[stage], out["torch"], strict=True))

@@ -28,6 +28,11 @@ class TrainerConfig(Section):
     )
     zero_stage: Literal[0, 1, 2, 3] = 2
     bf16: bool = False
+    fused_adam: bool = Field(
+        False,
+        description="torch's fused AdamW (one kernel per tensor) instead of its loop: the same "
+        "update, 0.012 s against 0.08 s for MiniLM's 22.7M weights on 2 cores.",
+    )
 
 
 class JudgeConfig(Section):
@@ -52,6 +57,7 @@ class PRMConfig(TrainerConfig):
     # (0.996 after 500 steps, which took twice the 8.5 minutes on 2 cores). configs/local.yaml
     # trains 150 steps at 2e-4 on one worker instead (step F1 0.992, 3 minutes).
     steps: int = Field(250, ge=1)
+    fused_adam: bool = True  # the encoder's 22.7M weights: 14 s of a 200-step training saved
 
     path: str = Field(
         "", description="A trained PRM folder; empty: the latest under state_dir/prm."
