@@ -343,28 +343,28 @@ def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = T
     # that failed after 30 s, then a retry, in one of the fresh-clone demos).
     # Serving replicas idle while the sleep trains: logical CPUs beyond the cores let both fit.
     runtime.start(num_cpus=max(4, cfg.ray.num_cpus or 0))
-    ingest = ingest_paths([stack.task_corpus()], cfg, stack.store, progress, use_ray=False)
-    for e in ingest.errors:
-        log(f"error: {e}")
-    log(ingest.describe(stack.store.count(), stack.store.name()))
-    # Milvus Lite's in-process server keeps indexing after an ingest; stop it while the PRM's
-    # data is built and its workers start (the store reopens on first use).
-    stack.release_store()
-    if latest_prm(cfg) is None:
-        stages.start("prm", "the process reward model (Ray Train + DeepSpeed)")
-        examples, data = prepare_training(stack, feedback_in_files(cfg), log)
-        out, result = train_new_prm(cfg, examples, data, log=log)
-        write_report(cfg, "prm_train", result)
-        log(describe_training(out, result))
-    else:
-        stages.start("prm", f"using {latest_prm(cfg)}")
-    # The serving retriever owns the Milvus Lite file from here on.
-    stack.release_store()
-    stages.start("serve", "the application on Ray Serve")
-    # The demo prints its own progress; replicas' per-request lines would bury it.
-    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"access_log": False})})
-    cfg = without_rate_limits(cfg)  # every simulated user asks from this one address
     try:
+        ingest = ingest_paths([stack.task_corpus()], cfg, stack.store, progress, use_ray=False)
+        for e in ingest.errors:
+            log(f"error: {e}")
+        log(ingest.describe(stack.store.count(), stack.store.name()))
+        # Milvus Lite's in-process server keeps indexing after an ingest; stop it while the PRM's
+        # data is built and its workers start (the store reopens on first use).
+        stack.release_store()
+        if latest_prm(cfg) is None:
+            stages.start("prm", "the process reward model (Ray Train + DeepSpeed)")
+            examples, data = prepare_training(stack, feedback_in_files(cfg), log)
+            out, result = train_new_prm(cfg, examples, data, log=log)
+            write_report(cfg, "prm_train", result)
+            log(describe_training(out, result))
+        else:
+            stages.start("prm", f"using {latest_prm(cfg)}")
+        # The serving retriever owns the Milvus Lite file from here on.
+        stack.release_store()
+        stages.start("serve", "the application on Ray Serve")
+        # The demo prints its own progress; replicas' per-request lines would bury it.
+        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"access_log": False})})
+        cfg = without_rate_limits(cfg)  # every simulated user asks from this one address
         url = runtime.deploy(cfg)
         log(f"   {url}")
         stages.start("loop", "users, scores, sleep, promotion, measurement")

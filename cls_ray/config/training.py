@@ -55,9 +55,13 @@ class PRMConfig(TrainerConfig):
 
     # 250 steps: on the embedded default the PRM's loss is 0.003 by then and its step F1 0.995
     # (0.996 after 500 steps, which took twice the 8.5 minutes on 2 cores). configs/local.yaml
-    # trains 150 steps at 2e-4 on one worker instead (step F1 0.992, 3 minutes).
+    # trains 200 steps at 2e-4 on one worker with ZeRO-0 instead (step F1 0.996, 3.5 minutes).
     steps: int = Field(250, ge=1)
-    fused_adam: bool = True  # the encoder's 22.7M weights: 14 s of a 200-step training saved
+    fused_adam: bool = Field(
+        True,
+        description="torch's fused AdamW: the encoder's 22.7M weights updated in 0.012 s a step "
+        "against 0.08 s by its loop on 2 cores, the same update.",
+    )
 
     path: str = Field(
         "", description="A trained PRM folder; empty: the latest under state_dir/prm."

@@ -127,7 +127,8 @@ def check_zero3_and_full_weights(cfg, world, work: Path) -> tuple[str, str]:
         "gradient_accumulation_steps": 1,
         "zero_optimization": {"stage": 3},
         "bf16": {"enabled": gpu},
-        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}},
+        # torch's fused AdamW, as the cluster's PRM runs it (`prm.fused_adam`)
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True, "fused": True}},
     }
     engine, *_ = deepspeed.initialize(
         model=model, model_parameters=model.parameters(), config=ds_config
