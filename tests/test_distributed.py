@@ -35,8 +35,9 @@ for stage, fused in ((0, False), (2, False), (0, True), (2, True)):
         for group in optimizer.param_groups:  # the schedule, set as deepspeed_steps sets it
             group["lr"] = 0.1 / (i + 1)
         accumulate(engine, [[0, 1, 2, 3], [4, 5]], lambda r: {"x": x[r], "y": y[r]}, loss_fn)
-    out[f"{stage}{'-fused' if fused else ''}"] = engine.module.weight.detach().flatten().tolist()
-    out[f"{stage}{'-fused' if fused else ''}-optimizer"] = repr(engine.basic_optimizer.defaults.get("fused"))
+    name = f"{stage}-fused" if fused else str(stage)
+    out[name] = engine.module.weight.detach().flatten().tolist()
+    out[f"{name}-optimizer"] = repr(engine.basic_optimizer.defaults.get("fused"))
 torch.manual_seed(0)
 model = torch.nn.Linear(4, 1)
 opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.01)
