@@ -21,7 +21,7 @@ import torch
 from cls_ray import console
 from cls_ray.engine.hf import HFEngine
 from cls_ray.model.examples import encode_examples, episode_pair
-from cls_ray.model.loading import build_small_model, is_checkpoint
+from cls_ray.model.loading import build_small_model, is_checkpoint, weights_checksum
 from cls_ray.model.tokenizer import build_world_tokenizer
 from cls_ray.world.core import World
 from cls_ray.world.episodes import EpisodeSampler, step_accuracy
@@ -82,6 +82,11 @@ def bootstrap(cfg, world: World, out_dir: str | Path | None = None, progress: bo
         "trained_families": [".".join(f) for f in world.trained_families],
         "held_back_families": [".".join(f) for f in world.held_back_families],
         "world_seed": world.config.seed,
+        # The same code and seed give other floats on another CPU: torch picks its kernels
+        # (AVX2, AVX-512) by the machine, and their sums round differently. What the model
+        # then knows by accident (the held-back family before any sleep) moves with them.
+        "weights_sha256": weights_checksum(model),
+        "machine": machine(),
     }
     save_atomically(model, tokenizer, out_dir, metrics)
     # Scored after the save: a failure here costs no training.
@@ -93,6 +98,15 @@ def bootstrap(cfg, world: World, out_dir: str | Path | None = None, progress: bo
     (out_dir / "bootstrap_metrics.json").write_text(json.dumps(metrics, indent=2))
     logger.info("bootstrap done: %s", metrics)
     return metrics
+
+
+def machine() -> dict:
+    """What decides a trained model's floats besides the code and the seed."""
+    return {
+        "kernels": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def length_buckets(draw, batch_size: int, rng: random.Random, pool: int = 16):
@@ -146,5 +160,6 @@ def describe(result: dict) -> str:
         f"{result['steps']} steps in {result['train_seconds']} s, loss "
         f"{result['loss_first']} -> {result['loss_last']}, next-step accuracy "
         f"{result['episode_step_accuracy']:.3f} (grounded "
-        f"{result['episode_step_accuracy_grounded']:.3f})"
+        f"{result['episode_step_accuracy_grounded']:.3f}); weights {result['weights_sha256'][:12]} "
+        f"({result['machine']['kernels']} kernels, {result['machine']['threads']} threads)"
     )

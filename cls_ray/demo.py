@@ -26,7 +26,6 @@ from cls_ray.eval.html import write_html
 from cls_ray.eval.plots import plt, save
 from cls_ray.eval.reports import write_report
 from cls_ray.memory.ingest import ingest_paths
-from cls_ray.model.loading import is_checkpoint
 from cls_ray.ports import Buffer, Scheduler, ServingRuntime
 from cls_ray.prm.pipeline import describe_training, prepare_training, train_new_prm
 from cls_ray.prm.store import latest_prm
@@ -222,6 +221,15 @@ def markdown(report: dict, plots: list[Path]) -> str:
         f"Sleep data: {json.dumps(s['data'])}.",
         "",
     ]
+    base = report.get("base_model") or {}  # a report of an older run has none
+    if base.get("weights_sha256"):
+        m = base["machine"]
+        lines += [
+            f"Base model: weights {base['weights_sha256'][:12]}, trained with torch "
+            f"{m['torch']}'s {m['kernels']} kernels on {m['threads']} threads (the same code "
+            'and seed give other floats, and another "before", on a CPU with other kernels).',
+            "",
+        ]
     stages = report.get("stage_seconds") or {}  # a report of an older run has none
     if stages:
         lines += [
@@ -333,10 +341,10 @@ def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = T
     task = stack.task
     stages = Stages(log, 6)
     stages.start("bootstrap", "the small default model")
-    if is_checkpoint(cfg.model_path):
-        log(f"model at {cfg.model_path}")
-    else:  # only the small default model is built here, from the world
-        log(describe(ensure_model(cfg, stack.world, progress=progress)))
+    # Only the small default model is built here, from the world; a checkpoint is used as it is
+    # (where `cls-ray bootstrap` built it, its fingerprint goes into the report).
+    base = ensure_model(cfg, stack.world, progress=progress)
+    log(describe(base) if base["built"] else f"model at {cfg.model_path}")
     stages.start("ingest", f"the corpus of task {task.name} into Milvus")
     # Ray starts before this process opens Milvus: Ray forks its raylet from here, and a fork
     # while Milvus Lite's gRPC threads run can leave the raylet hung before it starts (a start
@@ -376,6 +384,8 @@ def run_demo(stack: Stack, runtime: ServingRuntime, log: Log, progress: bool = T
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_demo(report, out_dir)  # the stage's work; the pages then carry its time
     stages.stop()
+    # which base model the figures are of: its floats depend on the CPU that trained it
+    report["base_model"] = {k: base[k] for k in ("weights_sha256", "machine") if k in base}
     report["seconds"] = time.time() - t_start
     report["stage_seconds"] = stages.seconds
     write_report(cfg, "demo/demo", report)

@@ -7,7 +7,7 @@ import torch
 from cls_ray.cli import main
 from cls_ray.engine.hf import HFEngine
 from cls_ray.model.examples import encode_examples, episode_pair
-from cls_ray.model.loading import build_small_model, load_model_and_tokenizer
+from cls_ray.model.loading import build_small_model, load_model_and_tokenizer, weights_checksum
 from cls_ray.steps import compact_prompt, grounded_choices
 from cls_ray.world.episodes import EpisodeSampler
 
@@ -27,6 +27,9 @@ def test_bootstrap_saves_a_loadable_model_that_beats_an_untrained_one(tiny_cfg, 
     assert "rival" in metrics["held_back_families"] and "rival" not in metrics["trained_families"]
 
     trained, tok = load_model_and_tokenizer(path)
+    # The fingerprint two machines compare: the saved weights' own, and the kernels that made them.
+    assert metrics["weights_sha256"] == weights_checksum(trained)
+    assert metrics["machine"]["kernels"] == torch.backends.cpu.get_cpu_capability()
     torch.manual_seed(0)
     untrained = build_small_model(tiny_cfg.model.arch, tok).eval()
     world = tiny_stack.world

@@ -49,6 +49,8 @@ def test_demo_runs_the_whole_loop_and_writes_the_report(tmp_path, ray_local, cap
     assert "report:" in printed and "new family" in printed
     report_dir = tmp_path / "reports" / "demo"
     md = (report_dir / "report.md").read_text()
+    # the figures name the base model they are of (its floats depend on the CPU that trained it)
+    assert f"weights {out['base_model']['weights_sha256'][:12]}, trained with torch" in md
     for png in ("accuracy_per_version.png", "prm_scores.png", "retention.png"):
         assert (report_dir / png).stat().st_size > 1000 and f"({png})" in md
     page = (report_dir / "report.html").read_text()  # one page, the plots inside it
