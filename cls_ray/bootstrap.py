@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -100,12 +101,17 @@ def bootstrap(cfg, world: World, out_dir: str | Path | None = None, progress: bo
     return metrics
 
 
+# Settings that choose torch's, MKL's and oneDNN's kernels, where the environment sets them.
+KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+
+
 def machine() -> dict:
     """What decides a trained model's floats besides the code and the seed."""
     return {
         "kernels": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "settings": {k: os.environ[k] for k in KERNEL_SETTINGS if k in os.environ},
     }
 
 

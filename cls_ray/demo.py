@@ -223,11 +223,12 @@ def markdown(report: dict, plots: list[Path]) -> str:
     ]
     base = report.get("base_model") or {}  # a report of an older run has none
     if base.get("weights_sha256"):
-        m = base["machine"]
+        m = base.get("machine") or {}
         lines += [
             f"Base model: weights {base['weights_sha256'][:12]}, trained with torch "
-            f"{m['torch']}'s {m['kernels']} kernels on {m['threads']} threads (the same code "
-            'and seed give other floats, and another "before", on a CPU with other kernels).',
+            f"{m.get('torch', '?')}'s {m.get('kernels', '?')} kernels on {m.get('threads', '?')} "
+            'threads (the same code and seed give other floats, and another "before", on a CPU '
+            "with other kernels).",
             "",
         ]
     stages = report.get("stage_seconds") or {}  # a report of an older run has none

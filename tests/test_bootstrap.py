@@ -4,6 +4,7 @@ import random
 import pytest
 import torch
 
+from cls_ray.bootstrap import machine
 from cls_ray.cli import main
 from cls_ray.engine.hf import HFEngine
 from cls_ray.model.examples import encode_examples, episode_pair
@@ -58,3 +59,10 @@ def test_bootstrap_is_skipped_when_built(tiny_state, capsys):
 def test_loading_a_missing_checkpoint_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="cls-ray bootstrap"):
         load_model_and_tokenizer(tmp_path / "none")
+
+
+def test_the_settings_that_choose_kernels_are_recorded(monkeypatch):
+    monkeypatch.setenv("MKL_CBWR", "AVX2")  # a capped run builds other floats: its metrics say so
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    assert machine()["settings"] == {"MKL_CBWR": "AVX2"}
